@@ -1,0 +1,292 @@
+//! Layered settings: built-in defaults → `config/default.toml` → `config/$HERALD_ENV.toml` →
+//! `HERALD__SECTION__KEY` env vars → command-line overrides; validated once at load.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The shipped defaults, built in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub sse: SseSettings,
+    pub history: HistorySettings,
+    pub limits: Limits,
+    pub cors: CorsSettings,
+    pub redis: RedisSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SseSettings {
+    pub retry_ms: u64,
+    pub heartbeat_secs: u64,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistorySettings {
+    pub max_len: usize,
+    pub max_age_secs: u64,
+    pub page_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_topic_len: usize,
+    pub max_event_name_len: usize,
+    pub max_topics_per_connection: usize,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CorsSettings {
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+}
+
+/// Where settings come from besides the built-in defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Folder holding `default.toml` and `{env}.toml`; `config` under the working directory if unset.
+    pub dir: Option<PathBuf>,
+    /// `HERALD_ENV`: picks `{dir}/{env}.toml` when that file exists.
+    pub env: Option<String>,
+    /// Overrides from the command line, as `section.key` → value; they win over everything.
+    pub overrides: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read the configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("the configuration file {path} was asked for with --config but does not exist")]
+    MissingDir { path: PathBuf },
+    #[error("{key} = {value}: {fix} (set it in config/*.toml, as {env}, or on the command line)")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        fix: &'static str,
+        env: String,
+    },
+}
+
+impl Settings {
+    /// Loads every layer, then checks each value so a bad one fails at start with how to fix it.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let dir = match &sources.dir {
+            Some(dir) if !dir.is_dir() => return Err(ConfigError::MissingDir { path: dir.clone() }),
+            Some(dir) => dir.clone(),
+            None => PathBuf::from("config"),
+        };
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(file(&dir.join("default.toml")));
+        if let Some(env) = sources.env.as_deref().filter(|e| !e.is_empty()) {
+            builder = builder.add_source(file(&dir.join(format!("{env}.toml"))));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("HERALD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("cors.allowed_origins"),
+        );
+        for (key, value) in &sources.overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Settings from the built-in defaults alone (tests start from these).
+    pub fn defaults() -> Result<Settings, ConfigError> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check(
+            ok: bool,
+            key: &'static str,
+            value: impl ToString,
+            fix: &'static str,
+        ) -> Result<(), ConfigError> {
+            if ok {
+                return Ok(());
+            }
+            let env = format!("HERALD__{}", key.replace('.', "__").to_uppercase());
+            Err(ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                fix,
+                env,
+            })
+        }
+        let (s, h, l) = (&self.sse, &self.history, &self.limits);
+        check(
+            !self.server.host.is_empty(),
+            "server.host",
+            "\"\"",
+            "give an address such as 127.0.0.1 or 0.0.0.0",
+        )?;
+        check(
+            (1..=3600).contains(&self.server.shutdown_grace_secs),
+            "server.shutdown_grace_secs",
+            self.server.shutdown_grace_secs,
+            "use 1 to 3600 seconds",
+        )?;
+        check(
+            (1..=3_600_000).contains(&s.retry_ms),
+            "sse.retry_ms",
+            s.retry_ms,
+            "use 1 to 3600000 ms",
+        )?;
+        check(
+            (1..=3600).contains(&s.heartbeat_secs),
+            "sse.heartbeat_secs",
+            s.heartbeat_secs,
+            "use 1 to 3600 seconds",
+        )?;
+        check(
+            (1..=1_000_000).contains(&s.queue_capacity),
+            "sse.queue_capacity",
+            s.queue_capacity,
+            "use 1 to 1000000 events",
+        )?;
+        check(
+            h.max_len >= 1,
+            "history.max_len",
+            h.max_len,
+            "keep at least 1 event per topic",
+        )?;
+        check(
+            (1..=10_000).contains(&h.page_size),
+            "history.page_size",
+            h.page_size,
+            "use 1 to 10000 events",
+        )?;
+        check(
+            (1..=64 * 1024 * 1024).contains(&l.max_body_bytes),
+            "limits.max_body_bytes",
+            l.max_body_bytes,
+            "use 1 byte to 64 MiB",
+        )?;
+        check(
+            (1..=1024).contains(&l.max_topic_len),
+            "limits.max_topic_len",
+            l.max_topic_len,
+            "use 1 to 1024 bytes",
+        )?;
+        check(
+            (1..=1024).contains(&l.max_event_name_len),
+            "limits.max_event_name_len",
+            l.max_event_name_len,
+            "use 1 to 1024 bytes",
+        )?;
+        check(
+            (1..=10_000).contains(&l.max_topics_per_connection),
+            "limits.max_topics_per_connection",
+            l.max_topics_per_connection,
+            "use 1 to 10000 topics",
+        )?;
+        check(
+            l.max_connections >= 1,
+            "limits.max_connections",
+            l.max_connections,
+            "allow at least 1 connection",
+        )?;
+        for origin in &self.cors.allowed_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && origin
+                        .split("://")
+                        .nth(1)
+                        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')));
+            check(
+                ok,
+                "cors.allowed_origins",
+                origin,
+                "list origins as scheme://host[:port] with no path, or \"*\"",
+            )?;
+        }
+        let url = &self.redis.url;
+        check(
+            url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://"),
+            "redis.url",
+            url,
+            "use redis://host:port[/db] (or rediss:// for TLS), or leave it empty for the memory engine",
+        )?;
+        Ok(())
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.sse.heartbeat_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+}
+
+fn file(path: &Path) -> File<config::FileSourceFile, FileFormat> {
+    File::from(path).format(FileFormat::Toml).required(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.sse.heartbeat_secs, 15);
+        assert!(s.cors.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn invalid_value_says_how_to_fix() {
+        let mut s = Settings::defaults().unwrap();
+        s.sse.queue_capacity = 0;
+        let msg = s.validate().unwrap_err().to_string();
+        assert!(msg.contains("sse.queue_capacity = 0"), "{msg}");
+        assert!(msg.contains("HERALD__SSE__QUEUE_CAPACITY"), "{msg}");
+        s.sse.queue_capacity = 1;
+        s.cors.allowed_origins = vec!["https://a.example/path".into()];
+        assert!(s.validate().unwrap_err().to_string().contains("scheme://host"));
+    }
+
+    #[test]
+    fn overrides_win() {
+        let sources = Sources {
+            dir: None,
+            env: None,
+            overrides: vec![("server.port".into(), "9123".into())],
+        };
+        assert_eq!(Settings::load(&sources).unwrap().server.port, 9123);
+    }
+}

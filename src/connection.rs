@@ -1,0 +1,240 @@
+//! One SSE connection's body: `retry:`, then the replay after `Last-Event-ID` merged across topics in id
+//! order, then live events from the hub, heartbeats while idle, and a closing comment when it ends.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use serde_json::json;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+use crate::domain::{EventId, TopicName, GAP_EVENT};
+use crate::engine::{Engine, EngineError, Event};
+use crate::hub::{CloseReason, Membership, Take};
+use crate::sse;
+use crate::telemetry::Metrics;
+
+const HEARTBEAT: &[u8] = b":\n\n";
+
+/// Where a resuming connection starts: events after `after`, up to and including `until` (the engine's
+/// newest id once this connection had joined the hub); everything newer arrives live.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume {
+    pub after: EventId,
+    pub until: EventId,
+}
+
+pub struct Connection {
+    engine: Arc<dyn Engine>,
+    metrics: Arc<Metrics>,
+    membership: Membership,
+    heartbeat: Interval,
+    retry_ms: u64,
+    page_size: usize,
+    phase: Phase,
+    /// Live events with ids up to this one were (or will be) sent by the replay: skipped, never twice.
+    skip_through: Option<EventId>,
+}
+
+enum Phase {
+    Hello(Option<Resume>),
+    Replay(Vec<Cursor>),
+    Live,
+    Done,
+}
+
+/// One topic's read position in a replay.
+struct Cursor {
+    topic: TopicName,
+    after: EventId,
+    until: EventId,
+    buf: VecDeque<Arc<Event>>,
+    started: bool,
+    exhausted: bool,
+}
+
+impl Connection {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        membership: Membership,
+        resume: Option<Resume>,
+        retry_ms: u64,
+        heartbeat: Duration,
+        page_size: usize,
+    ) -> Self {
+        let mut heartbeat = interval_at(Instant::now() + heartbeat, heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Connection {
+            engine,
+            metrics,
+            membership,
+            heartbeat,
+            retry_ms,
+            page_size,
+            skip_through: resume.map(|r| r.until),
+            phase: Phase::Hello(resume),
+        }
+    }
+
+    /// The body stream; dropping it (client gone) drops the membership and frees the queue.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
+        futures_util::stream::unfold(self, |mut conn| async move {
+            let chunk = conn.next_chunk().await?;
+            Some((Ok(chunk), conn))
+        })
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            match &mut self.phase {
+                Phase::Hello(resume) => {
+                    self.phase = match resume.take() {
+                        Some(r) => Phase::Replay(
+                            self.membership
+                                .conn()
+                                .topics()
+                                .iter()
+                                .map(|topic| Cursor {
+                                    topic: topic.clone(),
+                                    after: r.after,
+                                    until: r.until,
+                                    buf: VecDeque::new(),
+                                    started: false,
+                                    exhausted: r.after >= r.until,
+                                })
+                                .collect(),
+                        ),
+                        None => Phase::Live,
+                    };
+                    // Sent at once so the response head and first bytes reach the client immediately.
+                    return Some(sse::retry(self.retry_ms));
+                }
+                Phase::Replay(cursors) => {
+                    let mut cursors = std::mem::take(cursors);
+                    match self.replay_step(&mut cursors).await {
+                        Ok(chunk) => {
+                            let finished = cursors.iter().all(|c| c.exhausted && c.buf.is_empty());
+                            self.phase = if finished {
+                                Phase::Live
+                            } else {
+                                Phase::Replay(cursors)
+                            };
+                            if !chunk.is_empty() {
+                                return Some(chunk);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "replay failed; ending the stream so the client retries");
+                            self.phase = Phase::Done;
+                            return Some(sse::comment(
+                                "herald: history is unavailable; reconnect to resume",
+                            ));
+                        }
+                    }
+                }
+                Phase::Live => return Some(self.live_step().await),
+                Phase::Done => return None,
+            }
+        }
+    }
+
+    /// Reads what is needed and sends events from every topic in id order, as far as all topics are known.
+    async fn replay_step(&mut self, cursors: &mut [Cursor]) -> Result<Bytes, EngineError> {
+        let mut out = BytesMut::new();
+        for c in cursors.iter_mut().filter(|c| c.buf.is_empty() && !c.exhausted) {
+            let page = self.engine.history(&c.topic, c.after, self.page_size).await?;
+            if !c.started {
+                c.started = true;
+                if page.truncated {
+                    self.metrics.gaps.fetch_add(1, Ordering::Relaxed);
+                    out.extend_from_slice(&gap_notice(&c.topic, c.after, page.first_retained));
+                }
+            }
+            c.exhausted = page.events.len() < self.page_size;
+            for event in page.events {
+                if event.id > c.until {
+                    c.exhausted = true;
+                    break;
+                }
+                c.after = event.id;
+                c.buf.push_back(event);
+            }
+        }
+        let mut sent = 0u64;
+        // Merge while every topic that may still have events has one buffered to compare.
+        while cursors.iter().all(|c| !c.buf.is_empty() || c.exhausted) {
+            let next = cursors
+                .iter_mut()
+                .filter(|c| !c.buf.is_empty())
+                .min_by_key(|c| c.buf.front().map(|e| e.id));
+            let Some(event) = next.and_then(|c| c.buf.pop_front()) else {
+                break;
+            };
+            out.extend_from_slice(&event.frame);
+            sent += 1;
+        }
+        self.metrics.replayed.fetch_add(sent, Ordering::Relaxed);
+        self.metrics.delivered.fetch_add(sent, Ordering::Relaxed);
+        Ok(out.freeze())
+    }
+
+    /// Everything queued since the last write, in one chunk; or a heartbeat; or the closing comment.
+    async fn live_step(&mut self) -> Bytes {
+        loop {
+            match self.membership.conn().take(&self.metrics) {
+                Take::Events(events) => {
+                    let mut out = BytesMut::new();
+                    let mut sent = 0u64;
+                    for event in events {
+                        if self.skip_through.is_some_and(|s| event.id <= s) {
+                            continue;
+                        }
+                        out.extend_from_slice(&event.frame);
+                        sent += 1;
+                    }
+                    self.metrics.delivered.fetch_add(sent, Ordering::Relaxed);
+                    if !out.is_empty() {
+                        return out.freeze();
+                    }
+                }
+                Take::Closed(reason) => {
+                    self.phase = Phase::Done;
+                    return sse::comment(match reason {
+                        CloseReason::Lagged => {
+                            "herald: closed because this connection fell behind; reconnect with Last-Event-ID to resume"
+                        }
+                        CloseReason::Shutdown => "herald: this node is shutting down; reconnect to resume",
+                    });
+                }
+                Take::Empty => {
+                    tokio::select! {
+                        _ = self.membership.conn().changed() => {}
+                        _ = self.heartbeat.tick() => return Bytes::from_static(HEARTBEAT),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The explicit notice that events after `after` on `topic` are no longer retained.
+fn gap_notice(topic: &TopicName, after: EventId, first_retained: Option<EventId>) -> Bytes {
+    let data = json!({
+        "topic": topic.as_str(),
+        "last_event_id": after.to_string(),
+        "first_retained": first_retained.map(|id| id.to_string()),
+        "detail": "events after last_event_id are older than the retained history and were not replayed",
+    });
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(b"event: ");
+    buf.extend_from_slice(GAP_EVENT.as_bytes());
+    buf.extend_from_slice(b"\ndata: ");
+    buf.extend_from_slice(data.to_string().as_bytes());
+    buf.extend_from_slice(b"\n\n");
+    buf.freeze()
+}

@@ -1,0 +1,231 @@
+//! Validated domain values: once parsed, the rest of the code never re-checks them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// A topic name: 1..=max bytes of `A-Z a-z 0-9 _ - . :`.
+///
+/// The alphabet keeps names safe in URL paths, Redis key names (no `{`/`}` hash-tag tricks) and logs.
+/// `Arc<str>` because a name is cloned into every event and every hub entry.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(Arc<str>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TopicError {
+    #[error("the topic name is empty; give 1 to {max} characters of A-Z a-z 0-9 _ - . :")]
+    Empty { max: usize },
+    #[error("the topic name is {len} bytes long; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("the topic name has {found:?} at byte {at}; only A-Z a-z 0-9 _ - . : are allowed")]
+    BadChar { found: char, at: usize },
+}
+
+impl TopicName {
+    pub fn parse(s: &str, max_len: usize) -> Result<Self, TopicError> {
+        if s.is_empty() {
+            return Err(TopicError::Empty { max: max_len });
+        }
+        if s.len() > max_len {
+            return Err(TopicError::TooLong {
+                len: s.len(),
+                max: max_len,
+            });
+        }
+        if let Some((at, found)) = s
+            .char_indices()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+        {
+            return Err(TopicError::BadChar { found, at });
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// An event type (the SSE `event:` field) chosen by a publisher.
+///
+/// Control characters are refused so no publisher can inject SSE fields; the `herald.` prefix is reserved
+/// for the hub's own events (such as [`GAP_EVENT`]).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventName(Arc<str>);
+
+/// The event type of the notice sent when a `Last-Event-ID` is older than the retained history.
+pub const GAP_EVENT: &str = "herald.gap";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventNameError {
+    #[error("the event name is empty; leave the parameter out for the default `message` type")]
+    Empty,
+    #[error("the event name is {len} bytes long; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error(
+        "the event name has the control character {found:?}; CR, LF, NUL and other controls are refused"
+    )]
+    Control { found: char },
+    #[error("event names starting with `herald.` are reserved for the hub")]
+    Reserved,
+}
+
+impl EventName {
+    pub fn parse(s: &str, max_len: usize) -> Result<Self, EventNameError> {
+        if s.is_empty() {
+            return Err(EventNameError::Empty);
+        }
+        if s.len() > max_len {
+            return Err(EventNameError::TooLong {
+                len: s.len(),
+                max: max_len,
+            });
+        }
+        if let Some(found) = s.chars().find(|c| c.is_control()) {
+            return Err(EventNameError::Control { found });
+        }
+        if s.starts_with("herald.") {
+            return Err(EventNameError::Reserved);
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// An event id, `<ms>-<seq>`: a wall-clock millisecond and a sequence within it.
+///
+/// Ids are totally ordered across every topic of one engine, so one `Last-Event-ID` resumes a multi-topic
+/// connection exactly. The shape is a Redis stream id, so the Redis engine can store it verbatim.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EventId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "`{0}` is not an event id; ids look like `1732000000000-0` (use `0-0` to replay all retained history)"
+)]
+pub struct EventIdError(pub String);
+
+impl EventId {
+    pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
+
+    /// The next id after `self` at wall-clock `now_ms`: never goes backwards, even if the clock does.
+    pub fn next_at(self, now_ms: u64) -> EventId {
+        if now_ms > self.ms {
+            EventId { ms: now_ms, seq: 0 }
+        } else {
+            EventId {
+                ms: self.ms,
+                seq: self.seq.saturating_add(1),
+            }
+        }
+    }
+}
+
+impl FromStr for EventId {
+    type Err = EventIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || EventIdError(s.chars().take(64).collect());
+        let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
+        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(bad());
+        }
+        Ok(EventId {
+            ms: ms.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_edges() {
+        assert!(TopicName::parse(&"a".repeat(8), 8).is_ok());
+        assert_eq!(
+            TopicName::parse(&"a".repeat(9), 8),
+            Err(TopicError::TooLong { len: 9, max: 8 })
+        );
+        assert_eq!(TopicName::parse("", 8), Err(TopicError::Empty { max: 8 }));
+        assert!(TopicName::parse("news.eu:fr-1_x", 64).is_ok());
+        for bad in ["a b", "a/b", "a{b}", "é", "a\nb", "a\0"] {
+            assert!(TopicName::parse(bad, 64).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn event_name_refuses_injection() {
+        for bad in ["a\nb", "a\rb", "a\0b", "herald.gap"] {
+            assert!(EventName::parse(bad, 64).is_err(), "{bad:?} accepted");
+        }
+        assert!(EventName::parse("price-update ünicode", 64).is_ok());
+        assert!(EventName::parse(&"e".repeat(65), 64).is_err());
+    }
+
+    #[test]
+    fn event_id_round_trip_and_order() {
+        let id: EventId = "1732000000000-7".parse().unwrap();
+        assert_eq!(id.to_string(), "1732000000000-7");
+        assert!(EventId { ms: 1, seq: 9 } < EventId { ms: 2, seq: 0 });
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-1-1",
+            " 1-1",
+            "99999999999999999999999-0",
+            "+1-0",
+        ] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn clock_never_goes_back() {
+        let a = EventId { ms: 10, seq: 3 };
+        assert_eq!(a.next_at(5), EventId { ms: 10, seq: 4 });
+        assert_eq!(a.next_at(10), EventId { ms: 10, seq: 4 });
+        assert_eq!(a.next_at(11), EventId { ms: 11, seq: 0 });
+    }
+}

@@ -1,0 +1,170 @@
+//! The embedded engine: history in this process's memory, delivery to this node's hub only.
+//!
+//! For a single node. Everything is lost when the process stops; run on Redis to keep history across
+//! restarts and to scale out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{self, BoxFuture, FutureExt};
+
+use super::{Engine, EngineError, Event, HistoryPage};
+use crate::domain::{EventId, EventName, TopicName};
+use crate::hub::Hub;
+
+pub struct MemoryEngine {
+    /// One lock over the clock, the logs and the hand-off to the hub, so the hub sees events in id order
+    /// and a reader of `last_id` knows every later event is still to be dispatched.
+    state: Mutex<State>,
+    hub: Arc<Hub>,
+    max_len: usize,
+    /// 0 keeps events until `max_len` pushes them out.
+    max_age_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    clock: EventId,
+    logs: HashMap<TopicName, TopicLog>,
+}
+
+#[derive(Default)]
+struct TopicLog {
+    events: VecDeque<Arc<Event>>,
+    /// The newest id dropped by retention: a reader asking for events after an older id has missed some.
+    trimmed_through: Option<EventId>,
+}
+
+impl TopicLog {
+    fn trim(&mut self, max_len: usize, oldest_ms: u64) {
+        while self.events.len() > max_len || self.events.front().is_some_and(|e| e.id.ms < oldest_ms) {
+            match self.events.pop_front() {
+                Some(e) => self.trimmed_through = Some(e.id),
+                None => break,
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl MemoryEngine {
+    pub fn new(hub: Arc<Hub>, max_len: usize, max_age_secs: u64) -> Self {
+        MemoryEngine {
+            state: Mutex::new(State::default()),
+            hub,
+            max_len,
+            max_age_ms: max_age_secs.saturating_mul(1000),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn oldest_kept_ms(&self, now: u64) -> u64 {
+        if self.max_age_ms == 0 {
+            0
+        } else {
+            now.saturating_sub(self.max_age_ms)
+        }
+    }
+
+    fn publish_now(&self, topic: &TopicName, event: Option<&EventName>, data: &str) -> EventId {
+        let now = now_ms();
+        let mut state = self.lock();
+        let id = state.clock.next_at(now);
+        state.clock = id;
+        let event = Arc::new(Event::new(id, topic.clone(), event.cloned(), data.into()));
+        let log = state.logs.entry(topic.clone()).or_default();
+        log.events.push_back(Arc::clone(&event));
+        log.trim(self.max_len, self.oldest_kept_ms(now));
+        self.hub.dispatch(&event);
+        id
+    }
+
+    fn history_now(&self, topic: &TopicName, after: EventId, limit: usize) -> HistoryPage {
+        let oldest = self.oldest_kept_ms(now_ms());
+        let mut state = self.lock();
+        let Some(log) = state.logs.get_mut(topic) else {
+            return HistoryPage::default();
+        };
+        log.trim(self.max_len, oldest);
+        let start = log.events.partition_point(|e| e.id <= after);
+        HistoryPage {
+            events: log.events.range(start..).take(limit).cloned().collect(),
+            truncated: log.trimmed_through.is_some_and(|t| after < t),
+            first_retained: log.events.front().map(|e| e.id),
+        }
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        event: Option<&'a EventName>,
+        data: &'a str,
+    ) -> BoxFuture<'a, Result<EventId, EngineError>> {
+        future::ready(Ok(self.publish_now(topic, event, data))).boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
+        future::ready(Ok(self.history_now(topic, after, limit))).boxed()
+    }
+
+    fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>> {
+        future::ready(Ok(self.lock().clock)).boxed()
+    }
+
+    fn subscribe<'a>(&'a self, _topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>> {
+        future::ready(Ok(())).boxed()
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_by_count_reports_truncation() {
+        let hub = Arc::new(Hub::new(8, 8, Arc::default()));
+        let engine = MemoryEngine::new(hub, 3, 0);
+        let t = TopicName::parse("t", 8).unwrap();
+        let ids: Vec<_> = (0..5)
+            .map(|i| engine.publish_now(&t, None, &i.to_string()))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let page = engine.history_now(&t, ids[0], 10);
+        assert!(
+            page.truncated,
+            "ids[1] was trimmed, so a reader after ids[0] missed it"
+        );
+        assert_eq!(
+            page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            ids[2..].to_vec()
+        );
+        let page = engine.history_now(&t, ids[1], 10);
+        assert!(!page.truncated);
+        assert_eq!(page.first_retained, Some(ids[2]));
+        assert_eq!(engine.history_now(&t, ids[2], 1).events.len(), 1);
+    }
+}

@@ -1,0 +1,91 @@
+//! Engines store each topic's history and carry published events to every node's [`Hub`].
+//!
+//! Delivery guarantee, for every engine: `publish` answers an id only once the event is stored in history;
+//! each node's hub receives the events of the topics it has interest in once each, in id order; ids are
+//! totally ordered across topics, so history plus live delivery resumes any connection without gap or
+//! duplicate.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::domain::{EventId, EventName, TopicName};
+use crate::sse;
+
+/// A stored event with its SSE frame encoded once, shared by every connection that sends it.
+#[derive(Debug)]
+pub struct Event {
+    pub id: EventId,
+    pub topic: TopicName,
+    pub event: Option<EventName>,
+    pub data: Box<str>,
+    pub frame: Bytes,
+}
+
+impl Event {
+    pub fn new(id: EventId, topic: TopicName, event: Option<EventName>, data: Box<str>) -> Self {
+        let frame = sse::encode_event(id, event.as_ref().map(EventName::as_str), &data);
+        Event {
+            id,
+            topic,
+            event,
+            data,
+            frame,
+        }
+    }
+}
+
+/// One page of a topic's history after some id.
+#[derive(Debug, Default)]
+pub struct HistoryPage {
+    /// Events with ids greater than the one asked for, oldest first.
+    pub events: Vec<Arc<Event>>,
+    /// True when events after the id asked for may already be gone (older than retention).
+    pub truncated: bool,
+    /// The oldest id still retained for the topic, if any.
+    pub first_retained: Option<EventId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine refused or could not be reached: the event was not stored.
+    #[error("the message store is unavailable: {0}")]
+    Unavailable(String),
+    /// The engine stopped answering mid-call: the event may or may not have been stored.
+    #[error("the message store did not answer in time; the event may or may not be stored: {0}")]
+    Unknown(String),
+}
+
+/// What each engine implements. Futures are boxed so the hub and routes hold one `Arc<dyn Engine>`.
+pub trait Engine: Send + Sync + 'static {
+    /// Stores the event, then hands it to every interested node; answers its id once stored.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        event: Option<&'a EventName>,
+        data: &'a str,
+    ) -> BoxFuture<'a, Result<EventId, EngineError>>;
+
+    /// Events of `topic` with ids greater than `after`, oldest first, at most `limit`.
+    fn history<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>>;
+
+    /// The newest id assigned so far (on any topic): every later event reaches interested hubs live.
+    fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>>;
+
+    /// Makes sure this node receives `topic` live; resolves once that is confirmed.
+    fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Whether publishes and subscriptions can succeed now (`/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// A short name for logs: `memory` or `redis`.
+    fn name(&self) -> &'static str;
+}

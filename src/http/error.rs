@@ -1,0 +1,148 @@
+//! Every HTTP error, mapped once to `application/problem+json` (RFC 9457) with a human sentence.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::domain::{EventIdError, EventNameError, TopicError};
+use crate::engine::EngineError;
+use crate::hub::JoinError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    EventName(#[from] EventNameError),
+    #[error("Last-Event-ID: {0}")]
+    LastEventId(#[from] EventIdError),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the body is not valid UTF-8 (byte {at} is the first bad one); publish UTF-8 text or JSON")]
+    NotUtf8 { at: usize },
+    #[error("the body is not valid JSON ({0}); fix it, or publish it as text with another Content-Type")]
+    BadJson(String),
+    /// A malformed request that names its own fix.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("could not read the request body: {0}")]
+    Payload(String),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl ApiError {
+    /// A stable, machine-readable code for the `code` member of the problem body.
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Topic(_) => "invalid-topic",
+            ApiError::EventName(_) => "invalid-event-name",
+            ApiError::LastEventId(_) => "invalid-last-event-id",
+            ApiError::BodyTooLarge { .. } => "body-too-large",
+            ApiError::NotUtf8 { .. } => "body-not-utf8",
+            ApiError::BadJson(_) => "body-not-json",
+            ApiError::BadRequest(_) => "bad-request",
+            ApiError::Payload(_) => "unreadable-body",
+            ApiError::Join(JoinError::Full(_)) => "too-many-connections",
+            ApiError::Join(JoinError::ShuttingDown) => "shutting-down",
+            ApiError::Engine(EngineError::Unavailable(_)) => "store-unavailable",
+            ApiError::Engine(EngineError::Unknown(_)) => "outcome-unknown",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Join(_) | ApiError::Engine(EngineError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            // The publisher must be able to tell "maybe stored" from "refused": retry with the same
+            // Idempotency-Key to find out.
+            ApiError::Engine(EngineError::Unknown(_)) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut response = problem(status, self.code(), &self.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A problem+json response: `type` is `about:blank` (the status says it all), `code` tells machines apart.
+pub fn problem(status: StatusCode, code: &str, detail: &str) -> HttpResponse {
+    HttpResponse::build(status).content_type(PROBLEM_JSON).body(
+        json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "code": code,
+            "detail": detail,
+        })
+        .to_string(),
+    )
+}
+
+/// Turns any error response that is not problem+json yet (unknown route, wrong method, extractor
+/// errors) into one, so every error a client sees has the same shape.
+pub fn problem_fallback<B: MessageBody>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let already = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if already {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let detail = match status {
+        StatusCode::NOT_FOUND => format!(
+            "nothing is served at {}; the API is POST /topics/{{topic}}, GET /events?topic=…, GET /topics/{{topic}}/history",
+            res.request().path()
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("{} is not accepted at {}", res.request().method(), res.request().path())
+        }
+        _ => res
+            .response()
+            .error()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        s if s.is_server_error() => "internal",
+        _ => "bad-request",
+    };
+    let (req, old) = res.into_parts();
+    let mut response = problem(status, code, &detail);
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
+}

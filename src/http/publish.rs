@@ -1,0 +1,68 @@
+//! `POST /topics/{topic}[?event=<type>]`: the body is the event's data; answers the id once stored.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+use super::error::ApiError;
+use super::{query_pairs, query_value, AppState};
+use crate::domain::{EventName, TopicName};
+
+pub async fn publish(
+    req: HttpRequest,
+    topic: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let limits = &state.settings.limits;
+    let topic = TopicName::parse(&topic, limits.max_topic_len)?;
+    let pairs = query_pairs(req.query_string())?;
+    let event = query_value(&pairs, "event")
+        .map(|name| EventName::parse(name, limits.max_event_name_len))
+        .transpose()?;
+    let body = read_body(&req, body, limits.max_body_bytes).await?;
+    let data = std::str::from_utf8(&body).map_err(|e| ApiError::NotUtf8 { at: e.valid_up_to() })?;
+    if is_json(&req) {
+        serde_json::from_str::<serde::de::IgnoredAny>(data).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    }
+    let id = state.engine.publish(&topic, event.as_ref(), data).await?;
+    state.metrics.published.fetch_add(1, Ordering::Relaxed);
+    Ok(HttpResponse::Ok().json(json!({ "id": id.to_string(), "topic": topic.as_str() })))
+}
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit` (by header or by count).
+async fn read_body(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::Payload(e.to_string()))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// `application/json` or any `application/*+json`, parameters ignored.
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}

@@ -1,0 +1,362 @@
+//! The hub: one per node, fanning each event out to the local connections of its topic.
+//!
+//! Frames are encoded once (by the engine) and shared. Each connection has a bounded queue; a push to a full
+//! queue closes that connection (counted in `herald_closed_for_lag_total`) so the browser reconnects and
+//! replays from history, instead of the hub dropping events silently or letting memory grow.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::domain::TopicName;
+use crate::engine::Event;
+use crate::telemetry::{Gauges, Metrics};
+
+/// Topic → the local connections subscribed to it.
+///
+/// `std` `RwLock`: fan-out only reads and never awaits while holding it; joins and leaves write briefly.
+type TopicMap = HashMap<TopicName, Vec<Arc<Conn>>>;
+
+pub struct Hub {
+    topics: RwLock<TopicMap>,
+    connections: AtomicUsize,
+    next_conn: AtomicU64,
+    shutting_down: AtomicBool,
+    queue_capacity: usize,
+    max_connections: usize,
+    /// Told the name of each topic that loses its last local subscriber (the Redis engine unsubscribes).
+    idle_tx: OnceLock<mpsc::UnboundedSender<TopicName>>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The queue was full: the client reads slower than events arrive.
+    Lagged,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    #[error("this node already holds its maximum of {0} connections")]
+    Full(usize),
+    #[error("this node is shutting down")]
+    ShuttingDown,
+}
+
+/// One SSE connection as the hub sees it.
+pub struct Conn {
+    id: u64,
+    topics: Vec<TopicName>,
+    state: Mutex<ConnState>,
+    /// Woken once when the queue goes from empty to non-empty, or on close: one wake-up per batch.
+    notify: Notify,
+    detached: AtomicBool,
+}
+
+#[derive(Default)]
+struct ConnState {
+    queue: VecDeque<Arc<Event>>,
+    closed: Option<CloseReason>,
+}
+
+/// What a connection finds when it looks at its queue.
+pub enum Take {
+    /// Every event queued since the last look, oldest first.
+    Events(VecDeque<Arc<Event>>),
+    /// Nothing left to send and the connection is closed.
+    Closed(CloseReason),
+    Empty,
+}
+
+enum Push {
+    Queued,
+    Lagged,
+    Closed,
+}
+
+impl Conn {
+    pub fn topics(&self) -> &[TopicName] {
+        &self.topics
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, event: &Arc<Event>, capacity: usize, metrics: &Metrics) -> Push {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return Push::Closed;
+        }
+        if state.queue.len() >= capacity {
+            let dropped = std::mem::take(&mut state.queue).len() as u64;
+            state.closed = Some(CloseReason::Lagged);
+            drop(state);
+            metrics.queued.fetch_sub(dropped, Ordering::Relaxed);
+            self.notify.notify_one();
+            return Push::Lagged;
+        }
+        let woke = state.queue.is_empty();
+        state.queue.push_back(Arc::clone(event));
+        drop(state);
+        if woke {
+            self.notify.notify_one();
+        }
+        Push::Queued
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        if state.closed.is_none() {
+            state.closed = Some(reason);
+            drop(state);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes everything queued; the caller writes it in one go.
+    pub fn take(&self, metrics: &Metrics) -> Take {
+        let mut state = self.lock();
+        if !state.queue.is_empty() {
+            let events = std::mem::take(&mut state.queue);
+            drop(state);
+            metrics.queued.fetch_sub(events.len() as u64, Ordering::Relaxed);
+            return Take::Events(events);
+        }
+        match state.closed {
+            Some(reason) => Take::Closed(reason),
+            None => Take::Empty,
+        }
+    }
+
+    /// Resolves after the next push or close (immediately if one happened since the last wait).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize, max_connections: usize, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            topics: RwLock::new(HashMap::new()),
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            queue_capacity,
+            max_connections,
+            idle_tx: OnceLock::new(),
+            metrics,
+        }
+    }
+
+    /// Registers where to report topics that lose their last local subscriber; only the first call counts.
+    pub fn report_idle_topics(&self, tx: mpsc::UnboundedSender<TopicName>) {
+        // A second registration is a programming error we tolerate by keeping the first.
+        let _ = self.idle_tx.set(tx);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TopicMap> {
+        self.topics.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TopicMap> {
+        self.topics.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a connection for `topics`; it receives every event dispatched after this returns.
+    pub fn join(self: &Arc<Self>, topics: Vec<TopicName>) -> Result<Membership, JoinError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(JoinError::ShuttingDown);
+        }
+        let held = self.connections.fetch_add(1, Ordering::AcqRel);
+        if held >= self.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            return Err(JoinError::Full(self.max_connections));
+        }
+        let conn = Arc::new(Conn {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            topics,
+            state: Mutex::new(ConnState::default()),
+            notify: Notify::new(),
+            detached: AtomicBool::new(false),
+        });
+        {
+            let mut map = self.write();
+            for topic in &conn.topics {
+                map.entry(topic.clone()).or_default().push(Arc::clone(&conn));
+            }
+        }
+        // A shutdown that started while we joined must still reach this connection.
+        if self.shutting_down.load(Ordering::Acquire) {
+            conn.close(CloseReason::Shutdown);
+        }
+        Ok(Membership {
+            hub: Arc::clone(self),
+            conn,
+        })
+    }
+
+    /// Queues `event` for every local subscriber of its topic. Callers dispatch in id order.
+    pub fn dispatch(&self, event: &Arc<Event>) {
+        let mut lagged = Vec::new();
+        let mut queued = 0u64;
+        {
+            let map = self.read();
+            let Some(conns) = map.get(&event.topic) else {
+                return;
+            };
+            for conn in conns {
+                match conn.push(event, self.queue_capacity, &self.metrics) {
+                    Push::Queued => queued += 1,
+                    Push::Lagged => lagged.push(Arc::clone(conn)),
+                    Push::Closed => {}
+                }
+            }
+        }
+        self.metrics.queued.fetch_add(queued, Ordering::Relaxed);
+        for conn in lagged {
+            tracing::info!(conn = conn.id, topic = %event.topic, "closing a connection whose queue is full");
+            self.metrics.closed_for_lag.fetch_add(1, Ordering::Relaxed);
+            self.detach(&conn);
+        }
+    }
+
+    /// Removes a connection from every topic; idempotent. Reports topics left without subscribers.
+    fn detach(&self, conn: &Conn) {
+        if conn.detached.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut idle = Vec::new();
+        {
+            let mut map = self.write();
+            for topic in &conn.topics {
+                if let Some(conns) = map.get_mut(topic) {
+                    conns.retain(|c| c.id != conn.id);
+                    if conns.is_empty() {
+                        map.remove(topic);
+                        idle.push(topic.clone());
+                    }
+                }
+            }
+        }
+        if let Some(tx) = self.idle_tx.get() {
+            for topic in idle {
+                // The receiver only goes away when the engine stops; nothing left to tell then.
+                let _ = tx.send(topic);
+            }
+        }
+    }
+
+    /// Ends every stream (each sends what it has queued first) and refuses new connections.
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        for conns in self.read().values() {
+            for conn in conns {
+                conn.close(CloseReason::Shutdown);
+            }
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Whether any local connection listens to `topic`.
+    pub fn has_subscribers(&self, topic: &TopicName) -> bool {
+        self.read().contains_key(topic)
+    }
+
+    /// Every topic with at least one local subscriber.
+    pub fn topics(&self) -> Vec<TopicName> {
+        self.read().keys().cloned().collect()
+    }
+
+    pub fn gauges(&self, ready: bool) -> Gauges {
+        let map = self.read();
+        Gauges {
+            connections: self.connections.load(Ordering::Acquire) as u64,
+            subscriptions: map.values().map(|c| c.len() as u64).sum(),
+            topics: map.len() as u64,
+            ready,
+        }
+    }
+}
+
+/// A connection's place in the hub; dropping it (the client went away) frees everything it held.
+pub struct Membership {
+    hub: Arc<Hub>,
+    conn: Arc<Conn>,
+}
+
+impl Membership {
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.detach(&self.conn);
+        let left = std::mem::take(&mut self.conn.lock().queue).len() as u64;
+        self.hub.metrics.queued.fetch_sub(left, Ordering::Relaxed);
+        self.hub.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventId;
+
+    fn event(seq: u64, topic: &TopicName) -> Arc<Event> {
+        Arc::new(Event::new(
+            EventId { ms: 1, seq },
+            topic.clone(),
+            None,
+            "x".into(),
+        ))
+    }
+
+    #[test]
+    fn full_queue_closes_only_that_connection() {
+        let hub = Arc::new(Hub::new(2, 10, Arc::default()));
+        let t = TopicName::parse("t", 8).unwrap();
+        let slow = hub.join(vec![t.clone()]).unwrap();
+        let fast = hub.join(vec![t.clone()]).unwrap();
+        for seq in 0..3 {
+            hub.dispatch(&event(seq, &t));
+            if let Take::Events(events) = fast.conn().take(&hub.metrics) {
+                assert_eq!(events.len(), 1);
+            }
+        }
+        assert!(matches!(
+            slow.conn().take(&hub.metrics),
+            Take::Closed(CloseReason::Lagged)
+        ));
+        assert_eq!(hub.metrics.closed_for_lag.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.gauges(true).subscriptions, 1);
+        assert_eq!(hub.metrics.queued.load(Ordering::Relaxed), 0);
+        drop((slow, fast));
+        assert_eq!(hub.gauges(true).connections, 0);
+        assert!(!hub.has_subscribers(&t));
+    }
+
+    #[test]
+    fn connection_limit_and_idle_report() {
+        let hub = Arc::new(Hub::new(8, 1, Arc::default()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        hub.report_idle_topics(tx);
+        let t = TopicName::parse("t", 8).unwrap();
+        let one = hub.join(vec![t.clone()]).unwrap();
+        assert_eq!(hub.join(vec![t.clone()]).err(), Some(JoinError::Full(1)));
+        drop(one);
+        assert_eq!(rx.try_recv().ok(), Some(t.clone()));
+        hub.shutdown();
+        assert_eq!(hub.join(vec![t]).err(), Some(JoinError::ShuttingDown));
+    }
+}

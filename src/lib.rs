@@ -1,0 +1,27 @@
+//! Herald: a pub/sub hub that pushes live updates to browsers over Server-Sent Events.
+//!
+//! Publishers POST to a topic; subscribers hold an SSE stream of one or more topics. Every event gets an
+//! id that is ordered across all topics, so a client reconnecting with `Last-Event-ID` receives exactly
+//! what it missed, then the live events.
+//!
+//! # Layout
+//! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags), validated once.
+//! - [`domain`]: validated values — [`domain::TopicName`], [`domain::EventName`], [`domain::EventId`].
+//! - [`engine`]: the [`engine::Engine`] trait (stores history, carries events to hubs) and its `memory`
+//!   implementation.
+//! - [`hub`]: per-node fan-out of pre-encoded frames into bounded per-connection queues.
+//! - [`sse`]: WHATWG event-stream framing.
+//! - [`connection`]: one SSE response body — retry, replay across topics, live events, heartbeats.
+//! - [`http`]: the routes (one file each), CORS, and the mapping of every error to problem+json.
+//! - [`telemetry`]: logs and the counters behind `/metrics`.
+//! - [`startup`]: [`startup::Application`] builds a node on a listener and runs it until shut down.
+
+pub mod config;
+pub mod connection;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod hub;
+pub mod sse;
+pub mod startup;
+pub mod telemetry;

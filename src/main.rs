@@ -1,0 +1,79 @@
+//! The `herald` binary: parse flags, load settings, run one node until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use herald::config::{Settings, Sources};
+use herald::startup::Application;
+use herald::telemetry;
+
+/// A pub/sub hub that pushes live updates to browsers over Server-Sent Events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Folder with default.toml and $HERALD_ENV.toml (default: ./config).
+    #[arg(long, value_name = "DIR")]
+    config: Option<PathBuf>,
+    /// Address to listen on (server.host).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one (server.port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Run on Redis at this URL instead of the memory engine (redis.url).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logs();
+    let mut overrides = Vec::new();
+    if let Some(host) = cli.host {
+        overrides.push(("server.host".to_string(), host));
+    }
+    if let Some(port) = cli.port {
+        overrides.push(("server.port".to_string(), port.to_string()));
+    }
+    if let Some(url) = cli.redis_url {
+        overrides.push(("redis.url".to_string(), url));
+    }
+    let sources = Sources {
+        dir: cli.config,
+        env: std::env::var("HERALD_ENV").ok(),
+        overrides,
+    };
+    let settings = Settings::load(&sources).context("invalid configuration")?;
+    let host = settings.server.host.clone();
+    let app = Application::build(settings).await.context("could not start")?;
+    let url = format!("http://{}:{}", host, app.port());
+    tracing::info!("herald listening on {url} (demo page at {url}/)");
+    if app.engine_name() == "memory" {
+        tracing::info!("engine: memory (one node, history kept in this process only)");
+    } else {
+        tracing::info!("engine: {}", app.engine_name());
+    }
+    let shutdown = app.shutdown_handle();
+    actix_rt::spawn(async move {
+        match wait_for_signal().await {
+            Ok(name) => tracing::info!("{name} received: closing streams and shutting down"),
+            Err(e) => tracing::error!("cannot listen for signals ({e}); shutting down"),
+        }
+        shutdown.run().await;
+    });
+    app.run_until_stopped().await.context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,96 @@
+//! Server-Sent Events framing per the WHATWG HTML standard (§ 9.2 "Server-sent events").
+//!
+//! Frames are encoded once per node and shared as `Bytes` by every connection that receives them.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::domain::EventId;
+
+/// Encodes one event: `id:`, `event:` when set, then one `data:` line per line of `data`.
+///
+/// Lines are split where an SSE parser splits them (CRLF, CR or LF), so the frame parses to exactly the
+/// lines of `data` joined by LF: LF-only data arrives byte-exact, CRLF and lone CR arrive as LF.
+pub fn encode_event(id: EventId, event: Option<&str>, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(data.len() + 48);
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.to_string().as_bytes());
+    buf.put_u8(b'\n');
+    if let Some(event) = event {
+        buf.put_slice(b"event: ");
+        buf.put_slice(event.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    for line in lines(data) {
+        buf.put_slice(b"data: ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// A comment frame (`: text`): ignored by clients, keeps proxies and NATs from closing an idle stream.
+pub fn comment(text: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(text.len() + 4);
+    for line in lines(text) {
+        buf.put_slice(b": ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// The reconnection delay a client should use, sent once when a stream opens.
+pub fn retry(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// Splits like the SSE parser: on CRLF, on lone CR and on LF; an empty string is one empty line.
+fn lines(data: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(s)
+            }
+            Some(at) => {
+                let skip = if s[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&s[at + skip..]);
+                Some(&s[..at])
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(s: &str) -> Vec<&str> {
+        lines(s).collect()
+    }
+
+    #[test]
+    fn splits_like_the_parser() {
+        assert_eq!(split(""), vec![""]);
+        assert_eq!(split("a"), vec!["a"]);
+        assert_eq!(split("a\n"), vec!["a", ""]);
+        assert_eq!(split("a\r\nb\rc\nd"), vec!["a", "b", "c", "d"]);
+        assert_eq!(split("\n\n"), vec!["", "", ""]);
+        assert_eq!(split("a\r"), vec!["a", ""]);
+    }
+
+    #[test]
+    fn frame_shape() {
+        let id = EventId { ms: 5, seq: 1 };
+        assert_eq!(
+            &encode_event(id, Some("up"), "x\ny")[..],
+            b"id: 5-1\nevent: up\ndata: x\ndata: y\n\n"
+        );
+        assert_eq!(&encode_event(id, None, "")[..], b"id: 5-1\ndata: \n\n");
+        assert_eq!(&comment("bye")[..], b": bye\n\n");
+    }
+}

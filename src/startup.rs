@@ -1,0 +1,117 @@
+//! Builds a node: settings → metrics, hub, engine, HTTP server bound to its listener.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+
+use crate::config::Settings;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::Engine;
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}; pick another port with --port or HERALD__SERVER__PORT")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(
+        "the Redis engine is not part of this build yet; leave redis.url empty to use the memory engine"
+    )]
+    RedisUnsupported,
+}
+
+/// A built node, listening but not yet serving until [`Application::run_until_stopped`].
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: Shutdown,
+    engine_name: &'static str,
+}
+
+/// Ends a node gracefully: stop accepting, end every SSE stream, wait for in-flight requests (bounded by
+/// `server.shutdown_grace_secs`).
+#[derive(Clone)]
+pub struct Shutdown {
+    hub: Arc<Hub>,
+    server: ServerHandle,
+}
+
+impl Shutdown {
+    pub async fn run(&self) {
+        let stopped = self.server.stop(true);
+        self.hub.shutdown();
+        stopped.await;
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(
+            settings.sse.queue_capacity,
+            settings.limits.max_connections,
+            Arc::clone(&metrics),
+        ));
+        let engine: Arc<dyn Engine> = if settings.redis.url.is_empty() {
+            Arc::new(MemoryEngine::new(
+                Arc::clone(&hub),
+                settings.history.max_len,
+                settings.history.max_age_secs,
+            ))
+        } else {
+            return Err(StartupError::RedisUnsupported);
+        };
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let bind = |source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&addr).map_err(bind)?;
+        let port = listener.local_addr().map_err(bind)?.port();
+        let engine_name = engine.name();
+        let state = web::Data::new(AppState {
+            engine,
+            hub: Arc::clone(&hub),
+            settings: Arc::new(settings.clone()),
+            metrics,
+        });
+        let mut server =
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
+                // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
+                .disable_signals()
+                .shutdown_timeout(settings.server.shutdown_grace_secs);
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.listen(listener).map_err(bind)?.run();
+        let shutdown = Shutdown {
+            hub,
+            server: server.handle(),
+        };
+        Ok(Application {
+            port,
+            server,
+            shutdown,
+            engine_name,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.engine_name
+    }
+
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,123 @@
+//! Logs (`tracing`, filtered by `RUST_LOG`) and the counters behind `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Installs the log subscriber once; `RUST_LOG` filters (default `info`). Logs go to stderr.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second call (tests) keeps the first subscriber: ignoring that error is the intent.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Process-wide counters. Relaxed atomics: each is read alone, never used to order other memory.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub closed_for_lag: AtomicU64,
+    pub replayed: AtomicU64,
+    pub gaps: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    /// Events sitting in connection queues now (added per fan-out, removed per batch written).
+    pub queued: AtomicU64,
+}
+
+/// Gauges the hub computes when asked.
+pub struct Gauges {
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub topics: u64,
+    pub ready: bool,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self, g: &Gauges) -> String {
+        let rows: [(&str, &str, &str, u64); 11] = [
+            (
+                "herald_connections",
+                "gauge",
+                "SSE connections open now",
+                g.connections,
+            ),
+            (
+                "herald_subscriptions",
+                "gauge",
+                "connection-topic pairs now",
+                g.subscriptions,
+            ),
+            (
+                "herald_topics",
+                "gauge",
+                "topics with at least one local subscriber",
+                g.topics,
+            ),
+            (
+                "herald_ready",
+                "gauge",
+                "1 when the engine is reachable",
+                u64::from(g.ready),
+            ),
+            (
+                "herald_queued_events",
+                "gauge",
+                "events waiting in connection queues",
+                self.queued.load(Relaxed),
+            ),
+            (
+                "herald_published_total",
+                "counter",
+                "events accepted by this node",
+                self.published.load(Relaxed),
+            ),
+            (
+                "herald_delivered_total",
+                "counter",
+                "events written to SSE streams (live and replayed)",
+                self.delivered.load(Relaxed),
+            ),
+            (
+                "herald_closed_for_lag_total",
+                "counter",
+                "connections closed because their queue was full",
+                self.closed_for_lag.load(Relaxed),
+            ),
+            (
+                "herald_replayed_total",
+                "counter",
+                "events sent from history after Last-Event-ID",
+                self.replayed.load(Relaxed),
+            ),
+            (
+                "herald_gaps_total",
+                "counter",
+                "gap notices sent for ids older than retained history",
+                self.gaps.load(Relaxed),
+            ),
+            (
+                "herald_rejected_connections_total",
+                "counter",
+                "SSE connections refused at the connection limit",
+                self.rejected_connections.load(Relaxed),
+            ),
+        ];
+        let mut out = String::with_capacity(2048);
+        for (name, kind, help, value) in rows {
+            // Writing to a String cannot fail.
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        }
+        out
+    }
+}

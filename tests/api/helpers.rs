@@ -1,0 +1,210 @@
+use std::pin::Pin;
+use std::time::Duration;
+
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
+use herald::config::Settings;
+use herald::startup::{Application, Shutdown};
+
+/// How long a test waits for something that should arrive at once before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub shutdown: Shutdown,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a node on a free port with the default settings as changed by `change`.
+pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        herald::telemetry::init_logs();
+    }
+    let mut settings = Settings::defaults().expect("defaults load");
+    settings.server.port = 0;
+    settings.server.workers = 2;
+    change(&mut settings);
+    settings.validate().expect("test settings are valid");
+    let app = Application::build(settings).await.expect("node builds");
+    let port = app.port();
+    let shutdown = app.shutdown_handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client builds"),
+        shutdown,
+    }
+}
+
+pub type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+
+/// A subscriber: the parsed event stream of one `GET /events`.
+pub struct Subscriber {
+    events: Events,
+}
+
+impl Subscriber {
+    /// The next event, failing the test if none comes within [`PATIENCE`].
+    pub async fn next(&mut self) -> Event {
+        match tokio::time::timeout(PATIENCE, self.events.next()).await {
+            Ok(Some(Ok(event))) => event,
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Ok(None) => panic!("stream ended"),
+            Err(_) => panic!("no event within {PATIENCE:?}"),
+        }
+    }
+
+    pub async fn take(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+
+    /// Asserts that nothing arrives for `quiet` (used after the expected events, to catch duplicates).
+    pub async fn assert_silent(&mut self, quiet: Duration) {
+        if let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.next()).await {
+            panic!("unexpected event: {event:?}");
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post(
+        &self,
+        topic: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/topics/{topic}")))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("publish request")
+    }
+
+    /// Publishes text and returns the id, failing the test on any error status.
+    pub async fn publish(&self, topic: &str, data: &str) -> String {
+        let response = self
+            .post(topic, "text/plain; charset=utf-8", data.to_string())
+            .await;
+        assert_eq!(
+            response.status(),
+            200,
+            "publish failed: {:?}",
+            response.text().await
+        );
+        let body: serde_json::Value = response.json().await.expect("json answer");
+        body["id"].as_str().expect("id in answer").to_string()
+    }
+
+    pub async fn subscribe(&self, topics: &[&str], last_event_id: Option<&str>) -> Subscriber {
+        let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
+        let mut request = self.client.get(self.url(&format!("/events?{}", query.join("&"))));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = tokio::time::timeout(PATIENCE, request.send())
+            .await
+            .expect("response head arrives at once")
+            .expect("subscribe request");
+        assert_eq!(
+            response.status(),
+            200,
+            "subscribe failed: {:?}",
+            response.text().await
+        );
+        Subscriber {
+            events: Box::pin(response.bytes_stream().eventsource()),
+        }
+    }
+
+    /// A counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// Waits until the node has noticed that subscribers went away, leaving `left` connections. A node
+    /// notices a closed socket when it next writes to it, so this publishes to `topic` while waiting.
+    pub async fn wait_connections(&self, topic: &str, left: u64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.metric("herald_connections").await != left {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "subscribers were never noticed to be gone"
+            );
+            self.publish(topic, "are you there?").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `/metrics` shows `name` at `value` (state changes on other tasks take a moment).
+    pub async fn wait_metric(&self, name: &str, value: u64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed {now}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Orders ids as the hub defines them (`<ms>-<seq>`), for checking delivery order.
+pub fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("id has a dash");
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
+/// Asserts an error answer: the status, problem+json, and a human sentence in `detail`.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status(), status, "wrong status for {}", response.url());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["code"], code, "{body}");
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.len() > 10 && detail.contains(' '),
+        "detail is not a sentence: {body}"
+    );
+    body
+}

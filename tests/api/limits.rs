@@ -1,0 +1,260 @@
+//! Every limit at its edge and every bad input: the status and the problem body a user sees.
+
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn body_size_limit_edge() {
+    let app = spawn_app_with(|s| s.limits.max_body_bytes = 100).await;
+    let ok = app.post("t", "text/plain", "x".repeat(100)).await;
+    assert_eq!(ok.status(), 200);
+    let body = assert_problem(
+        app.post("t", "text/plain", "x".repeat(101)).await,
+        413,
+        "body-too-large",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("100 bytes"));
+    // Without a Content-Length (chunked), the limit holds while reading.
+    let stream = futures_util::stream::iter((0..11).map(|_| Ok::<_, std::io::Error>("0123456789")));
+    let chunked = app
+        .post("t", "text/plain", reqwest::Body::wrap_stream(stream))
+        .await;
+    assert_problem(chunked, 413, "body-too-large").await;
+}
+
+#[tokio::test]
+async fn topic_name_rules() {
+    let app = spawn_app_with(|s| s.limits.max_topic_len = 10).await;
+    assert_eq!(app.post(&"t".repeat(10), "text/plain", "x").await.status(), 200);
+    assert_problem(
+        app.post(&"t".repeat(11), "text/plain", "x").await,
+        400,
+        "invalid-topic",
+    )
+    .await;
+    for bad in ["a%20b", "caf%C3%A9", "a%0Ab", "a%00b", "a%7Bb%7D"] {
+        assert_problem(app.post(bad, "text/plain", "x").await, 400, "invalid-topic").await;
+        let sub = app
+            .client
+            .get(app.url(&format!("/events?topic={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(sub, 400, "invalid-topic").await;
+    }
+}
+
+#[tokio::test]
+async fn topics_per_connection_edge() {
+    let app = spawn_app_with(|s| s.limits.max_topics_per_connection = 3).await;
+    let ok = app
+        .client
+        .get(app.url("/events?topic=a&topic=b&topic=c&topic=a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "duplicates count once");
+    drop(ok);
+    let response = app
+        .client
+        .get(app.url("/events?topic=a&topic=b&topic=c&topic=d"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(response, 400, "bad-request").await;
+    assert!(body["detail"].as_str().unwrap().contains("at most 3 topics"));
+    let none = app.client.get(app.url("/events")).send().await.unwrap();
+    assert_problem(none, 400, "bad-request").await;
+}
+
+#[tokio::test]
+async fn connections_per_node_edge() {
+    let app = spawn_app_with(|s| s.limits.max_connections = 2).await;
+    let first = app.subscribe(&["t"], None).await;
+    let _second = app.subscribe(&["t"], None).await;
+    let third = app.client.get(app.url("/events?topic=t")).send().await.unwrap();
+    assert_eq!(third.headers()["retry-after"], "1");
+    assert_problem(third, 503, "too-many-connections").await;
+    assert_eq!(app.metric("herald_rejected_connections_total").await, 1);
+    drop(first);
+    app.wait_connections("t", 1).await;
+    assert_eq!(
+        app.client
+            .get(app.url("/events?topic=t"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn non_utf8_body_is_refused() {
+    let app = spawn_app().await;
+    let body = assert_problem(
+        app.post("t", "text/plain", vec![b'o', b'k', 0xff, 0xfe]).await,
+        400,
+        "body-not-utf8",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("byte 2"));
+}
+
+#[tokio::test]
+async fn malformed_json_is_refused_only_under_a_json_content_type() {
+    let app = spawn_app().await;
+    assert_problem(
+        app.post("t", "application/json", "{\"a\":").await,
+        400,
+        "body-not-json",
+    )
+    .await;
+    assert_problem(
+        app.post("t", "application/merge-patch+json; charset=utf-8", "nope")
+            .await,
+        400,
+        "body-not-json",
+    )
+    .await;
+    assert_eq!(app.post("t", "application/json", "{\"a\":1}").await.status(), 200);
+    assert_eq!(app.post("t", "text/plain", "{\"a\":").await.status(), 200);
+}
+
+#[tokio::test]
+async fn malformed_last_event_id_is_refused() {
+    let app = spawn_app().await;
+    for bad in ["abc", "12", "1-2-3", "-1-0", "99999999999999999999999-0"] {
+        let by_header = app
+            .client
+            .get(app.url("/events?topic=t"))
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(by_header, 400, "invalid-last-event-id").await;
+        let by_query = app
+            .client
+            .get(app.url(&format!("/events?topic=t&lastEventId={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(by_query, 400, "invalid-last-event-id").await;
+    }
+    // An empty header means "no id", as a browser that never saw one would send.
+    let empty = app
+        .client
+        .get(app.url("/events?topic=t"))
+        .header("Last-Event-ID", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 200);
+}
+
+#[tokio::test]
+async fn event_names_cannot_inject_fields() {
+    let app = spawn_app().await;
+    for bad in ["a%0Aid%3A%201", "a%0Db", "a%00b", "herald.gap", ""] {
+        let response = app
+            .client
+            .post(app.url(&format!("/topics/t?event={bad}")))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 400, "invalid-event-name").await;
+    }
+}
+
+#[tokio::test]
+async fn history_paging_parameters_are_checked() {
+    let app = spawn_app_with(|s| s.history.page_size = 50).await;
+    for query in ["limit=0", "limit=51", "limit=-1", "limit=x", "after=nope"] {
+        let response = app
+            .client
+            .get(app.url(&format!("/topics/t/history?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 400, "bad-request").await;
+    }
+    let ok = app
+        .client
+        .get(app.url("/topics/t/history?limit=50"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_problems() {
+    let app = spawn_app().await;
+    assert_problem(
+        app.client.get(app.url("/nope")).send().await.unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+    let wrong_method = app.client.delete(app.url("/topics/t")).send().await.unwrap();
+    assert_problem(wrong_method, 405, "method-not-allowed").await;
+}
+
+#[tokio::test]
+async fn cors_allows_configured_origins_only() {
+    let app = spawn_app_with(|s| s.cors.allowed_origins = vec!["http://allowed.test:3000".into()]).await;
+    let allowed = app
+        .client
+        .post(app.url("/topics/t"))
+        .header("Origin", "http://allowed.test:3000")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://allowed.test:3000"
+    );
+    let other = app
+        .client
+        .get(app.url("/healthz"))
+        .header("Origin", "http://evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/topics/t"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+    };
+    let ok = preflight("http://allowed.test:3000").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert!(ok.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert_problem(
+        preflight("http://evil.test").await.unwrap(),
+        403,
+        "origin-not-allowed",
+    )
+    .await;
+
+    // The default allows no other origin, while same-origin pages (which also send Origin) still work.
+    let default = spawn_app().await;
+    let same_origin = default
+        .client
+        .post(default.url("/topics/t"))
+        .header("Origin", default.address.clone())
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_origin.status(), 200);
+    assert!(same_origin.headers().get("access-control-allow-origin").is_none());
+}

@@ -1,0 +1,11 @@
+//! Integration tests: real nodes on port 0, real HTTP, SSE parsed by an independent parser crate.
+//! Logs are printed only with `TEST_LOG=1`.
+
+mod helpers;
+
+mod concurrency;
+mod limits;
+mod publish_subscribe;
+mod replay;
+mod shutdown;
+mod slow_consumer;

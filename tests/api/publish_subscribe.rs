@@ -1,0 +1,160 @@
+use std::time::Duration;
+
+use crate::helpers::{spawn_app, spawn_app_with, PATIENCE};
+
+#[tokio::test]
+async fn publish_reaches_every_subscriber_of_its_topic_and_no_other() {
+    let app = spawn_app().await;
+    let mut a1 = app.subscribe(&["a"], None).await;
+    let mut a2 = app.subscribe(&["a"], None).await;
+    let mut b = app.subscribe(&["b"], None).await;
+
+    let id_a = app.publish("a", "for a").await;
+    let id_b = app.publish("b", "for b").await;
+
+    for sub in [&mut a1, &mut a2] {
+        let event = sub.next().await;
+        assert_eq!((event.id.as_str(), event.data.as_str()), (id_a.as_str(), "for a"));
+    }
+    let event = b.next().await;
+    assert_eq!((event.id.as_str(), event.data.as_str()), (id_b.as_str(), "for b"));
+    a1.assert_silent(Duration::from_millis(200)).await;
+    b.assert_silent(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn data_arrives_byte_exact() {
+    let app = spawn_app().await;
+    let mut sub = app.subscribe(&["t"], None).await;
+    let cases = [
+        "one line",
+        "two\nlines",
+        "\nleading and trailing empty lines\n\n",
+        "",
+        "\n",
+        "ünïcödé ✓ 😀 — 日本語",
+        "data: looks like a field\nid: 99-0\nevent: nope",
+        ": looks like a comment",
+        "  leading spaces kept",
+    ];
+    for data in cases {
+        app.publish("t", data).await;
+    }
+    for data in cases {
+        assert_eq!(sub.next().await.data, data);
+    }
+}
+
+#[tokio::test]
+async fn json_round_trips_and_event_type_is_set() {
+    let app = spawn_app().await;
+    let mut sub = app.subscribe(&["t"], None).await;
+    let value = serde_json::json!({"title": "hi", "nested": {"list": [1, 2.5, null, "x\ny"]}, "emoji": "🎉"});
+    let response = app
+        .client
+        .post(app.url("/topics/t?event=price-update"))
+        .json(&value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["topic"], "t");
+
+    let event = sub.next().await;
+    assert_eq!(event.event, "price-update");
+    assert_eq!(event.id, answer["id"].as_str().unwrap());
+    let parsed: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(parsed, value);
+}
+
+#[tokio::test]
+async fn stream_headers_and_retry_are_sent_at_once() {
+    let app = spawn_app_with(|s| s.sse.retry_ms = 1234).await;
+    // The response head must arrive with no event published yet.
+    let response = tokio::time::timeout(PATIENCE, app.client.get(app.url("/events?topic=t")).send())
+        .await
+        .expect("head arrives at once")
+        .unwrap();
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    let mut body = response.bytes_stream();
+    use futures_util::StreamExt;
+    let first = tokio::time::timeout(PATIENCE, body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"retry: 1234\n\n");
+}
+
+#[tokio::test]
+async fn idle_streams_get_comment_heartbeats() {
+    let app = spawn_app_with(|s| s.sse.heartbeat_secs = 1).await;
+    let response = app.client.get(app.url("/events?topic=t")).send().await.unwrap();
+    let mut body = response.bytes_stream();
+    use futures_util::StreamExt;
+    let mut seen = Vec::new();
+    while !seen.ends_with(b":\n\n") {
+        let chunk = tokio::time::timeout(PATIENCE, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.extend_from_slice(&chunk);
+    }
+    assert!(seen.starts_with(b"retry: "));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_frees_what_it_held() {
+    let app = spawn_app().await;
+    let sub = app.subscribe(&["a", "b"], None).await;
+    app.wait_metric("herald_connections", 1).await;
+    app.wait_metric("herald_subscriptions", 2).await;
+    drop(sub);
+    app.wait_connections("a", 0).await;
+    app.wait_metric("herald_subscriptions", 0).await;
+    app.wait_metric("herald_topics", 0).await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = spawn_app().await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready: serde_json::Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["engine"], "memory");
+    let mut sub = app.subscribe(&["t"], None).await;
+    app.publish("t", "x").await;
+    sub.next().await;
+    assert_eq!(app.metric("herald_published_total").await, 1);
+    app.wait_metric("herald_delivered_total", 1).await;
+    assert_eq!(app.metric("herald_ready").await, 1);
+}
+
+#[tokio::test]
+async fn demo_page_is_served() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("new EventSource("),
+        "the page subscribes with EventSource"
+    );
+}

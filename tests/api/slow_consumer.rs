@@ -1,0 +1,93 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_app_with, PATIENCE};
+
+const CAPACITY: usize = 8;
+const MESSAGE: usize = 64 * 1024;
+/// Enough 64 KiB messages to fill any loopback socket buffers several times over.
+const MAX_PUBLISHES: usize = 2000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_and_others_are_unaffected() {
+    let app = spawn_app_with(|s| {
+        s.sse.queue_capacity = CAPACITY;
+        s.limits.max_body_bytes = 2 * MESSAGE;
+        s.history.max_len = 10;
+    })
+    .await;
+
+    // The stalled client: sends its request, reads the response head, then stops reading.
+    let mut stalled = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    stalled
+        .write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut byte = [0u8; 256];
+        let n = tokio::time::timeout(PATIENCE, stalled.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed before the head");
+        head.extend_from_slice(&byte[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+
+    // The healthy client reads everything as it comes.
+    let mut healthy = app.subscribe(&["t"], None).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let event = healthy.next().await;
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+
+    let payload = "x".repeat(MESSAGE - 10);
+    let mut published = Vec::new();
+    while app.metric("herald_closed_for_lag_total").await == 0 {
+        assert!(
+            published.len() < MAX_PUBLISHES,
+            "the stalled client was never closed"
+        );
+        let n = published.len();
+        published.push(app.publish("t", &format!("{n:09}{payload}")).await);
+        // The hub holds at most CAPACITY events for the stalled client, plus what the healthy one has not read.
+        assert!(app.metric("herald_queued_events").await <= 2 * CAPACITY as u64);
+    }
+    // The stalled connection holds nothing more in the hub.
+    app.wait_metric("herald_subscriptions", 1).await;
+    app.wait_metric("herald_queued_events", 0).await;
+
+    // Publishing goes on, and the healthy client gets every event in order.
+    for _ in 0..20 {
+        let n = published.len();
+        published.push(app.publish("t", &format!("{n:09}{payload}")).await);
+    }
+    for (n, id) in published.iter().enumerate() {
+        let event = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(&event.id, id);
+        assert_eq!(event.data[..9].parse::<usize>().unwrap(), n);
+    }
+    reader.abort();
+
+    // When the stalled client reads again it finds the closing notice and the end of the stream.
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, stalled.read_to_end(&mut rest))
+        .await
+        .expect("the node closes the stalled connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains(": herald: closed because this connection fell behind"),
+        "no closing notice"
+    );
+    app.wait_metric("herald_connections", 1).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
