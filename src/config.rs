@@ -49,6 +49,7 @@ pub struct Limits {
     pub max_event_name_len: usize,
     pub max_topics_per_connection: usize,
     pub max_connections: usize,
+    pub idempotency_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +60,12 @@ pub struct CorsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
+    pub key_prefix: String,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    pub startup_wait_secs: u64,
+    pub ping_interval_ms: u64,
 }
 
 /// Where settings come from besides the built-in defaults.
@@ -239,6 +246,46 @@ impl Settings {
             "redis.url",
             url,
             "use redis://host:port[/db] (or rediss:// for TLS), or leave it empty for the memory engine",
+        )?;
+        let r = &self.redis;
+        check(
+            !r.key_prefix.is_empty()
+                && r.key_prefix.len() <= 64
+                && !r.key_prefix.contains(['{', '}'])
+                && r.key_prefix.bytes().all(|b| b.is_ascii_graphic()),
+            "redis.key_prefix",
+            &r.key_prefix,
+            "use 1 to 64 visible ASCII characters without { or }",
+        )?;
+        check(
+            (1..=1024).contains(&r.pool_size),
+            "redis.pool_size",
+            r.pool_size,
+            "use 1 to 1024 connections",
+        )?;
+        check(
+            (10..=60_000).contains(&r.connect_timeout_ms),
+            "redis.connect_timeout_ms",
+            r.connect_timeout_ms,
+            "use 10 to 60000 ms",
+        )?;
+        check(
+            (10..=60_000).contains(&r.command_timeout_ms),
+            "redis.command_timeout_ms",
+            r.command_timeout_ms,
+            "use 10 to 60000 ms",
+        )?;
+        check(
+            r.startup_wait_secs <= 3600,
+            "redis.startup_wait_secs",
+            r.startup_wait_secs,
+            "use 0 to 3600 seconds",
+        )?;
+        check(
+            (50..=60_000).contains(&r.ping_interval_ms),
+            "redis.ping_interval_ms",
+            r.ping_interval_ms,
+            "use 50 to 60000 ms",
         )?;
         Ok(())
     }

@@ -191,7 +191,7 @@ impl Connection {
                     let mut out = BytesMut::new();
                     let mut sent = 0u64;
                     for event in events {
-                        if self.skip_through.is_some_and(|s| event.id <= s) {
+                        if event.stored && self.skip_through.is_some_and(|s| event.id <= s) {
                             continue;
                         }
                         out.extend_from_slice(&event.frame);

@@ -113,6 +113,27 @@ impl fmt::Debug for EventName {
     }
 }
 
+/// A publisher's `Idempotency-Key`: 1..=128 visible ASCII characters.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct IdempotencyKey(Box<str>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the Idempotency-Key must be 1 to 128 visible ASCII characters (a UUID is a good choice)")]
+pub struct IdempotencyKeyError;
+
+impl IdempotencyKey {
+    pub fn parse(s: &str) -> Result<Self, IdempotencyKeyError> {
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(IdempotencyKeyError);
+        }
+        Ok(Self(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// An event id, `<ms>-<seq>`: a wall-clock millisecond and a sequence within it.
 ///
 /// Ids are totally ordered across every topic of one engine, so one `Last-Event-ID` resumes a multi-topic

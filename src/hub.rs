@@ -314,12 +314,7 @@ mod tests {
     use crate::domain::EventId;
 
     fn event(seq: u64, topic: &TopicName) -> Arc<Event> {
-        Arc::new(Event::new(
-            EventId { ms: 1, seq },
-            topic.clone(),
-            None,
-            "x".into(),
-        ))
+        Arc::new(Event::new(EventId { ms: 1, seq }, topic.clone(), None, "x"))
     }
 
     #[test]

@@ -51,9 +51,12 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("http://{}:{}", host, app.port());
     tracing::info!("herald listening on {url} (demo page at {url}/)");
     if app.engine_name() == "memory" {
-        tracing::info!("engine: memory (one node, history kept in this process only)");
+        tracing::info!(
+            "engine: memory (one node, history kept in this process only); to run several nodes on \
+             Redis, set HERALD__REDIS__URL=redis://127.0.0.1:6379 or pass --redis-url"
+        );
     } else {
-        tracing::info!("engine: {}", app.engine_name());
+        tracing::info!("engine: redis (nodes sharing this Redis serve the same topics)");
     }
     let shutdown = app.shutdown_handle();
     actix_rt::spawn(async move {

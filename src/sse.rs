@@ -6,15 +6,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::domain::EventId;
 
-/// Encodes one event: `id:`, `event:` when set, then one `data:` line per line of `data`.
+/// Encodes one event: `id:` when given, `event:` when set, then one `data:` line per line of `data`.
 ///
 /// Lines are split where an SSE parser splits them (CRLF, CR or LF), so the frame parses to exactly the
 /// lines of `data` joined by LF: LF-only data arrives byte-exact, CRLF and lone CR arrive as LF.
-pub fn encode_event(id: EventId, event: Option<&str>, data: &str) -> Bytes {
+pub fn encode_event(id: Option<EventId>, event: Option<&str>, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(data.len() + 48);
-    buf.put_slice(b"id: ");
-    buf.put_slice(id.to_string().as_bytes());
-    buf.put_u8(b'\n');
+    if let Some(id) = id {
+        buf.put_slice(b"id: ");
+        buf.put_slice(id.to_string().as_bytes());
+        buf.put_u8(b'\n');
+    }
     if let Some(event) = event {
         buf.put_slice(b"event: ");
         buf.put_slice(event.as_bytes());
@@ -27,6 +29,35 @@ pub fn encode_event(id: EventId, event: Option<&str>, data: &str) -> Bytes {
     }
     buf.put_u8(b'\n');
     buf.freeze()
+}
+
+/// Reads the event type and data back out of a frame made by [`encode_event`] (or the Redis function,
+/// which frames the same way).
+pub fn decode_event(frame: &[u8]) -> (Option<String>, String) {
+    let text = String::from_utf8_lossy(frame);
+    let mut event = None;
+    let mut data: Option<String> = None;
+    for line in text.split('\n') {
+        if let Some(value) = line.strip_prefix("data: ") {
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            }
+        } else if let Some(value) = line.strip_prefix("event: ") {
+            event = Some(value.to_string());
+        }
+    }
+    (event, data.unwrap_or_default())
+}
+
+/// The id on the first line of a frame that starts with `id: `.
+pub fn frame_id(frame: &[u8]) -> Option<EventId> {
+    let rest = frame.strip_prefix(b"id: ")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 /// A comment frame (`: text`): ignored by clients, keeps proxies and NATs from closing an idle stream.
@@ -86,11 +117,13 @@ mod tests {
     #[test]
     fn frame_shape() {
         let id = EventId { ms: 5, seq: 1 };
-        assert_eq!(
-            &encode_event(id, Some("up"), "x\ny")[..],
-            b"id: 5-1\nevent: up\ndata: x\ndata: y\n\n"
-        );
-        assert_eq!(&encode_event(id, None, "")[..], b"id: 5-1\ndata: \n\n");
+        let frame = encode_event(Some(id), Some("up"), "x\ny");
+        assert_eq!(&frame[..], b"id: 5-1\nevent: up\ndata: x\ndata: y\n\n");
+        assert_eq!(frame_id(&frame), Some(id));
+        assert_eq!(decode_event(&frame), (Some("up".into()), "x\ny".into()));
+        assert_eq!(&encode_event(Some(id), None, "")[..], b"id: 5-1\ndata: \n\n");
+        assert_eq!(decode_event(&encode_event(None, None, "\n")), (None, "\n".into()));
+        assert_eq!(frame_id(b"data: x\n\n"), None);
         assert_eq!(&comment("bye")[..], b": bye\n\n");
     }
 }

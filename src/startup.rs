@@ -8,6 +8,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::Settings;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{RedisEngine, RedisStartError};
 use crate::engine::Engine;
 use crate::http::{self, AppState};
 use crate::hub::Hub;
@@ -17,10 +18,8 @@ use crate::telemetry::Metrics;
 pub enum StartupError {
     #[error("cannot listen on {addr}: {source}; pick another port with --port or HERALD__SERVER__PORT")]
     Bind { addr: String, source: std::io::Error },
-    #[error(
-        "the Redis engine is not part of this build yet; leave redis.url empty to use the memory engine"
-    )]
-    RedisUnsupported,
+    #[error(transparent)]
+    Redis(#[from] RedisStartError),
 }
 
 /// A built node, listening but not yet serving until [`Application::run_until_stopped`].
@@ -60,9 +59,19 @@ impl Application {
                 Arc::clone(&hub),
                 settings.history.max_len,
                 settings.history.max_age_secs,
+                settings.limits.idempotency_window_secs,
             ))
         } else {
-            return Err(StartupError::RedisUnsupported);
+            RedisEngine::start(
+                &settings.redis,
+                settings.history.max_len,
+                settings.history.max_age_secs,
+                settings.limits.idempotency_window_secs,
+                settings.limits.max_topic_len,
+                Arc::clone(&hub),
+                Arc::clone(&metrics),
+            )
+            .await?
         };
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
         let bind = |source| StartupError::Bind {

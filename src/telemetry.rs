@@ -23,6 +23,10 @@ pub struct Metrics {
     pub replayed: AtomicU64,
     pub gaps: AtomicU64,
     pub rejected_connections: AtomicU64,
+    /// Times the Redis pub/sub link was lost and had to reconnect.
+    pub reconnects: AtomicU64,
+    /// Events read from Redis streams after a reconnect because the link missed them.
+    pub gap_filled: AtomicU64,
     /// Events sitting in connection queues now (added per fan-out, removed per batch written).
     pub queued: AtomicU64,
 }
@@ -42,7 +46,7 @@ impl Metrics {
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self, g: &Gauges) -> String {
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "herald_connections",
                 "gauge",
@@ -108,6 +112,18 @@ impl Metrics {
                 "counter",
                 "SSE connections refused at the connection limit",
                 self.rejected_connections.load(Relaxed),
+            ),
+            (
+                "herald_redis_reconnects_total",
+                "counter",
+                "times the Redis pub/sub link was re-established",
+                self.reconnects.load(Relaxed),
+            ),
+            (
+                "herald_redis_gap_filled_total",
+                "counter",
+                "events recovered from Redis streams after a link loss",
+                self.gap_filled.load(Relaxed),
             ),
         ];
         let mut out = String::with_capacity(2048);

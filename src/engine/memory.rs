@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
-use super::{Engine, EngineError, Event, HistoryPage};
-use crate::domain::{EventId, EventName, TopicName};
+use super::{Engine, EngineError, Event, HistoryPage, Publish};
+use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
 use crate::hub::Hub;
 
 pub struct MemoryEngine {
@@ -21,12 +21,16 @@ pub struct MemoryEngine {
     max_len: usize,
     /// 0 keeps events until `max_len` pushes them out.
     max_age_ms: u64,
+    idempotency_window_ms: u64,
 }
 
 #[derive(Default)]
 struct State {
     clock: EventId,
     logs: HashMap<TopicName, TopicLog>,
+    /// (topic, Idempotency-Key) → the id first answered; expired entries are swept in insertion order.
+    seen_keys: HashMap<(TopicName, IdempotencyKey), EventId>,
+    key_expiry: VecDeque<(u64, TopicName, IdempotencyKey)>,
 }
 
 #[derive(Default)]
@@ -54,12 +58,13 @@ fn now_ms() -> u64 {
 }
 
 impl MemoryEngine {
-    pub fn new(hub: Arc<Hub>, max_len: usize, max_age_secs: u64) -> Self {
+    pub fn new(hub: Arc<Hub>, max_len: usize, max_age_secs: u64, idempotency_window_secs: u64) -> Self {
         MemoryEngine {
             state: Mutex::new(State::default()),
             hub,
             max_len,
             max_age_ms: max_age_secs.saturating_mul(1000),
+            idempotency_window_ms: idempotency_window_secs.saturating_mul(1000),
         }
     }
 
@@ -75,12 +80,34 @@ impl MemoryEngine {
         }
     }
 
-    fn publish_now(&self, topic: &TopicName, event: Option<&EventName>, data: &str) -> EventId {
+    fn publish_now(&self, m: Publish<'_>) -> EventId {
         let now = now_ms();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        while state.key_expiry.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, topic, key)) = state.key_expiry.pop_front() {
+                state.seen_keys.remove(&(topic, key));
+            }
+        }
+        if let Some(key) = m.idempotency_key {
+            if let Some(id) = state.seen_keys.get(&(m.topic.clone(), key.clone())) {
+                return *id;
+            }
+        }
+        let topic = m.topic;
         let id = state.clock.next_at(now);
         state.clock = id;
-        let event = Arc::new(Event::new(id, topic.clone(), event.cloned(), data.into()));
+        if let Some(key) = m.idempotency_key {
+            state.seen_keys.insert((topic.clone(), key.clone()), id);
+            let expires = now.saturating_add(self.idempotency_window_ms);
+            state.key_expiry.push_back((expires, topic.clone(), key.clone()));
+        }
+        let event = Arc::new(Event::new(
+            id,
+            topic.clone(),
+            m.event.map(EventName::as_str),
+            m.data,
+        ));
         let log = state.logs.entry(topic.clone()).or_default();
         log.events.push_back(Arc::clone(&event));
         log.trim(self.max_len, self.oldest_kept_ms(now));
@@ -105,13 +132,8 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
-    fn publish<'a>(
-        &'a self,
-        topic: &'a TopicName,
-        event: Option<&'a EventName>,
-        data: &'a str,
-    ) -> BoxFuture<'a, Result<EventId, EngineError>> {
-        future::ready(Ok(self.publish_now(topic, event, data))).boxed()
+    fn publish<'a>(&'a self, message: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
+        future::ready(Ok(self.publish_now(message))).boxed()
     }
 
     fn history<'a>(
@@ -147,11 +169,17 @@ mod tests {
     #[test]
     fn retention_by_count_reports_truncation() {
         let hub = Arc::new(Hub::new(8, 8, Arc::default()));
-        let engine = MemoryEngine::new(hub, 3, 0);
+        let engine = MemoryEngine::new(hub, 3, 0, 60);
         let t = TopicName::parse("t", 8).unwrap();
-        let ids: Vec<_> = (0..5)
-            .map(|i| engine.publish_now(&t, None, &i.to_string()))
-            .collect();
+        let publish = |data: &str| {
+            engine.publish_now(Publish {
+                topic: &t,
+                event: None,
+                data,
+                idempotency_key: None,
+            })
+        };
+        let ids: Vec<_> = (0..5).map(|i| publish(&i.to_string())).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let page = engine.history_now(&t, ids[0], 10);
         assert!(
@@ -166,5 +194,28 @@ mod tests {
         assert!(!page.truncated);
         assert_eq!(page.first_retained, Some(ids[2]));
         assert_eq!(engine.history_now(&t, ids[2], 1).events.len(), 1);
+    }
+
+    #[test]
+    fn idempotency_key_answers_the_first_id_and_stores_once() {
+        let hub = Arc::new(Hub::new(8, 8, Arc::default()));
+        let engine = MemoryEngine::new(hub, 10, 0, 60);
+        let (t, u) = (
+            TopicName::parse("t", 8).unwrap(),
+            TopicName::parse("u", 8).unwrap(),
+        );
+        let key = IdempotencyKey::parse("k-1").unwrap();
+        let publish = |topic, data| {
+            engine.publish_now(Publish {
+                topic,
+                event: None,
+                data,
+                idempotency_key: Some(&key),
+            })
+        };
+        let first = publish(&t, "a");
+        assert_eq!(publish(&t, "a again"), first);
+        assert_ne!(publish(&u, "other topic"), first);
+        assert_eq!(engine.history_now(&t, EventId::ZERO, 10).events.len(), 1);
     }
 }

@@ -6,35 +6,52 @@
 //! duplicate.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::domain::{EventId, EventName, TopicName};
+use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
 use crate::sse;
 
-/// A stored event with its SSE frame encoded once, shared by every connection that sends it.
+/// An event with its SSE frame encoded once, shared by every connection that sends it.
 #[derive(Debug)]
 pub struct Event {
     pub id: EventId,
     pub topic: TopicName,
-    pub event: Option<EventName>,
-    pub data: Box<str>,
     pub frame: Bytes,
+    /// False for a message sent straight to a topic's Redis channel (`PUBLISH`): it has no id, is not in
+    /// history, and is never skipped as a duplicate.
+    pub stored: bool,
 }
 
 impl Event {
-    pub fn new(id: EventId, topic: TopicName, event: Option<EventName>, data: Box<str>) -> Self {
-        let frame = sse::encode_event(id, event.as_ref().map(EventName::as_str), &data);
+    pub fn new(id: EventId, topic: TopicName, event: Option<&str>, data: &str) -> Self {
+        let frame = sse::encode_event(Some(id), event, data);
         Event {
             id,
             topic,
-            event,
-            data,
             frame,
+            stored: true,
         }
+    }
+
+    /// A live-only message: framed without an `id:` so it does not move the client's `Last-Event-ID`.
+    pub fn unstored(topic: TopicName, data: &str) -> Self {
+        let frame = sse::encode_event(None, None, data);
+        Event {
+            id: EventId::ZERO,
+            topic,
+            frame,
+            stored: false,
+        }
+    }
+
+    /// The event type and data, read back from the frame (for the JSON history).
+    pub fn fields(&self) -> (Option<String>, String) {
+        sse::decode_event(&self.frame)
     }
 }
 
@@ -59,15 +76,22 @@ pub enum EngineError {
     Unknown(String),
 }
 
+/// One message to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct Publish<'a> {
+    pub topic: &'a TopicName,
+    pub event: Option<&'a EventName>,
+    pub data: &'a str,
+    /// A retry with the same key (per topic, within the idempotency window) answers the first id and
+    /// stores nothing.
+    pub idempotency_key: Option<&'a IdempotencyKey>,
+}
+
 /// What each engine implements. Futures are boxed so the hub and routes hold one `Arc<dyn Engine>`.
 pub trait Engine: Send + Sync + 'static {
     /// Stores the event, then hands it to every interested node; answers its id once stored.
-    fn publish<'a>(
-        &'a self,
-        topic: &'a TopicName,
-        event: Option<&'a EventName>,
-        data: &'a str,
-    ) -> BoxFuture<'a, Result<EventId, EngineError>>;
+    /// An [`EngineError::Unavailable`] means it was not stored; [`EngineError::Unknown`] that it may be.
+    fn publish<'a>(&'a self, message: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>>;
 
     /// Events of `topic` with ids greater than `after`, oldest first, at most `limit`.
     fn history<'a>(

@@ -38,7 +38,10 @@ pub async fn history(
     let events: Vec<_> = page
         .events
         .iter()
-        .map(|e| json!({ "id": e.id.to_string(), "event": e.event.as_ref().map(|n| n.as_str()), "data": &*e.data }))
+        .map(|e| {
+            let (event, data) = e.fields();
+            json!({ "id": e.id.to_string(), "event": event, "data": data })
+        })
         .collect();
     // A full page may have more behind it: pass `next_after` as `after` to read on.
     let next_after = (events.len() == limit).then(|| page.events.last().map(|e| e.id.to_string()));

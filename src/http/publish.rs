@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 
 use super::error::ApiError;
 use super::{query_pairs, query_value, AppState};
-use crate::domain::{EventName, TopicName};
+use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError, TopicName};
+use crate::engine::Publish;
 
 pub async fn publish(
     req: HttpRequest,
@@ -28,7 +29,19 @@ pub async fn publish(
     if is_json(&req) {
         serde_json::from_str::<serde::de::IgnoredAny>(data).map_err(|e| ApiError::BadJson(e.to_string()))?;
     }
-    let id = state.engine.publish(&topic, event.as_ref(), data).await?;
+    let idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().ok().and_then(|v| IdempotencyKey::parse(v).ok()))
+        .map(|key| key.ok_or_else(|| ApiError::BadRequest(IdempotencyKeyError.to_string())))
+        .transpose()?;
+    let message = Publish {
+        topic: &topic,
+        event: event.as_ref(),
+        data,
+        idempotency_key: idempotency_key.as_ref(),
+    };
+    let id = state.engine.publish(message).await?;
     state.metrics.published.fetch_add(1, Ordering::Relaxed);
     Ok(HttpResponse::Ok().json(json!({ "id": id.to_string(), "topic": topic.as_str() })))
 }

@@ -1,0 +1,151 @@
+#!lua name=herald
+-- Herald's Redis Functions. Every node loads this file at start-up (and after Redis comes back) with
+-- FUNCTION LOAD REPLACE; bump VERSION with every change so `FCALL herald_version 0` tells what runs.
+--
+-- Keys, for a hub prefix P (default "herald") and topic T:
+--   P:{T}:log    stream: the topic's history, ids shared with every other topic of the hub
+--   P:{T}:live   channel: each stored event's SSE frame, published in the same call as the XADD
+--   P:{T}:idem:K the id answered for Idempotency-Key K, for the idempotency window
+--   P:seq        the id clock "<ms>-<seq>" shared by all topics (standalone or Sentinel Redis only)
+--   P:config     hash: max_len, max_age_ms, idem_ttl_ms (written by the nodes; defaults below)
+
+local VERSION = '1'
+
+-- KEYS[1] is "P:{T}": returns P and T, or raises an error a redis-cli user can act on.
+local function split_key(key)
+  local prefix, topic = string.match(key, '^(.+):{([A-Za-z0-9_.:-]+)}$')
+  if not prefix then
+    error('herald: the key must be "<prefix>:{<topic>}" with a topic of A-Z a-z 0-9 _ - . : (got ' .. key .. ')')
+  end
+  return prefix, topic
+end
+
+-- Frames like Herald's Rust encoder: data split on CRLF, CR or LF, one "data: " line each.
+local function encode(id, event, data)
+  local out = { 'id: ', id, '\n' }
+  if event ~= '' then
+    out[#out + 1] = 'event: ' .. event .. '\n'
+  end
+  local pos = 1
+  while true do
+    local at = string.find(data, '[\r\n]', pos)
+    if not at then
+      out[#out + 1] = 'data: ' .. string.sub(data, pos) .. '\n'
+      break
+    end
+    out[#out + 1] = 'data: ' .. string.sub(data, pos, at - 1) .. '\n'
+    if string.sub(data, at, at + 1) == '\r\n' then
+      pos = at + 2
+    else
+      pos = at + 1
+    end
+  end
+  out[#out + 1] = '\n'
+  return table.concat(out)
+end
+
+local function settings(prefix)
+  local v = redis.call('HMGET', prefix .. ':config', 'max_len', 'max_age_ms', 'idem_ttl_ms')
+  return tonumber(v[1]) or 1000, tonumber(v[2]) or 86400000, tonumber(v[3]) or 600000
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- FCALL herald_publish 1 P:{T} <data> [<event> [<idempotency-key>]]  →  the event id
+local function publish(keys, args)
+  local key = keys[1]
+  local prefix = split_key(key)
+  local data = args[1]
+  if data == nil then
+    error('herald: usage: FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]')
+  end
+  local event = args[2] or ''
+  if string.find(event, '[%z\1-\31\127]') then
+    error('herald: the event name has a control character (CR, LF, NUL...)')
+  end
+  if string.sub(event, 1, 7) == 'herald.' or #event > 1024 then
+    error('herald: event names starting with "herald." are reserved, and at most 1024 bytes')
+  end
+  local max_len, max_age_ms, idem_ttl_ms = settings(prefix)
+
+  local idem = args[3] or ''
+  local idem_key = key .. ':idem:' .. idem
+  if idem ~= '' then
+    local seen = redis.call('GET', idem_key)
+    if seen then
+      return seen
+    end
+  end
+
+  local now = now_ms()
+  local ms, seq = 0, 0
+  local last = redis.call('GET', prefix .. ':seq')
+  if last then
+    local m, s = string.match(last, '^(%d+)-(%d+)$')
+    ms, seq = tonumber(m), tonumber(s)
+  end
+  if now > ms then
+    ms, seq = now, 0
+  else
+    seq = seq + 1
+  end
+  local id = string.format('%.0f-%.0f', ms, seq)
+  redis.call('SET', prefix .. ':seq', id)
+
+  local log = key .. ':log'
+  if event == '' then
+    redis.call('XADD', log, 'MAXLEN', '~', max_len, id, 'd', data)
+  else
+    redis.call('XADD', log, 'MAXLEN', '~', max_len, id, 'd', data, 'e', event)
+  end
+  if max_age_ms > 0 then
+    redis.call('XTRIM', log, 'MINID', '~', string.format('%.0f-0', now - max_age_ms))
+  end
+  if idem ~= '' then
+    redis.call('SET', idem_key, id, 'PX', idem_ttl_ms)
+  end
+  redis.call('PUBLISH', key .. ':live', encode(id, event, data))
+  return id
+end
+
+-- FCALL_RO herald_history 1 P:{T} <after-id> <count>
+--   → { max-deleted-id or '', first-id or '', id1, data1, event1, id2, data2, event2, ... }
+local function history(keys, args)
+  split_key(keys[1])
+  local log = keys[1] .. ':log'
+  if redis.call('EXISTS', log) == 0 then
+    return { '', '' }
+  end
+  local out = { '', '' }
+  local info = redis.call('XINFO', 'STREAM', log)
+  for i = 1, #info, 2 do
+    if info[i] == 'max-deleted-entry-id' then
+      out[1] = info[i + 1]
+    elseif info[i] == 'first-entry' and type(info[i + 1]) == 'table' then
+      out[2] = info[i + 1][1]
+    end
+  end
+  local entries = redis.call('XRANGE', log, '(' .. args[1], '+', 'COUNT', tonumber(args[2]))
+  for _, entry in ipairs(entries) do
+    local data, event = '', ''
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'd' then
+        data = fields[i + 1]
+      elseif fields[i] == 'e' then
+        event = fields[i + 1]
+      end
+    end
+    out[#out + 1] = entry[1]
+    out[#out + 1] = data
+    out[#out + 1] = event
+  end
+  return out
+end
+
+redis.register_function('herald_publish', publish)
+redis.register_function{ function_name = 'herald_history', callback = history, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'herald_version', callback = function() return VERSION end, flags = { 'no-writes' } }

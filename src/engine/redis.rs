@@ -1,0 +1,668 @@
+//! The Redis engine: history in one stream per topic, live delivery over pub/sub, shared by any number of
+//! nodes. The Lua functions in `migrations/herald.lua` do each publish in one atomic call (id from the shared
+//! clock, XADD, trim, PUBLISH of the encoded frame), so every node receives events in id order.
+//!
+//! One dedicated pub/sub connection per node (the link) follows local interest: it subscribes to a topic's
+//! channel while the hub has a local subscriber of it. When the link drops, it reconnects with jittered
+//! backoff, re-subscribes, and gap-fills every subscribed topic from its stream after the last id it
+//! delivered, so connected clients lose nothing and see nothing twice.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, PubSubSink};
+use redis::{AsyncConnectionConfig, RedisError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep, timeout, Instant};
+
+use super::{Engine, EngineError, Event, HistoryPage, Publish};
+use crate::config::RedisSettings;
+use crate::domain::{EventId, TopicName};
+use crate::hub::Hub;
+use crate::sse;
+use crate::telemetry::Metrics;
+
+/// The Lua library, versioned; loaded with `FUNCTION LOAD REPLACE` at start-up and after Redis comes back.
+const FUNCTIONS: &str = include_str!("../../migrations/herald.lua");
+
+/// Reconnect delays double from the first to the last, each with up to 50 % jitter off. The cap keeps
+/// recovery within a second of Redis answering again.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStartError {
+    #[error("redis.url {url} is not a Redis URL: {source}")]
+    BadUrl { url: String, source: RedisError },
+    #[error(
+        "cannot reach Redis at {url} after {waited_secs} s ({last_error}); start redis-server, or fix \
+         redis.url (HERALD__REDIS__URL / --redis-url), or raise redis.startup_wait_secs"
+    )]
+    Unreachable {
+        url: String,
+        waited_secs: u64,
+        last_error: String,
+    },
+    #[error(
+        "Redis at {url} is version {version}; Herald needs Redis 7.0 or newer (it uses Redis Functions)"
+    )]
+    TooOld { url: String, version: String },
+    #[error("Redis at {url} refused the Herald functions library: {source}")]
+    Functions { url: String, source: RedisError },
+    #[error("cannot build the Redis connection pool: {0}")]
+    Pool(String),
+}
+
+enum Command {
+    /// Make sure the link is subscribed to the topic; answered once Redis confirmed it.
+    Subscribe(TopicName, oneshot::Sender<Result<(), EngineError>>),
+}
+
+pub struct RedisEngine {
+    pool: Pool,
+    keys: Keys,
+    ready: Arc<AtomicBool>,
+    commands: mpsc::UnboundedSender<Command>,
+    command_timeout: Duration,
+}
+
+/// Key and channel names under the configured prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    /// `P:{T}`: the key the functions take; the hash tag keeps a topic's keys in one Cluster slot.
+    fn topic(&self, topic: &TopicName) -> String {
+        format!("{}:{{{}}}", self.prefix, topic)
+    }
+
+    fn channel(&self, topic: &TopicName) -> String {
+        format!("{}:{{{}}}:live", self.prefix, topic)
+    }
+
+    fn seq(&self) -> String {
+        format!("{}:seq", self.prefix)
+    }
+
+    fn config(&self) -> String {
+        format!("{}:config", self.prefix)
+    }
+
+    /// The topic of a `P:{T}:live` channel, if it is one of ours.
+    fn topic_of_channel(&self, channel: &str, max_len: usize) -> Option<TopicName> {
+        let inner = channel
+            .strip_prefix(&*self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:live")?;
+        TopicName::parse(inner, max_len).ok()
+    }
+}
+
+/// Shown in logs and errors without any password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// `UNAVAILABLE` when the call surely did not run; `UNKNOWN` when Redis may have run it.
+fn classify(e: RedisError) -> EngineError {
+    if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
+        EngineError::Unknown(e.to_string())
+    } else {
+        EngineError::Unavailable(e.to_string())
+    }
+}
+
+fn is_missing_function(e: &RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+impl RedisEngine {
+    /// Connects (waiting up to `startup_wait_secs` for Redis), loads the functions, starts the link and
+    /// waits until it is subscribed and ready.
+    pub async fn start(
+        settings: &RedisSettings,
+        history_max_len: usize,
+        history_max_age_secs: u64,
+        idempotency_window_secs: u64,
+        max_topic_len: usize,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, RedisStartError> {
+        let url = redact(&settings.url);
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|source| RedisStartError::BadUrl {
+                url: url.clone(),
+                source,
+            })?;
+        let command_timeout = Duration::from_millis(settings.command_timeout_ms);
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(command_timeout));
+        let manager = Manager::new_with_config(settings.url.as_str(), config).map_err(|source| {
+            RedisStartError::BadUrl {
+                url: url.clone(),
+                source,
+            }
+        })?;
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .wait_timeout(Some(command_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(command_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| RedisStartError::Pool(e.to_string()))?;
+
+        let deadline = Instant::now() + Duration::from_secs(settings.startup_wait_secs);
+        let mut conn = loop {
+            let last_error = match pool.get().await {
+                Ok(conn) => break conn,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(RedisStartError::Unreachable {
+                    url,
+                    waited_secs: settings.startup_wait_secs,
+                    last_error,
+                });
+            }
+            tracing::warn!("waiting for Redis at {url}: {last_error}");
+            sleep(Duration::from_millis(250)).await;
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| RedisStartError::Functions {
+                url: url.clone(),
+                source,
+            })?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            return Err(RedisStartError::TooOld { url, version });
+        }
+
+        let keys = Keys {
+            prefix: Arc::from(settings.key_prefix.as_str()),
+        };
+        load_functions(&mut conn)
+            .await
+            .map_err(|source| RedisStartError::Functions {
+                url: url.clone(),
+                source,
+            })?;
+        redis::cmd("HSET")
+            .arg(keys.config())
+            .arg("max_len")
+            .arg(history_max_len)
+            .arg("max_age_ms")
+            .arg(history_max_age_secs.saturating_mul(1000))
+            .arg("idem_ttl_ms")
+            .arg(idempotency_window_secs.saturating_mul(1000))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|source| RedisStartError::Functions {
+                url: url.clone(),
+                source,
+            })?;
+        drop(conn);
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
+        hub.report_idle_topics(idle_tx);
+        let engine = Arc::new(RedisEngine {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            ready: Arc::clone(&ready),
+            commands,
+            command_timeout,
+        });
+        let link = Link {
+            client,
+            pool,
+            keys,
+            hub,
+            metrics,
+            ready: Arc::clone(&ready),
+            commands: command_rx,
+            idle: idle_rx,
+            subscribed: HashSet::new(),
+            watermark: None,
+            command_timeout,
+            connect_timeout,
+            ping_interval: Duration::from_millis(settings.ping_interval_ms),
+            max_topic_len,
+            url: url.clone(),
+        };
+        tokio::spawn(link.run());
+        while !ready.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return Err(RedisStartError::Unreachable {
+                    url,
+                    waited_secs: settings.startup_wait_secs,
+                    last_error: "the pub/sub connection did not come up".into(),
+                });
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        Ok(engine)
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, EngineError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("no Redis connection: {e}")))
+    }
+}
+
+async fn load_functions(conn: &mut impl ConnectionLike) -> Result<(), RedisError> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(FUNCTIONS)
+        .query_async::<String>(conn)
+        .await
+        .map(drop)
+}
+
+/// Runs `FCALL`/`FCALL_RO`; if Redis lost the library (restarted without persistence), loads it and
+/// retries once: a missing function ran nothing, so the retry cannot store twice.
+async fn fcall<T: redis::FromRedisValue>(
+    conn: &mut deadpool_redis::Connection,
+    cmd: redis::Cmd,
+) -> Result<T, RedisError> {
+    match cmd.query_async(conn).await {
+        Err(e) if is_missing_function(&e) => {
+            tracing::warn!("the Herald functions were missing in Redis; loading them again");
+            load_functions(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// Reads one page of a topic's history with the `herald_history` function.
+async fn read_history(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    topic: &TopicName,
+    after: EventId,
+    limit: usize,
+) -> Result<HistoryPage, RedisError> {
+    let mut cmd = redis::cmd("FCALL_RO");
+    cmd.arg("herald_history")
+        .arg(1)
+        .arg(keys.topic(topic))
+        .arg(after.to_string())
+        .arg(limit);
+    let flat: Vec<Vec<u8>> = fcall(conn, cmd).await?;
+    let parse_id = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<EventId>().ok())
+    };
+    let max_deleted = flat.first().and_then(|b| parse_id(b));
+    let first_retained = flat.get(1).and_then(|b| parse_id(b));
+    let mut events = Vec::new();
+    for entry in flat.get(2..).unwrap_or_default().chunks_exact(3) {
+        let Some(id) = parse_id(&entry[0]) else {
+            continue;
+        };
+        let data = String::from_utf8_lossy(&entry[1]);
+        let event = String::from_utf8_lossy(&entry[2]);
+        let event = (!event.is_empty()).then_some(&*event);
+        events.push(Arc::new(Event::new(id, topic.clone(), event, &data)));
+    }
+    Ok(HistoryPage {
+        events,
+        // Redis reports 0-0 when nothing was ever deleted.
+        truncated: max_deleted.is_some_and(|d| d != EventId::ZERO && after < d),
+        first_retained,
+    })
+}
+
+impl Engine for RedisEngine {
+    fn publish<'a>(&'a self, m: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
+        async move {
+            let mut conn = self.connection().await?;
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg("herald_publish")
+                .arg(1)
+                .arg(self.keys.topic(m.topic))
+                .arg(m.data)
+                .arg(m.event.map_or("", |e| e.as_str()))
+                .arg(m.idempotency_key.map_or("", |k| k.as_str()));
+            let id: String = fcall(&mut conn, cmd).await.map_err(classify)?;
+            id.parse()
+                .map_err(|_| EngineError::Unavailable(format!("Redis answered a malformed id `{id}`")))
+        }
+        .boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        after: EventId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
+        async move {
+            let mut conn = self.connection().await?;
+            read_history(&mut conn, &self.keys, topic, after, limit)
+                .await
+                .map_err(classify)
+        }
+        .boxed()
+    }
+
+    fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>> {
+        async move {
+            let mut conn = self.connection().await?;
+            last_id(&mut conn, &self.keys).await.map_err(classify)
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>> {
+        async move {
+            let (tx, rx) = oneshot::channel();
+            let gone = || EngineError::Unavailable("the Redis link has stopped".into());
+            self.commands
+                .send(Command::Subscribe(topic.clone(), tx))
+                .map_err(|_| gone())?;
+            match timeout(self.command_timeout, rx).await {
+                Ok(answer) => answer.map_err(|_| gone())?,
+                Err(_) => Err(EngineError::Unavailable(
+                    "Redis did not confirm the subscription in time".into(),
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+async fn last_id(conn: &mut deadpool_redis::Connection, keys: &Keys) -> Result<EventId, RedisError> {
+    let raw: Option<String> = redis::cmd("GET").arg(keys.seq()).query_async(conn).await?;
+    Ok(raw.and_then(|s| s.parse().ok()).unwrap_or(EventId::ZERO))
+}
+
+/// The node's pub/sub connection and everything it delivers to the hub.
+struct Link {
+    client: redis::Client,
+    pool: Pool,
+    keys: Keys,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    idle: mpsc::UnboundedReceiver<TopicName>,
+    subscribed: HashSet<TopicName>,
+    /// The newest id handed to the hub. Redis sends one connection's messages in execution order, which
+    /// is id order, so anything at or below it is a duplicate, and after a reconnect everything above it
+    /// on a subscribed topic is what was missed.
+    watermark: Option<EventId>,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    ping_interval: Duration,
+    max_topic_len: usize,
+    url: String,
+}
+
+impl Link {
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            let error = self.serve().await;
+            let was_ready = self.ready.swap(false, Ordering::AcqRel);
+            self.subscribed.clear();
+            if was_ready {
+                failures = 0;
+                self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "lost the Redis pub/sub link to {}: {error}; reconnecting",
+                    self.url
+                );
+            } else {
+                tracing::debug!("Redis pub/sub link to {} not up: {error}", self.url);
+            }
+            let delay = backoff(failures);
+            failures = failures.saturating_add(1);
+            // While down, subscriptions are refused at once (the client gets 503 and retries).
+            let wake = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    command = self.commands.recv() => match command {
+                        Some(Command::Subscribe(_, reply)) => {
+                            let _ = reply.send(Err(EngineError::Unavailable("Redis is unreachable".into())));
+                        }
+                        None => return,
+                    },
+                    // Idle topics need nothing while down: the next connection subscribes from hub state.
+                    Some(_) = self.idle.recv() => {}
+                }
+            }
+        }
+    }
+
+    /// One life of the link: connect, subscribe, gap-fill, then deliver until something fails.
+    async fn serve(&mut self) -> String {
+        let pubsub = match timeout(self.connect_timeout, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return "connect timed out".into(),
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        if let Err(e) = self.resume(&mut sink).await {
+            return e;
+        }
+        self.ready.store(true, Ordering::Release);
+        tracing::info!("Redis pub/sub link to {} is up", self.url);
+        let mut ping = tokio::time::interval(self.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                message = stream.next() => match message {
+                    Some(message) => self.deliver(message.get_channel_name(), message.get_payload_bytes()),
+                    None => return "the connection closed".into(),
+                },
+                Some(command) = self.commands.recv() => match command {
+                    Command::Subscribe(topic, reply) => {
+                        let result = self.ensure_subscribed(&mut sink, &topic).await;
+                        let failed = result.as_ref().err().map(ToString::to_string);
+                        let _ = reply.send(result.map_err(|e| EngineError::Unavailable(e.to_string())));
+                        if let Some(e) = failed {
+                            return e;
+                        }
+                    }
+                },
+                Some(topic) = self.idle.recv() => {
+                    if !self.hub.has_subscribers(&topic) && self.subscribed.remove(&topic) {
+                        if let Err(e) = self.call(sink.unsubscribe(self.keys.channel(&topic))).await {
+                            return e;
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = self.call(sink.ping::<redis::Value>()).await {
+                        return format!("ping failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one pub/sub call with the command timeout.
+    async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, String> {
+        match timeout(self.command_timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("Redis did not answer in time".into()),
+        }
+    }
+
+    async fn ensure_subscribed(&mut self, sink: &mut PubSubSink, topic: &TopicName) -> Result<(), String> {
+        if self.subscribed.contains(topic) || !self.hub.has_subscribers(topic) {
+            return Ok(());
+        }
+        self.call(sink.subscribe(self.keys.channel(topic))).await?;
+        self.subscribed.insert(topic.clone());
+        Ok(())
+    }
+
+    /// After (re)connecting: reload the functions (Redis may have restarted empty), subscribe to every
+    /// topic with local subscribers, and hand the hub what it missed, in id order.
+    async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        load_functions(&mut conn).await.map_err(|e| e.to_string())?;
+        let topics = self.hub.topics();
+        if !topics.is_empty() {
+            let channels: Vec<String> = topics.iter().map(|t| self.keys.channel(t)).collect();
+            self.call(sink.subscribe(channels)).await?;
+        }
+        self.subscribed = topics.iter().cloned().collect();
+        // Everything above `until` arrives on the new subscription; up to it comes from the streams.
+        let until = last_id(&mut conn, &self.keys).await.map_err(|e| e.to_string())?;
+        let Some(from) = self.watermark else {
+            self.watermark = Some(until);
+            return Ok(());
+        };
+        let mut missed = Vec::new();
+        for topic in &topics {
+            let mut after = from;
+            loop {
+                let page = read_history(&mut conn, &self.keys, topic, after, 500)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let full = page.events.len() == 500;
+                let mut done = !full;
+                for event in page.events {
+                    if event.id > until {
+                        done = true;
+                        break;
+                    }
+                    after = event.id;
+                    missed.push(event);
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        missed.sort_by_key(|e| e.id);
+        self.metrics
+            .gap_filled
+            .fetch_add(missed.len() as u64, Ordering::Relaxed);
+        if !missed.is_empty() {
+            tracing::info!(
+                "gap-filled {} events missed while the link was down",
+                missed.len()
+            );
+        }
+        for event in &missed {
+            self.hub.dispatch(event);
+        }
+        self.watermark = Some(until.max(from));
+        Ok(())
+    }
+
+    /// Hands one pub/sub message to the hub; never waits (the hub only queues).
+    fn deliver(&mut self, channel: &str, payload: &[u8]) {
+        let Some(topic) = self.keys.topic_of_channel(channel, self.max_topic_len) else {
+            return;
+        };
+        let event = match sse::frame_id(payload) {
+            Some(id) => {
+                if self.watermark.is_some_and(|w| id <= w) {
+                    return;
+                }
+                self.watermark = Some(id);
+                Event {
+                    id,
+                    topic,
+                    frame: bytes::Bytes::copy_from_slice(payload),
+                    stored: true,
+                }
+            }
+            // A plain `PUBLISH` to the channel: delivered live, not stored, framed by us.
+            None => Event::unstored(topic, &String::from_utf8_lossy(payload)),
+        };
+        self.hub.dispatch(&Arc::new(event));
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let full = BACKOFF_FIRST
+        .saturating_mul(1 << failures.min(8))
+        .min(BACKOFF_CAP);
+    let jitter = RandomState::new().hash_one(failures) % 50;
+    full - full * jitter as u32 / 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_round_trip() {
+        let keys = Keys {
+            prefix: Arc::from("hub:a"),
+        };
+        let t = TopicName::parse("news.eu", 64).unwrap();
+        assert_eq!(keys.channel(&t), "hub:a:{news.eu}:live");
+        assert_eq!(keys.topic_of_channel(&keys.channel(&t), 64), Some(t));
+        assert_eq!(keys.topic_of_channel("other:{x}:live", 64), None);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        for failures in 0..20 {
+            let d = backoff(failures);
+            assert!(d <= BACKOFF_CAP && d >= BACKOFF_FIRST / 2, "{d:?}");
+        }
+    }
+}
