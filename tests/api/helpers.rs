@@ -20,6 +20,16 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Starts a node on the Redis engine, against `redis`.
+pub async fn spawn_redis_node(redis: &crate::redis_server::RedisServer) -> TestApp {
+    let url = redis.url();
+    spawn_app_with(move |s| {
+        s.redis.url = url;
+        s.redis.startup_wait_secs = 5;
+    })
+    .await
+}
+
 /// Starts a node on a free port with the default settings as changed by `change`.
 pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
@@ -69,6 +79,19 @@ impl Subscriber {
             out.push(self.next().await);
         }
         out
+    }
+
+    /// Every event until the node ends the stream (it must end within [`PATIENCE`]).
+    pub async fn until_end(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(PATIENCE, self.events.next()).await {
+                Ok(Some(Ok(event))) => out.push(event),
+                Ok(None) => return out,
+                Ok(Some(Err(e))) => panic!("stream error: {e}"),
+                Err(_) => panic!("the stream did not end within {PATIENCE:?}"),
+            }
+        }
     }
 
     /// Asserts that nothing arrives for `quiet` (used after the expected events, to catch duplicates).

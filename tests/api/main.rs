@@ -2,10 +2,12 @@
 //! Logs are printed only with `TEST_LOG=1`.
 
 mod helpers;
+mod redis_server;
 
 mod concurrency;
 mod limits;
 mod publish_subscribe;
+mod redis_engine;
 mod replay;
 mod shutdown;
 mod slow_consumer;

@@ -1,0 +1,467 @@
+//! Several real nodes on one real `redis-server` each test: fan-out, node loss, Redis restart, pub/sub
+//! kill, redis-cli publishing, interest tracking, start-up errors.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::concurrency::fan_out_is_exact;
+use crate::helpers::{id_key, spawn_redis_node, Subscriber, TestApp, PATIENCE};
+use crate::redis_server::RedisServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_message_to_every_subscriber_once_in_order() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (
+        spawn_redis_node(&redis).await,
+        spawn_redis_node(&redis).await,
+        spawn_redis_node(&redis).await,
+    );
+    // 3 topics, 4 publishers spread over the nodes, 15 subscribers spread over the nodes.
+    fan_out_is_exact(&[&a, &b, &c], 15, 300, 4).await;
+}
+
+/// One publish outcome: the data sent, and the id if it was acknowledged.
+#[derive(Debug, Clone)]
+struct Outcome {
+    data: String,
+    status: u16,
+    id: Option<String>,
+}
+
+/// Publishes `data` with a short timeout; never panics on an error status (the tests judge those).
+async fn try_publish(node: &TestApp, topic: &str, data: String) -> Outcome {
+    let response = node
+        .client
+        .post(node.url(&format!("/topics/{topic}")))
+        .timeout(Duration::from_secs(5))
+        .body(data.clone())
+        .send()
+        .await;
+    match response {
+        Ok(r) if r.status() == 200 => {
+            let body: serde_json::Value = r.json().await.expect("json");
+            Outcome {
+                data,
+                status: 200,
+                id: body["id"].as_str().map(String::from),
+            }
+        }
+        Ok(r) => Outcome {
+            data,
+            status: r.status().as_u16(),
+            id: None,
+        },
+        Err(e) => panic!("publish request failed outright: {e}"),
+    }
+}
+
+/// Checks what a subscriber received against the publish outcomes: every acknowledged message exactly
+/// once, in id order; a refused one (503) never; one of unknown outcome (504) at most once.
+fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes: &[Outcome]) {
+    let by_data: HashMap<&str, &Outcome> = outcomes.iter().map(|o| (o.data.as_str(), o)).collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for event in received {
+        let outcome = by_data
+            .get(event.data.as_str())
+            .unwrap_or_else(|| panic!("{who}: received {:?}, which nobody published", event.data));
+        assert_ne!(
+            outcome.status, 503,
+            "{who}: received {:?}, refused with 503",
+            event.data
+        );
+        if let Some(id) = &outcome.id {
+            assert_eq!(&event.id, id, "{who}: wrong id for {:?}", event.data);
+        }
+        *seen.entry(outcome.data.as_str()).or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "{who}: duplicates received");
+    for outcome in outcomes.iter().filter(|o| o.status == 200) {
+        assert!(
+            seen.contains_key(outcome.data.as_str()),
+            "{who}: lost acknowledged {:?}",
+            outcome.data
+        );
+    }
+    let ids: Vec<(u64, u64)> = received.iter().map(|e| id_key(&e.id)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{who}: not in id order");
+}
+
+/// Reads from every subscriber until each has every acknowledged message (plus any unknown-outcome ones
+/// that arrive), then a quiet spell to catch duplicates.
+async fn collect(subs: &mut [Subscriber], outcomes: &[Outcome]) -> Vec<Vec<eventsource_stream::Event>> {
+    let acked = outcomes.iter().filter(|o| o.status == 200).count();
+    let mut all = Vec::new();
+    for sub in subs.iter_mut() {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while got
+            .iter()
+            .filter(|e: &&eventsource_stream::Event| {
+                outcomes.iter().any(|o| o.status == 200 && o.data == e.data)
+            })
+            .count()
+            < acked
+        {
+            assert!(
+                Instant::now() < deadline,
+                "acknowledged messages did not all arrive"
+            );
+            got.push(sub.next().await);
+        }
+        sub.assert_silent(Duration::from_millis(300)).await;
+        all.push(got);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_shuts_down_resumes_on_another_node_without_loss_or_duplicate() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (
+        spawn_redis_node(&redis).await,
+        spawn_redis_node(&redis).await,
+        spawn_redis_node(&redis).await,
+    );
+    let mut sub = a.subscribe(&["t"], None).await;
+    let publishing = async {
+        let mut outcomes = Vec::new();
+        for n in 0..150 {
+            outcomes.push(try_publish(&b, "t", format!("m{n}")).await);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        outcomes
+    };
+    let subscribing = async {
+        let mut received = sub.take(30).await;
+        a.shutdown.run().await;
+        received.extend(sub.until_end().await);
+        let last = received.last().expect("received some").id.clone();
+        (received, c.subscribe(&["t"], Some(&last)).await)
+    };
+    let (outcomes, (mut received, mut resumed)) = tokio::join!(publishing, subscribing);
+    assert!(outcomes.iter().all(|o| o.status == 200), "node B kept publishing");
+    let rest = outcomes.len() - received.len();
+    received.extend(resumed.take(rest).await);
+    resumed.assert_silent(Duration::from_millis(300)).await;
+    assert_exact("resumed client", &received, &outcomes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing_acknowledged_and_streams_stay_open() {
+    let mut redis = RedisServer::start_with_aof();
+    let (a, b) = (spawn_redis_node(&redis).await, spawn_redis_node(&redis).await);
+    let mut subs = vec![
+        a.subscribe(&["t"], None).await,
+        b.subscribe(&["t"], None).await,
+        b.subscribe(&["t", "other"], None).await,
+    ];
+    let port = redis.port;
+    let down = Arc::new(AtomicBool::new(false));
+    let back_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let publishing = {
+        let (down, a, b, back_at) = (Arc::clone(&down), &a, &b, Arc::clone(&back_at));
+        async move {
+            let mut outcomes = Vec::new();
+            let mut during_outage = Vec::new();
+            let mut recovered_after = None;
+            let mut unready_seen = false;
+            let mut n = 0;
+            // 60 before the crash, then on through the outage until 60 more succeed after Redis is back.
+            while outcomes.iter().filter(|o: &&Outcome| o.status == 200).count() < 120 {
+                assert!(n < 5000, "publishing never recovered");
+                let node = if n % 2 == 0 { a } else { b };
+                let sent_at = Instant::now();
+                let outcome = try_publish(node, "t", format!("m{n}")).await;
+                n += 1;
+                if down.load(Ordering::Acquire) {
+                    during_outage.push(outcome.status);
+                    if outcome.status == 503 {
+                        let ready = node
+                            .client
+                            .get(node.url("/readyz"))
+                            .send()
+                            .await
+                            .unwrap()
+                            .status();
+                        // Unless Redis came back meanwhile, a node that cannot store is not ready.
+                        if down.load(Ordering::Acquire) {
+                            assert_eq!(ready, 503, "/readyz while Redis is down");
+                            unready_seen = true;
+                        }
+                    }
+                }
+                // From Redis answering again to the first acknowledged publish sent after that.
+                let back = *back_at.lock().unwrap();
+                if let (Some(at), None, 200) = (back, recovered_after, outcome.status) {
+                    if sent_at >= at {
+                        recovered_after = Some(at.elapsed());
+                    }
+                }
+                outcomes.push(outcome);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(unready_seen, "/readyz was checked during the outage");
+            (outcomes, during_outage, recovered_after)
+        }
+    };
+    let crashing = async {
+        while redis
+            .cli(&["XLEN", "herald:{t}:log"])
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+            < 60
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        down.store(true, Ordering::Release);
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        redis.restart();
+        *back_at.lock().unwrap() = Some(Instant::now());
+        down.store(false, Ordering::Release);
+    };
+    let ((outcomes, during_outage, recovered_after), ()) = tokio::join!(publishing, crashing);
+    assert_eq!(redis.port, port);
+    assert!(
+        !during_outage.is_empty(),
+        "some publishes ran while Redis was down"
+    );
+    assert!(
+        during_outage.contains(&503),
+        "publishes during the outage got 503: {during_outage:?}"
+    );
+    assert!(
+        during_outage.iter().all(|&s| matches!(s, 200 | 503 | 504)),
+        "{during_outage:?}"
+    );
+    eprintln!(
+        "redis restart: {} publishes during the outage, publishing succeeded again {:?} after Redis was back",
+        during_outage.len(),
+        recovered_after
+    );
+    let received = collect(&mut subs, &outcomes).await;
+    for (i, events) in received.iter().enumerate() {
+        assert_exact(&format!("subscriber {i}"), events, &outcomes);
+    }
+    assert!(a.metric("herald_redis_reconnects_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_pubsub_connections_loses_nothing_and_needs_no_reconnect_by_clients() {
+    let redis = RedisServer::start();
+    let (a, b) = (spawn_redis_node(&redis).await, spawn_redis_node(&redis).await);
+    let mut subs = vec![a.subscribe(&["t"], None).await, b.subscribe(&["t"], None).await];
+    let publishing = async {
+        let mut outcomes = Vec::new();
+        for n in 0..200 {
+            let node = if n % 2 == 0 { &a } else { &b };
+            outcomes.push(try_publish(node, "t", format!("m{n}")).await);
+            if n == 60 || n == 120 {
+                let killed = redis
+                    .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+                    .expect("CLIENT KILL answers");
+                assert_eq!(killed, "2", "both nodes' links were killed");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        outcomes
+    };
+    let outcomes = publishing.await;
+    assert!(
+        outcomes.iter().all(|o| o.status == 200),
+        "publishing does not need the pub/sub link"
+    );
+    let received = collect(&mut subs, &outcomes).await;
+    for (i, events) in received.iter().enumerate() {
+        assert_exact(&format!("subscriber {i}"), events, &outcomes);
+    }
+    assert_eq!(a.metric("herald_redis_reconnects_total").await, 2);
+}
+
+#[tokio::test]
+async fn redis_cli_publishes_like_http_and_plain_publish_is_live_only() {
+    let redis = RedisServer::start();
+    let node = spawn_redis_node(&redis).await;
+    let mut sub = node.subscribe(&["t"], None).await;
+    let http_id = node.publish("t", "multi\nline").await;
+    let cli_id = redis
+        .cli(&[
+            "FCALL",
+            "herald_publish",
+            "1",
+            "herald:{t}",
+            "from\nredis-cli",
+            "greeting",
+        ])
+        .expect("FCALL answers the id");
+    assert!(id_key(&cli_id) > id_key(&http_id));
+    let retry_id = redis
+        .cli(&["FCALL", "herald_publish", "1", "herald:{t}", "once", "", "key-1"])
+        .expect("FCALL with an idempotency key");
+    let again = redis
+        .cli(&["FCALL", "herald_publish", "1", "herald:{t}", "once", "", "key-1"])
+        .unwrap();
+    assert_eq!(retry_id, again, "the same idempotency key answers the first id");
+    assert_eq!(
+        redis.cli(&["PUBLISH", "herald:{t}:live", "just live"]).as_deref(),
+        Some("1")
+    );
+    let refused = redis.cli(&["FCALL", "herald_publish", "1", "herald:{t}", "x", "bad\nevent"]);
+    assert!(refused.is_some_and(|e| e.contains("control character")));
+
+    let events = sub.take(4).await;
+    assert_eq!(
+        (events[0].id.as_str(), events[0].data.as_str()),
+        (http_id.as_str(), "multi\nline")
+    );
+    assert_eq!(events[1].id, cli_id);
+    assert_eq!(
+        (events[1].event.as_str(), events[1].data.as_str()),
+        ("greeting", "from\nredis-cli")
+    );
+    assert_eq!(
+        (events[2].id.as_str(), events[2].data.as_str()),
+        (retry_id.as_str(), "once")
+    );
+    // A plain PUBLISH carries no id: the client's last id stays where it was.
+    assert_eq!(
+        (events[3].id.as_str(), events[3].data.as_str()),
+        (retry_id.as_str(), "just live")
+    );
+    sub.assert_silent(Duration::from_millis(200)).await;
+
+    // Stored ones replay; the plain PUBLISH does not.
+    let mut replay = node.subscribe(&["t"], Some("0-0")).await;
+    let replayed: Vec<String> = replay.take(3).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(replayed, vec!["multi\nline", "from\nredis-cli", "once"]);
+    replay.assert_silent(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_publish_redis_did_not_confirm_is_504_and_a_retry_with_its_key_stores_it_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let node = crate::helpers::spawn_app_with(move |s| {
+        s.redis.url = url;
+        s.redis.command_timeout_ms = 300;
+    })
+    .await;
+    let mut sub = node.subscribe(&["t"], None).await;
+    let send = || {
+        node.client
+            .post(node.url("/topics/t"))
+            .header("Idempotency-Key", "retry-me")
+            .body("maybe stored")
+            .send()
+    };
+    // Redis holds write commands (our publish) but still answers reads such as the pool's PING: the
+    // publish runs only after the node stopped waiting for it.
+    assert_eq!(
+        redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]).as_deref(),
+        Some("OK")
+    );
+    let unknown = crate::helpers::assert_problem(send().await.unwrap(), 504, "outcome-unknown").await;
+    assert!(unknown["detail"].as_str().unwrap().contains("may or may not"));
+    let event = sub.next().await;
+    assert_eq!(event.data, "maybe stored", "it was stored after all");
+    let retry: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        retry["id"].as_str(),
+        Some(event.id.as_str()),
+        "the retry answers the stored id"
+    );
+    sub.assert_silent(Duration::from_millis(300)).await;
+    assert_eq!(redis.cli(&["XLEN", "herald:{t}:log"]).as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_node_subscribes_only_to_topics_with_local_subscribers() {
+    let redis = RedisServer::start();
+    let node = spawn_redis_node(&redis).await;
+    let numsub = |topic: &str| {
+        let out = redis
+            .cli(&["PUBSUB", "NUMSUB", &format!("herald:{{{topic}}}:live")])
+            .unwrap();
+        out.lines().nth(1).unwrap().trim().to_string()
+    };
+    node.publish("b", "nobody listens").await;
+    let sub = node.subscribe(&["a"], None).await;
+    assert_eq!(numsub("a"), "1");
+    assert_eq!(numsub("b"), "0");
+    drop(sub);
+    node.wait_connections("a", 0).await;
+    let deadline = Instant::now() + PATIENCE;
+    while numsub("a") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the node kept its subscription to a topic nobody listens to"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn idempotency_key_stores_once_on_both_engines() {
+    let redis = RedisServer::start();
+    for node in [crate::helpers::spawn_app().await, spawn_redis_node(&redis).await] {
+        let send = |key: &'static str| {
+            node.client
+                .post(node.url("/topics/t"))
+                .header("Idempotency-Key", key)
+                .body("pay once")
+                .send()
+        };
+        let first: serde_json::Value = send("order-42").await.unwrap().json().await.unwrap();
+        let second: serde_json::Value = send("order-42").await.unwrap().json().await.unwrap();
+        assert_eq!(first["id"], second["id"]);
+        let history: serde_json::Value = node
+            .client
+            .get(node.url("/topics/t/history"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history["events"].as_array().unwrap().len(), 1);
+        crate::helpers::assert_problem(send("bad key with spaces").await.unwrap(), 400, "bad-request").await;
+    }
+}
+
+#[tokio::test]
+async fn starting_against_an_unreachable_redis_fails_clearly() {
+    // A port with nothing listening: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let started = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--port", "0", "--redis-url", &url])
+        .env("HERALD__REDIS__STARTUP_WAIT_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, out)
+        .await
+        .expect("gives up after the bounded wait")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach Redis at {url}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("start redis-server"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited the configured time"
+    );
+}
