@@ -4,6 +4,7 @@
 mod helpers;
 mod redis_server;
 
+mod browser;
 mod concurrency;
 mod limits;
 mod publish_subscribe;

@@ -1,0 +1,373 @@
+//! The demo page and native `EventSource` behaviour in real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, driven over WebDriver). A missing browser fails these tests; it never skips them.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::helpers::{spawn_app, spawn_app_with, spawn_redis_node, TestApp, PATIENCE};
+use crate::redis_server::RedisServer;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Two browsers at a time: each is a few processes, and this machine has two cores.
+static BROWSERS: Semaphore = Semaphore::const_new(2);
+
+/// A headless Chromium session; `close` ends it, and dropping kills chromedriver's process group.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+    _permit: SemaphorePermit<'static>,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(path).exists(),
+                "{path} is missing: install Debian's browser with `apt-get install chromium chromium-driver`"
+            );
+        }
+        let permit = BROWSERS.acquire().await.expect("semaphore open");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                    "--force-device-scale-factor=1", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let deadline = Instant::now() + PATIENCE;
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "chromedriver/chromium did not start: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+            _permit: permit,
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.client.clone().close().await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.expect("script runs")
+    }
+
+    /// Polls `script` until it returns true.
+    async fn wait_for(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.js(script).await != Value::Bool(true) {
+            assert!(Instant::now() < deadline, "the page never showed {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn state(&self) -> String {
+        self.js("return document.getElementById('state').textContent")
+            .await
+            .as_str()
+            .unwrap_or("")
+            .into()
+    }
+
+    /// The events the demo page shows, oldest first: (id, text).
+    async fn events(&self) -> Vec<(String, String)> {
+        let list = self
+            .js(
+                "return Array.from(document.querySelectorAll('#log li.event')).reverse()
+                   .map(li => [li.dataset.id || '', li.querySelector('pre').textContent]);",
+            )
+            .await;
+        serde_json::from_value(list).expect("pairs")
+    }
+
+    async fn wait_events(&self, n: usize) -> Vec<(String, String)> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let events = self.events().await;
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page shows {} events, not {n}",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn open_demo(&self, app: &TestApp, topics: &str) {
+        self.client
+            .goto(&app.url(&format!("/?topics={topics}")))
+            .await
+            .expect("page loads");
+        self.wait_for(
+            "an open stream",
+            "return document.getElementById('state').textContent === 'open'",
+        )
+        .await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Chromium runs in chromedriver's process group: end the whole group, even after a failed test.
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_shows_events_published_over_http_from_its_form_and_from_redis_cli() {
+    let browser = Browser::start().await;
+
+    // Memory engine: an HTTP publish, then the page's own publish form.
+    let app = spawn_app().await;
+    browser.open_demo(&app, "news").await;
+    let id = app.publish("news", "hello, browser").await;
+    assert_eq!(
+        browser.wait_events(1).await,
+        vec![(id.clone(), "hello, browser".to_string())]
+    );
+    let data = browser.client.find(Locator::Id("pub-data")).await.unwrap();
+    data.clear().await.unwrap();
+    data.send_keys("{\"from\": \"the form\"}").await.unwrap();
+    browser
+        .client
+        .find(Locator::Id("pub-kind"))
+        .await
+        .unwrap()
+        .select_by_value("json")
+        .await
+        .unwrap();
+    browser
+        .client
+        .find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let events = browser.wait_events(2).await;
+    assert_eq!(
+        events[1].1, "{\n  \"from\": \"the form\"\n}",
+        "JSON is shown pretty-printed"
+    );
+    browser
+        .wait_for(
+            "the publish result",
+            "return document.getElementById('result').textContent.startsWith('stored as ')",
+        )
+        .await;
+
+    // Redis engine: published with the real redis-cli.
+    let redis = RedisServer::start();
+    let node = spawn_redis_node(&redis).await;
+    browser.open_demo(&node, "news").await;
+    let id = redis
+        .cli(&["FCALL", "herald_publish", "1", "herald:{news}", "from redis-cli"])
+        .unwrap();
+    assert_eq!(
+        browser.wait_events(1).await,
+        vec![(id, "from redis-cli".to_string())]
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_reconnects_by_itself_after_its_node_restarts_and_misses_nothing() {
+    let browser = Browser::start().await;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let settings = move |s: &mut herald::config::Settings| {
+        s.redis.url = url.clone();
+        s.sse.retry_ms = 200;
+    };
+    let page_node = spawn_app_with(settings.clone()).await;
+    let port = page_node.port;
+    let publisher = spawn_redis_node(&redis).await;
+    browser.open_demo(&page_node, "t").await;
+
+    let publishing = async {
+        let mut ids = Vec::new();
+        for n in 0..60 {
+            ids.push(publisher.publish("t", &format!("m{n}")).await);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ids
+    };
+    let restarting = async {
+        browser.wait_events(10).await;
+        page_node.shutdown.run().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_ne!(browser.state().await, "open", "the page saw its stream end");
+        // The same node comes back on the same port; the browser's own retry finds it.
+        spawn_app_with(move |s| {
+            settings(s);
+            s.server.port = port;
+        })
+        .await
+    };
+    let (ids, _restarted) = tokio::join!(publishing, restarting);
+    let events = browser.wait_events(60).await;
+    let expected: Vec<(String, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.clone(), format!("m{n}")))
+        .collect();
+    assert_eq!(events, expected, "every message once, in order");
+    assert_eq!(browser.state().await, "open");
+    let notices = browser
+        .js("return document.querySelectorAll('#log li.notice').length")
+        .await;
+    assert!(
+        notices.as_u64() >= Some(2),
+        "the page says it reconnected and resumed"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_origin_subscribes_only_when_its_origin_is_allowed() {
+    let browser = Browser::start().await;
+    let allowed_site = spawn_app().await;
+    let other_site = spawn_app().await;
+    let allowed_origin = allowed_site.address.clone();
+    let hub = spawn_app_with(move |s| s.cors.allowed_origins = vec![allowed_origin]).await;
+    let script = format!(
+        "window.got = []; window.opened = false;
+         const es = new EventSource('{}/events?topic=c');
+         es.onopen = () => window.opened = true;
+         es.onmessage = (e) => window.got.push(e.data);
+         es.onerror = () => window.failed = es.readyState === EventSource.CLOSED;
+         window.posted = null;
+         fetch('{}/topics/c', {{ method: 'POST', headers: {{ 'content-type': 'application/json' }}, body: '{{\"x\":1}}' }})
+           .then((r) => window.posted = r.status, () => window.posted = 'refused');",
+        hub.address, hub.address
+    );
+
+    // Allowed: the stream opens, events arrive, and a JSON publish (with its preflight) goes through.
+    browser.client.goto(&allowed_site.url("/healthz")).await.unwrap();
+    browser.js(&script).await;
+    browser
+        .wait_for("an open cross-origin stream", "return window.opened === true")
+        .await;
+    browser
+        .wait_for("the cross-origin publish", "return window.posted === 200")
+        .await;
+    hub.publish("c", "cross-origin hello").await;
+    browser
+        .wait_for("the event", "return window.got.includes('cross-origin hello')")
+        .await;
+
+    // Not allowed: the browser refuses the stream and the publish.
+    browser.client.goto(&other_site.url("/healthz")).await.unwrap();
+    browser.js(&script).await;
+    browser
+        .wait_for("a refused stream", "return window.failed === true")
+        .await;
+    browser
+        .wait_for("a refused publish", "return window.posted === 'refused'")
+        .await;
+    hub.publish("c", "not for you").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        browser.js("return window.opened || window.got.length > 0").await,
+        Value::Bool(false)
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_of_the_demo_page_at_desktop_and_phone_widths() {
+    let browser = Browser::start().await;
+    let app = spawn_app_with(|s| s.history.max_len = 3).await;
+    let first = app.publish("news", "seen, then trimmed").await;
+    app.publish("news", "missed and trimmed: the gap").await;
+    for n in 0..3 {
+        app.publish("news", &format!("{{\"headline\":\"story {n}\",\"score\":{n}}}"))
+            .await;
+    }
+    // Resuming from a trimmed id shows the gap notice, then the replay, then live events.
+    browser.client.goto(&app.url("/?topics=news")).await.unwrap();
+    browser.js(&format!("lastId = '{first}'; connect();")).await;
+    browser.wait_events(3).await;
+    app.publish("news", "a live one, after the replay").await;
+    browser.wait_events(4).await;
+    browser
+        .wait_for(
+            "the gap notice",
+            "return document.querySelectorAll('#log li.gap').length === 1",
+        )
+        .await;
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, width, height) in [("desktop", 1280u32, 900u32), ("phone", 390, 844)] {
+        browser.client.set_window_size(width, height).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let overflow = browser
+            .js("return document.documentElement.scrollWidth <= window.innerWidth")
+            .await;
+        assert_eq!(overflow, Value::Bool(true), "no sideways scrolling at {width} px");
+        let png = browser.client.screenshot().await.unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let shot_width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
+        assert!(
+            shot_width <= width && shot_width >= width - 20,
+            "screenshot is {shot_width} px wide"
+        );
+        let path = dir.join(format!("demo-{name}.png"));
+        std::fs::write(&path, &png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+    browser.close().await;
+}
