@@ -5,6 +5,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -157,10 +159,14 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // Chromium runs in chromedriver's process group: end the whole group, even after a failed test.
-        if let Some(pid) = self.driver.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
-                .status();
+        // (Never through the `kill` command: procps-ng 4.0.2 misreads `kill -KILL -<pgid>` as pid -1.)
+        let pgid = self
+            .driver
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .filter(|&id| id > 1);
+        if let Some(pgid) = pgid {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
     }
 }

@@ -2,6 +2,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -54,13 +56,9 @@ async fn the_binary_ends_streams_cleanly_on_sigterm_within_the_grace_period() {
         .unwrap();
     assert_eq!(publish.status(), 200);
 
-    let pid = child.id().expect("running").to_string();
+    let pid = i32::try_from(child.id().expect("running")).unwrap();
     let started = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
 
     // The stream delivers what was published, then a closing comment, then ends cleanly (no error).
     let mut received = Vec::new();
