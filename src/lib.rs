@@ -14,6 +14,7 @@
 //! - [`connection`]: one SSE response body — retry, replay across topics, live events, heartbeats.
 //! - [`http`]: the routes (one file each), CORS, and the mapping of every error to problem+json.
 //! - [`telemetry`]: logs and the counters behind `/metrics`.
+//! - [`probe`]: the tiny HTTP client behind `herald check` (container health checks).
 //! - [`startup`]: [`startup::Application`] builds a node on a listener and runs it until shut down.
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod probe;
 pub mod sse;
 pub mod startup;
 pub mod telemetry;

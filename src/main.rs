@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
 use herald::config::{Settings, Sources};
 use herald::startup::Application;
 use herald::telemetry;
@@ -12,6 +14,8 @@ use herald::telemetry;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Folder with default.toml and $HERALD_ENV.toml (default: ./config).
     #[arg(long, value_name = "DIR")]
     config: Option<PathBuf>,
@@ -26,9 +30,29 @@ struct Cli {
     redis_url: Option<String>,
 }
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exit 0 when a node answers its URL with 200 (for container health checks; no curl needed).
+    Check {
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { url }) => {
+            let status = herald::probe::status(&url, Duration::from_secs(3))?;
+            anyhow::ensure!(status == 200, "{url} answered {status}");
+            Ok(())
+        }
+        None => serve(cli),
+    }
+}
+
+#[actix_web::main]
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logs();
     let mut overrides = Vec::new();
     if let Some(host) = cli.host {

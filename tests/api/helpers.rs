@@ -6,6 +6,14 @@ use futures_util::{Stream, StreamExt};
 use herald::config::Settings;
 use herald::startup::{Application, Shutdown};
 
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// How long a test waits for something that should arrive at once before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 

@@ -6,6 +6,7 @@ mod redis_server;
 
 mod browser;
 mod concurrency;
+mod deploy;
 mod limits;
 mod publish_subscribe;
 mod redis_engine;

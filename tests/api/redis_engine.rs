@@ -25,10 +25,10 @@ async fn three_nodes_deliver_every_message_to_every_subscriber_once_in_order() {
 
 /// One publish outcome: the data sent, and the id if it was acknowledged.
 #[derive(Debug, Clone)]
-struct Outcome {
-    data: String,
-    status: u16,
-    id: Option<String>,
+pub struct Outcome {
+    pub data: String,
+    pub status: u16,
+    pub id: Option<String>,
 }
 
 /// Publishes `data` with a short timeout; never panics on an error status (the tests judge those).
@@ -60,7 +60,7 @@ async fn try_publish(node: &TestApp, topic: &str, data: String) -> Outcome {
 
 /// Checks what a subscriber received against the publish outcomes: every acknowledged message exactly
 /// once, in id order; a refused one (503) never; one of unknown outcome (504) at most once.
-fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes: &[Outcome]) {
+pub fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes: &[Outcome]) {
     let by_data: HashMap<&str, &Outcome> = outcomes.iter().map(|o| (o.data.as_str(), o)).collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for event in received {

@@ -1,6 +1,6 @@
 //! A real `redis-server` per test: a free loopback port, its own temp dir, killed on drop.
 
-use std::net::TcpListener;
+use crate::helpers::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,13 +9,6 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     aof: bool,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl RedisServer {
