@@ -18,6 +18,20 @@ pub struct Settings {
     pub limits: Limits,
     pub cors: CorsSettings,
     pub redis: RedisSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub anonymous_publish: bool,
+    pub private_topics: Vec<String>,
+    pub hs_secret: String,
+    pub rsa_public_key_file: String,
+    pub ec_public_key_file: String,
+    pub algorithms: Vec<String>,
+    pub audience: String,
+    pub leeway_secs: u64,
+    pub cookie_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +40,8 @@ pub struct ServerSettings {
     pub port: u16,
     pub workers: usize,
     pub shutdown_grace_secs: u64,
+    pub request_head_timeout_ms: u64,
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +66,9 @@ pub struct Limits {
     pub max_topics_per_connection: usize,
     pub max_connections: usize,
     pub idempotency_window_secs: u64,
+    pub publish_rate_per_ip: u32,
+    pub publish_burst_per_ip: u32,
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,7 +133,10 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("cors.allowed_origins"),
+                .with_list_parse_key("cors.allowed_origins")
+                .with_list_parse_key("auth.private_topics")
+                .with_list_parse_key("auth.algorithms")
+                .with_list_parse_key("server.trusted_proxies"),
         );
         for (key, value) in &sources.overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
@@ -246,6 +268,56 @@ impl Settings {
             "redis.url",
             url,
             "use redis://host:port[/db] (or rediss:// for TLS), or leave it empty for the memory engine",
+        )?;
+        check(
+            (100..=600_000).contains(&self.server.request_head_timeout_ms),
+            "server.request_head_timeout_ms",
+            self.server.request_head_timeout_ms,
+            "use 100 to 600000 ms",
+        )?;
+        for proxy in &self.server.trusted_proxies {
+            check(
+                proxy.parse::<std::net::IpAddr>().is_ok(),
+                "server.trusted_proxies",
+                proxy,
+                "list IP addresses such as 127.0.0.1 or ::1",
+            )?;
+        }
+        check(
+            l.publish_rate_per_ip == 0 || l.publish_burst_per_ip >= 1,
+            "limits.publish_burst_per_ip",
+            l.publish_burst_per_ip,
+            "allow a burst of at least 1 when publish_rate_per_ip is set",
+        )?;
+        let a = &self.auth;
+        check(
+            a.hs_secret.is_empty() || a.hs_secret.len() >= 32,
+            "auth.hs_secret",
+            "(hidden)",
+            "use at least 32 random bytes (e.g. `openssl rand -base64 48`)",
+        )?;
+        let has_key =
+            !a.hs_secret.is_empty() || !a.rsa_public_key_file.is_empty() || !a.ec_public_key_file.is_empty();
+        check(
+            a.anonymous_publish || has_key,
+            "auth.anonymous_publish",
+            false,
+            "nobody could publish: configure auth.hs_secret or a public key file, or allow anonymous publishing",
+        )?;
+        check(
+            a.leeway_secs <= 600,
+            "auth.leeway_secs",
+            a.leeway_secs,
+            "use 0 to 600 seconds",
+        )?;
+        check(
+            !a.cookie_name.is_empty()
+                && a.cookie_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "auth.cookie_name",
+            &a.cookie_name,
+            "use letters, digits, _ and -",
         )?;
         let r = &self.redis;
         check(

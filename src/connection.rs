@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -14,7 +14,9 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::domain::{EventId, TopicName, GAP_EVENT};
 use crate::engine::{Engine, EngineError, Event};
+use crate::http::AppState;
 use crate::hub::{CloseReason, Membership, Take};
+use crate::limits::ConnectionSlot;
 use crate::sse;
 use crate::telemetry::Metrics;
 
@@ -32,6 +34,11 @@ pub struct Connection {
     engine: Arc<dyn Engine>,
     metrics: Arc<Metrics>,
     membership: Membership,
+    /// The client IP's connection slot, given back when the stream ends.
+    _slot: ConnectionSlot,
+    /// When the subscriber's token expires: the stream ends then, and the client must come back with a
+    /// fresh token.
+    expires: Option<Instant>,
     heartbeat: Interval,
     retry_ms: u64,
     page_size: usize,
@@ -59,23 +66,32 @@ struct Cursor {
 
 impl Connection {
     pub fn new(
-        engine: Arc<dyn Engine>,
-        metrics: Arc<Metrics>,
+        state: &AppState,
         membership: Membership,
         resume: Option<Resume>,
-        retry_ms: u64,
-        heartbeat: Duration,
-        page_size: usize,
+        slot: ConnectionSlot,
+        token_expires_at: Option<u64>,
     ) -> Self {
-        let mut heartbeat = interval_at(Instant::now() + heartbeat, heartbeat);
+        let settings = &state.settings;
+        let period = settings.heartbeat();
+        let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let expires = token_expires_at.map(|at| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            Instant::now() + Duration::from_secs(at.saturating_sub(now))
+        });
         Connection {
-            engine,
-            metrics,
+            engine: Arc::clone(&state.engine),
+            metrics: Arc::clone(&state.metrics),
             membership,
+            _slot: slot,
+            expires,
             heartbeat,
-            retry_ms,
-            page_size,
+            retry_ms: settings.sse.retry_ms,
+            page_size: settings.history.page_size,
             skip_through: resume.map(|r| r.until),
             phase: Phase::Hello(resume),
         }
@@ -212,9 +228,20 @@ impl Connection {
                     });
                 }
                 Take::Empty => {
+                    let expires = self.expires;
+                    let expiry = async move {
+                        match expires {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = self.membership.conn().changed() => {}
                         _ = self.heartbeat.tick() => return Bytes::from_static(HEARTBEAT),
+                        _ = expiry => {
+                            self.phase = Phase::Done;
+                            return sse::comment("herald: the token expired; reconnect with a fresh one");
+                        }
                     }
                 }
             }

@@ -87,11 +87,10 @@ impl EventName {
         if s.is_empty() {
             return Err(EventNameError::Empty);
         }
-        if s.len() > max_len {
-            return Err(EventNameError::TooLong {
-                len: s.len(),
-                max: max_len,
-            });
+        // Counted in characters, as API schemas count string lengths.
+        let len = s.chars().count();
+        if len > max_len {
+            return Err(EventNameError::TooLong { len, max: max_len });
         }
         if let Some(found) = s.chars().find(|c| c.is_control()) {
             return Err(EventNameError::Control { found });
@@ -172,7 +171,8 @@ impl FromStr for EventId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || EventIdError(s.chars().take(64).collect());
         let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        // 19 digits always fit a u64, so the parts cannot overflow.
+        let digits = |p: &str| !p.is_empty() && p.len() <= 19 && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(ms) || !digits(seq) {
             return Err(bad());
         }

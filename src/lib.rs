@@ -5,6 +5,7 @@
 //! what it missed, then the live events.
 //!
 //! # Layout
+//! - [`auth`]: JWT verification in Mercure's claim shape; who may publish and read private topics.
 //! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags), validated once.
 //! - [`domain`]: validated values — [`domain::TopicName`], [`domain::EventName`], [`domain::EventId`].
 //! - [`engine`]: the [`engine::Engine`] trait (stores history, carries events to hubs) and its `memory`
@@ -14,15 +15,18 @@
 //! - [`connection`]: one SSE response body — retry, replay across topics, live events, heartbeats.
 //! - [`http`]: the routes (one file each), CORS, and the mapping of every error to problem+json.
 //! - [`telemetry`]: logs and the counters behind `/metrics`.
+//! - [`limits`]: per-client-IP publish rate and connection caps, and who the client is behind proxies.
 //! - [`probe`]: the tiny HTTP client behind `herald check` (container health checks).
 //! - [`startup`]: [`startup::Application`] builds a node on a listener and runs it until shut down.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod probe;
 pub mod sse;
 pub mod startup;

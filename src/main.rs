@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use herald::config::{Settings, Sources};
 use herald::startup::Application;
-use herald::telemetry;
+use herald::{auth, telemetry};
 
 /// A pub/sub hub that pushes live updates to browsers over Server-Sent Events.
 #[derive(Debug, Parser)]
@@ -37,6 +37,18 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
         url: String,
     },
+    /// Print an HS256 token signed with the configured auth.hs_secret (for tests and scripts).
+    Token {
+        /// Topic selectors it may publish to (a topic, `prefix*`, or `*`); repeatable.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Topic selectors it may subscribe to (needed for private topics); repeatable.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,28 +59,56 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(status == 200, "{url} answered {status}");
             Ok(())
         }
+        Some(Command::Token {
+            publish,
+            subscribe,
+            ttl,
+        }) => {
+            let settings = Settings::load(&sources(&cli.config, &cli.host, cli.port, &cli.redis_url))?;
+            let secret = &settings.auth.hs_secret;
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "set auth.hs_secret (e.g. HERALD__AUTH__HS_SECRET) first"
+            );
+            let audience = Some(settings.auth.audience.clone()).filter(|a| !a.is_empty());
+            println!(
+                "{}",
+                auth::mint(secret, &auth::claims(publish, subscribe, ttl, audience))?
+            );
+            Ok(())
+        }
         None => serve(cli),
+    }
+}
+
+/// Where settings come from: files, `HERALD_ENV`, env vars, and these flags on top.
+fn sources(
+    config: &Option<PathBuf>,
+    host: &Option<String>,
+    port: Option<u16>,
+    redis_url: &Option<String>,
+) -> Sources {
+    let mut overrides = Vec::new();
+    if let Some(host) = host {
+        overrides.push(("server.host".to_string(), host.clone()));
+    }
+    if let Some(port) = port {
+        overrides.push(("server.port".to_string(), port.to_string()));
+    }
+    if let Some(url) = redis_url {
+        overrides.push(("redis.url".to_string(), url.clone()));
+    }
+    Sources {
+        dir: config.clone(),
+        env: std::env::var("HERALD_ENV").ok(),
+        overrides,
     }
 }
 
 #[actix_web::main]
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logs();
-    let mut overrides = Vec::new();
-    if let Some(host) = cli.host {
-        overrides.push(("server.host".to_string(), host));
-    }
-    if let Some(port) = cli.port {
-        overrides.push(("server.port".to_string(), port.to_string()));
-    }
-    if let Some(url) = cli.redis_url {
-        overrides.push(("redis.url".to_string(), url));
-    }
-    let sources = Sources {
-        dir: cli.config,
-        env: std::env::var("HERALD_ENV").ok(),
-        overrides,
-    };
+    let sources = sources(&cli.config, &cli.host, cli.port, &cli.redis_url);
     let settings = Settings::load(&sources).context("invalid configuration")?;
     let host = settings.server.host.clone();
     let app = Application::build(settings).await.context("could not start")?;

@@ -2,16 +2,19 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::{Auth, AuthConfigError};
 use crate::config::Settings;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisStartError};
 use crate::engine::Engine;
 use crate::http::{self, AppState};
 use crate::hub::Hub;
+use crate::limits::PerIp;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,8 @@ pub enum StartupError {
     Bind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Redis(#[from] RedisStartError),
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
 }
 
 /// A built node, listening but not yet serving until [`Application::run_until_stopped`].
@@ -81,9 +86,22 @@ impl Application {
         let listener = TcpListener::bind(&addr).map_err(bind)?;
         let port = listener.local_addr().map_err(bind)?.port();
         let engine_name = engine.name();
+        let limits = &settings.limits;
         let state = web::Data::new(AppState {
             engine,
             hub: Arc::clone(&hub),
+            auth: Auth::from_settings(&settings.auth)?,
+            per_ip: PerIp::new(
+                limits.publish_rate_per_ip,
+                limits.publish_burst_per_ip,
+                limits.max_connections_per_ip,
+            ),
+            trusted_proxies: settings
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
             settings: Arc::new(settings.clone()),
             metrics,
         });
@@ -91,7 +109,9 @@ impl Application {
             HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
                 // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
                 .disable_signals()
-                .shutdown_timeout(settings.server.shutdown_grace_secs);
+                .shutdown_timeout(settings.server.shutdown_grace_secs)
+                // Slow-header clients are answered 408 and dropped.
+                .client_request_timeout(Duration::from_millis(settings.server.request_head_timeout_ms));
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }

@@ -1,4 +1,4 @@
-//! `GET /`: the demo page, built into the binary (no build step, no CDN).
+//! `GET /`: the demo page, and `GET /openapi.yaml`: the API description; both built into the binary.
 
 use actix_web::HttpResponse;
 
@@ -8,4 +8,10 @@ pub async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(PAGE)
+}
+
+const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
+
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/yaml").body(OPENAPI)
 }

@@ -8,6 +8,9 @@ use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use std::time::Duration;
+
+use crate::auth::AuthError;
 use crate::domain::{EventIdError, EventNameError, TopicError};
 use crate::engine::EngineError;
 use crate::hub::JoinError;
@@ -37,6 +40,12 @@ pub enum ApiError {
     Join(#[from] JoinError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("too many publishes from your address; retry in {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: Duration },
+    #[error("your address already holds its maximum of {0} streams; close one first")]
+    TooManyStreams(usize),
 }
 
 impl ApiError {
@@ -55,6 +64,11 @@ impl ApiError {
             ApiError::Join(JoinError::ShuttingDown) => "shutting-down",
             ApiError::Engine(EngineError::Unavailable(_)) => "store-unavailable",
             ApiError::Engine(EngineError::Unknown(_)) => "outcome-unknown",
+            ApiError::Auth(AuthError::Missing(_)) => "token-missing",
+            ApiError::Auth(AuthError::Invalid(_)) => "token-invalid",
+            ApiError::Auth(AuthError::Forbidden { .. }) => "forbidden",
+            ApiError::RateLimited { .. } => "rate-limited",
+            ApiError::TooManyStreams(_) => "too-many-streams",
         }
     }
 }
@@ -69,6 +83,9 @@ impl ResponseError for ApiError {
             // The publisher must be able to tell "maybe stored" from "refused": retry with the same
             // Idempotency-Key to find out.
             ApiError::Engine(EngineError::Unknown(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -79,10 +96,31 @@ impl ResponseError for ApiError {
             tracing::warn!(error = %self, "request failed");
         }
         let mut response = problem(status, self.code(), &self.to_string());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match self {
+            ApiError::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            ApiError::TooManyStreams(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Auth(AuthError::Invalid(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"herald\", error=\"invalid_token\""),
+                );
+            }
+            ApiError::Auth(AuthError::Missing(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"herald\""),
+                );
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

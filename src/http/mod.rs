@@ -14,9 +14,13 @@ use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, HttpRequest};
 
+use std::net::IpAddr;
+
+use crate::auth::{Auth, AuthError};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::limits::{self, PerIp};
 use crate::telemetry::Metrics;
 use error::ApiError;
 
@@ -26,6 +30,48 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    pub auth: Auth,
+    pub per_ip: PerIp,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl AppState {
+    /// The client's address for per-IP limits (see `server.trusted_proxies`).
+    fn client_ip(&self, req: &HttpRequest) -> IpAddr {
+        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        limits::client_ip(req.peer_addr().map(|a| a.ip()), forwarded, &self.trusted_proxies)
+            .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+    }
+
+    /// The token sent with the request: `Authorization: Bearer`, else the auth cookie, else the
+    /// `authorization` query parameter.
+    fn token(&self, req: &HttpRequest, pairs: &[(String, String)]) -> Result<Option<String>, ApiError> {
+        if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+            let value = value.to_str().unwrap_or("");
+            let token = value
+                .get(..7)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+                .map(|_| value[7..].trim())
+                .ok_or_else(|| {
+                    AuthError::Invalid("the Authorization header must be `Bearer <jwt>`".into())
+                })?;
+            return Ok(Some(token.to_string()));
+        }
+        let cookies = req
+            .headers()
+            .get_all(header::COOKIE)
+            .filter_map(|v| v.to_str().ok());
+        for pair in cookies.flat_map(|v| v.split(';')) {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                if name == self.auth.cookie_name && !value.is_empty() {
+                    return Ok(Some(value.trim_matches('"').to_string()));
+                }
+            }
+        }
+        Ok(query_value(pairs, "authorization")
+            .filter(|t| !t.is_empty())
+            .map(String::from))
+    }
 }
 
 /// Registers every route and the middleware that applies to all of them.
@@ -38,6 +84,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(get("/healthz", health::healthz))
             .service(get("/readyz", health::readyz))
             .service(get("/metrics", health::metrics))
+            .service(get("/openapi.yaml", demo::openapi))
             .service(get("/events", subscribe::subscribe))
             .service(resource("/topics/{topic}").route(web::post().to(publish::publish)))
             .service(get("/topics/{topic}/history", history::history)),

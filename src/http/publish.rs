@@ -19,8 +19,15 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let limits = &state.settings.limits;
+    // The cheapest refusal first, so floods (of bad tokens too) cost little.
+    state
+        .per_ip
+        .publish(state.client_ip(&req))
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let topic = TopicName::parse(&topic, limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
+    let token = state.token(&req, &pairs)?;
+    state.auth.authorize_publish(token.as_deref(), &topic)?;
     let event = query_value(&pairs, "event")
         .map(|name| EventName::parse(name, limits.max_event_name_len))
         .transpose()?;

@@ -35,6 +35,12 @@ pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> Result<H
         ));
     }
     let last_event_id = last_event_id(&req, &pairs)?;
+    let token = state.token(&req, &pairs)?;
+    let grant = state.auth.authorize_subscribe(token.as_deref(), &topics)?;
+    let slot = state
+        .per_ip
+        .connect(state.client_ip(&req))
+        .ok_or(ApiError::TooManyStreams(limits.max_connections_per_ip))?;
 
     let membership = state.hub.join(topics.clone())?;
     for topic in &topics {
@@ -47,15 +53,12 @@ pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> Result<H
         }),
         None => None,
     };
-    let settings = &state.settings;
     let body = Connection::new(
-        state.engine.clone(),
-        state.metrics.clone(),
+        &state,
         membership,
         resume,
-        settings.sse.retry_ms,
-        settings.heartbeat(),
-        settings.history.page_size,
+        slot,
+        grant.and_then(|g| g.expires_at()),
     )
     .into_stream();
     Ok(HttpResponse::Ok()

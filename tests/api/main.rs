@@ -3,10 +3,12 @@
 
 mod helpers;
 mod redis_server;
+mod security;
 
 mod browser;
 mod concurrency;
 mod deploy;
+mod fuzz;
 mod limits;
 mod publish_subscribe;
 mod redis_engine;

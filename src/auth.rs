@@ -1,0 +1,295 @@
+//! Authorization with JWTs in Mercure's claim shape, so tokens minted for Mercure hubs work here:
+//! `{"mercure": {"publish": ["news", "*"], "subscribe": ["user.42"]}}`.
+//!
+//! Keys come only from configuration; only allow-listed algorithms are accepted, so `alg: none` and
+//! algorithm-confusion tokens are refused. `exp`, `nbf` and (when configured) `aud` are checked with a
+//! configurable leeway.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthSettings;
+use crate::domain::TopicName;
+
+/// The claims Herald reads; anything else in the token is ignored.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(default)]
+    pub mercure: MercureClaim,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct MercureClaim {
+    /// Topic selectors the bearer may publish to: a topic, `prefix*`, or `*` for all.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Topic selectors the bearer may subscribe to (needed for private topics only).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    claims: Claims,
+}
+
+impl Grant {
+    /// When the token stops being valid (seconds since the epoch), if it says.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.claims.exp
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("{0} needs a token: send `Authorization: Bearer <jwt>`, the auth cookie, or ?authorization=")]
+    Missing(&'static str),
+    #[error("the token was refused: {0}")]
+    Invalid(String),
+    #[error("the token does not allow {action} on topic `{topic}`")]
+    Forbidden { action: &'static str, topic: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("auth.{key}: cannot read {path}: {source}")]
+    Read {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("auth.{key}: {path} is not a usable PEM public key: {source}")]
+    Key {
+        key: &'static str,
+        path: String,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("auth.algorithms: `{0}` is not one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384")]
+    Algorithm(String),
+}
+
+pub struct Auth {
+    keys: Vec<(Algorithm, DecodingKey)>,
+    anonymous_publish: bool,
+    private_topics: Vec<String>,
+    audience: Option<String>,
+    leeway_secs: u64,
+    pub cookie_name: String,
+}
+
+/// `*` matches everything, `prefix*` any topic starting with prefix, anything else itself.
+pub fn selector_matches(selector: &str, topic: &str) -> bool {
+    match selector.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix),
+        None => selector == topic,
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, AuthConfigError> {
+    Ok(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        other => return Err(AuthConfigError::Algorithm(other.to_string())),
+    })
+}
+
+impl Auth {
+    pub fn from_settings(s: &AuthSettings) -> Result<Auth, AuthConfigError> {
+        let read = |key: &'static str, path: &str| {
+            std::fs::read(path).map_err(|source| AuthConfigError::Read {
+                key,
+                path: path.to_string(),
+                source,
+            })
+        };
+        let mut keys = Vec::new();
+        for name in &s.algorithms {
+            let alg = parse_algorithm(name)?;
+            let key = match alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 if !s.hs_secret.is_empty() => {
+                    Some(DecodingKey::from_secret(s.hs_secret.as_bytes()))
+                }
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512
+                    if !s.rsa_public_key_file.is_empty() =>
+                {
+                    let pem = read("rsa_public_key_file", &s.rsa_public_key_file)?;
+                    Some(
+                        DecodingKey::from_rsa_pem(&pem).map_err(|source| AuthConfigError::Key {
+                            key: "rsa_public_key_file",
+                            path: s.rsa_public_key_file.clone(),
+                            source,
+                        })?,
+                    )
+                }
+                Algorithm::ES256 | Algorithm::ES384 if !s.ec_public_key_file.is_empty() => {
+                    let pem = read("ec_public_key_file", &s.ec_public_key_file)?;
+                    Some(
+                        DecodingKey::from_ec_pem(&pem).map_err(|source| AuthConfigError::Key {
+                            key: "ec_public_key_file",
+                            path: s.ec_public_key_file.clone(),
+                            source,
+                        })?,
+                    )
+                }
+                _ => None,
+            };
+            // An allowed algorithm whose key is not configured accepts no token.
+            if let Some(key) = key {
+                keys.push((alg, key));
+            }
+        }
+        Ok(Auth {
+            keys,
+            anonymous_publish: s.anonymous_publish,
+            private_topics: s.private_topics.clone(),
+            audience: (!s.audience.is_empty()).then(|| s.audience.clone()),
+            leeway_secs: s.leeway_secs,
+            cookie_name: s.cookie_name.clone(),
+        })
+    }
+
+    pub fn is_private(&self, topic: &TopicName) -> bool {
+        self.private_topics
+            .iter()
+            .any(|p| selector_matches(p, topic.as_str()))
+    }
+
+    /// Verifies signature, algorithm, `exp`, `nbf` and `aud`.
+    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        let invalid = |e: &dyn std::fmt::Display| AuthError::Invalid(e.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
+        let key = self
+            .keys
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .map(|(_, key)| key)
+            .ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "algorithm {:?} is not accepted by this hub (see auth.algorithms and its keys)",
+                    header.alg
+                ))
+            })?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway_secs;
+        validation.validate_nbf = true;
+        // Mercure tokens often carry no `exp`; when present it is enforced.
+        validation.required_spec_claims = HashSet::new();
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| invalid(&e))?;
+        Ok(Grant { claims: data.claims })
+    }
+
+    /// Publishing to `topic`: a token allowing it, or anonymous publishing switched on.
+    pub fn authorize_publish(&self, token: Option<&str>, topic: &TopicName) -> Result<(), AuthError> {
+        let Some(token) = token else {
+            return if self.anonymous_publish {
+                Ok(())
+            } else {
+                Err(AuthError::Missing("publishing"))
+            };
+        };
+        let grant = self.verify(token)?;
+        if grant
+            .claims
+            .mercure
+            .publish
+            .iter()
+            .any(|s| selector_matches(s, topic.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden {
+                action: "publishing",
+                topic: topic.to_string(),
+            })
+        }
+    }
+
+    /// Subscribing to `topics`: private ones need a token listing them; a token, when sent, must be
+    /// valid. Answers the token's grant (for its expiry), if one was sent.
+    pub fn authorize_subscribe(
+        &self,
+        token: Option<&str>,
+        topics: &[TopicName],
+    ) -> Result<Option<Grant>, AuthError> {
+        let grant = token.map(|t| self.verify(t)).transpose()?;
+        for topic in topics.iter().filter(|t| self.is_private(t)) {
+            let Some(grant) = &grant else {
+                return Err(AuthError::Missing("a private topic"));
+            };
+            if !grant
+                .claims
+                .mercure
+                .subscribe
+                .iter()
+                .any(|s| selector_matches(s, topic.as_str()))
+            {
+                return Err(AuthError::Forbidden {
+                    action: "subscribing",
+                    topic: topic.to_string(),
+                });
+            }
+        }
+        Ok(grant)
+    }
+}
+
+/// Mints an HS256 token (for `herald token`, tests and scripts).
+pub fn mint(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Claims for `publish`/`subscribe` selectors valid for `ttl_secs` from now.
+pub fn claims(
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+    ttl_secs: u64,
+    audience: Option<String>,
+) -> Claims {
+    Claims {
+        mercure: MercureClaim { publish, subscribe },
+        exp: Some(now_secs().saturating_add(ttl_secs)),
+        aud: audience,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        assert!(selector_matches("*", "anything"));
+        assert!(selector_matches("user.*", "user.42"));
+        assert!(!selector_matches("user.*", "users"));
+        assert!(selector_matches("news", "news"));
+        assert!(!selector_matches("news", "news2"));
+    }
+}
