@@ -1,0 +1,297 @@
+//! A cheap load client on one thread: raw HTTP/1.1 over loopback, hand-rolled chunked decoding and SSE
+//! parsing, so the generator spends as little of the shared CPU as it can.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Message payloads are `<seq> <sent-µs> <padding>`, this many bytes.
+pub const MESSAGE_BYTES: usize = 100;
+
+thread_local! {
+    static EPOCH: Instant = Instant::now();
+}
+
+pub fn now_us() -> u64 {
+    EPOCH.with(|e| e.elapsed().as_micros() as u64)
+}
+
+pub fn payload(seq: usize) -> String {
+    let mut s = format!("{seq} {} ", now_us());
+    while s.len() < MESSAGE_BYTES {
+        s.push('x');
+    }
+    s
+}
+
+/// What all subscribers of a run saw.
+#[derive(Default)]
+pub struct Tally {
+    pub delivered: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub latencies_us: Vec<u32>,
+    pub last_ids: Vec<String>,
+}
+
+pub type SharedTally = Rc<RefCell<Tally>>;
+
+/// Reads the response head; returns what followed it and whether the body is chunked.
+async fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, bool, u16)> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let chunked = head.contains("transfer-encoding: chunked");
+            return Ok((buf[end + 4..].to_vec(), chunked, status));
+        }
+    }
+}
+
+/// De-chunks a response body as bytes arrive.
+struct Dechunk {
+    left: usize,
+    skip_crlf: bool,
+}
+
+impl Dechunk {
+    /// Moves the payload bytes of `raw` into `out`, keeping any incomplete chunk header in `raw`.
+    fn feed(&mut self, raw: &mut Vec<u8>, out: &mut Vec<u8>) {
+        let mut at = 0;
+        loop {
+            if self.skip_crlf {
+                if raw.len() - at < 2 {
+                    break;
+                }
+                at += 2;
+                self.skip_crlf = false;
+            }
+            if self.left == 0 {
+                let Some(end) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
+                let size = std::str::from_utf8(&raw[at..at + end])
+                    .ok()
+                    .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok())
+                    .unwrap_or(0);
+                at += end + 2;
+                if size == 0 {
+                    break;
+                }
+                self.left = size;
+            }
+            let take = self.left.min(raw.len() - at);
+            if take == 0 {
+                break;
+            }
+            out.extend_from_slice(&raw[at..at + take]);
+            at += take;
+            self.left -= take;
+            if self.left == 0 {
+                self.skip_crlf = true;
+            }
+        }
+        raw.drain(..at);
+    }
+}
+
+/// Compares server ids of any shape (`1-2`, `17:0`, `42`) by their digit runs.
+fn id_key(id: &str) -> Vec<u64> {
+    id.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+/// Opens an SSE subscription and reads until `expect` events arrived (or `deadline`), counting into
+/// `tally`. `ready` is bumped once the response head is in.
+pub async fn subscribe(
+    port: u16,
+    path: String,
+    last_event_id: Option<String>,
+    expect: usize,
+    messages: usize,
+    tally: SharedTally,
+    ready: Arc<AtomicUsize>,
+    deadline: Instant,
+) -> Result<usize> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.context("connect")?;
+    stream.set_nodelay(true)?;
+    let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{resume}\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let (mut raw, chunked, status) = read_head(&mut stream).await?;
+    if status != 200 {
+        bail!("subscribe answered {status}");
+    }
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut dechunk = Dechunk { left: 0, skip_crlf: false };
+    let mut body = Vec::with_capacity(8192);
+    let mut seen = vec![0u64; messages / 64 + 1];
+    let mut got = 0usize;
+    let mut last_id: Vec<u64> = Vec::new();
+    let mut last_id_text = String::new();
+    let mut data_seq: Option<(usize, u64)> = None;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while got < expect {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        if chunked {
+            raw.extend_from_slice(&chunk[..n]);
+            dechunk.feed(&mut raw, &mut body);
+        } else {
+            if !raw.is_empty() {
+                body.append(&mut raw);
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let mut start = 0;
+        let now = now_us();
+        let mut t = tally.borrow_mut();
+        while let Some(nl) = body[start..].iter().position(|&b| b == b'\n') {
+            let line = &body[start..start + nl];
+            start += nl + 1;
+            if line.is_empty() {
+                if let Some((seq, sent)) = data_seq.take() {
+                    got += 1;
+                    t.delivered += 1;
+                    t.latencies_us.push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                    let (word, bit) = (seq / 64, 1u64 << (seq % 64));
+                    if let Some(w) = seen.get_mut(word) {
+                        if *w & bit != 0 {
+                            t.duplicated += 1;
+                        }
+                        *w |= bit;
+                    }
+                }
+            } else if let Some(data) = line.strip_prefix(b"data: ").or_else(|| line.strip_prefix(b"data:")) {
+                let text = std::str::from_utf8(data).unwrap_or("");
+                let mut parts = text.split(' ');
+                let seq = parts.next().and_then(|p| p.parse().ok());
+                let sent = parts.next().and_then(|p| p.parse().ok());
+                if let (Some(seq), Some(sent)) = (seq, sent) {
+                    data_seq = Some((seq, sent));
+                }
+            } else if let Some(id) = line.strip_prefix(b"id: ").or_else(|| line.strip_prefix(b"id:")) {
+                let text = std::str::from_utf8(id).unwrap_or("").to_string();
+                let key = id_key(&text);
+                if !last_id.is_empty() && key <= last_id {
+                    t.out_of_order += 1;
+                }
+                last_id = key;
+                last_id_text = text;
+            }
+        }
+        body.drain(..start);
+    }
+    tally.borrow_mut().last_ids.push(last_id_text);
+    Ok(got)
+}
+
+/// Holds an idle subscription open until `stop` resolves.
+pub async fn hold(port: u16, path: String, ready: Arc<AtomicUsize>, stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
+        .await?;
+    let (_, _, status) = read_head(&mut stream).await?;
+    if status != 200 {
+        bail!("subscribe answered {status}");
+    }
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut stop = stop;
+    let mut sink = [0u8; 1024];
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            n = stream.read(&mut sink) => if matches!(n, Ok(0) | Err(_)) { return Ok(()) },
+        }
+    }
+}
+
+/// One keep-alive publisher connection: sends `POST paths[seq % len]` for each sequence number it takes
+/// from `next` until `count`, waiting for each answer. Returns the publishes that failed.
+pub async fn publisher(
+    port: u16,
+    paths: Vec<String>,
+    next: Arc<AtomicUsize>,
+    count: usize,
+    pace: Option<Duration>,
+) -> Result<usize> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    let mut failed = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut ticker = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    loop {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let seq = next.fetch_add(1, Ordering::Relaxed);
+        if seq >= count {
+            return Ok(failed);
+        }
+        let data = payload(seq);
+        let path = &paths[seq % paths.len()];
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{data}",
+            data.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        // Read the whole answer: head, then Content-Length bytes or chunks up to the last one.
+        let mut got = Vec::new();
+        let (head_end, status, length, chunked) = loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                bail!("publisher connection closed");
+            }
+            got.extend_from_slice(&buf[..n]);
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                break (end + 4, status, length, head.contains("transfer-encoding: chunked"));
+            }
+        };
+        loop {
+            let body = &got[head_end..];
+            let complete = match (length, chunked) {
+                (Some(len), _) => body.len() >= len,
+                (None, true) => body.ends_with(b"0\r\n\r\n"),
+                (None, false) => true,
+            };
+            if complete {
+                break;
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                bail!("publisher connection closed mid-answer");
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if !(200..300).contains(&status) {
+            failed += 1;
+        }
+    }
+}

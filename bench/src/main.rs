@@ -1,0 +1,478 @@
+//! `herald-bench`: runs each scenario against each system in the same run, over loopback, and prints a
+//! table, JSON lines and herald/peer ratios; `--out BENCHMARKS.md` saves the table with the machine and
+//! how to reproduce. The generator is one thread and reports its own CPU.
+
+mod client;
+mod procfs;
+mod systems;
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use serde_json::json;
+
+use client::{SharedTally, Tally};
+use systems::{Kind, System};
+
+#[derive(Parser, Debug)]
+#[command(about = "Side-by-side load tests: Herald, nchan and the tutorial Express server")]
+struct Args {
+    /// A few hundred deliveries against herald-memory only: checks the tool works (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Systems, comma-separated (default: all): herald-memory, herald-redis, herald-redis-3nodes,
+    /// nchan-memory, nchan-redis, express.
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Scenarios, comma-separated (default: all): fanout, latency, idle, replay, growth.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// The herald binary (default: target/release/herald).
+    #[arg(long)]
+    herald: Option<PathBuf>,
+    /// Save the table (with machine and reproduction notes) to this Markdown file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Row {
+    scenario: String,
+    system: &'static str,
+    subscribers: usize,
+    topics: usize,
+    deliveries: u64,
+    secs: f64,
+    server_cpu_us: f64,
+    bench_cpu_us: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    failed_publishes: usize,
+    rss_per_conn: Option<f64>,
+    replay_ms: Option<f64>,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.deliveries as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[at]) / 1000.0
+}
+
+fn self_cpu() -> f64 {
+    procfs::cpu_secs(std::process::id())
+}
+
+static TOPIC: AtomicUsize = AtomicUsize::new(0);
+
+fn fresh_topic(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id(), TOPIC.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn wait_ready(ready: &AtomicUsize, want: usize, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready.load(Ordering::Relaxed) < want {
+        if Instant::now() > deadline {
+            bail!("{what}: only {} of {want} subscribers connected", ready.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// `topics` topics with `per_topic` subscribers each (spread over the system's nodes); `messages` per
+/// topic published by `in_flight` keep-alive publishers (or one, paced at `pace`).
+async fn fanout(
+    sys: &System,
+    scenario: &str,
+    topics: usize,
+    per_topic: usize,
+    messages: usize,
+    in_flight: usize,
+    pace: Option<Duration>,
+) -> Result<Row> {
+    let names: Vec<String> = (0..topics).map(|_| fresh_topic("f")).collect();
+    let total = topics * messages;
+    let subscribers = topics * per_topic;
+    let tally: SharedTally = Rc::new(RefCell::new(Tally::default()));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut tasks = Vec::new();
+    for i in 0..subscribers {
+        let port = sys.sub_ports[i % sys.sub_ports.len()];
+        let path = sys.sub_path(&names[i % topics]);
+        tasks.push(tokio::task::spawn_local(client::subscribe(
+            port,
+            path,
+            None,
+            messages,
+            total,
+            Rc::clone(&tally),
+            Arc::clone(&ready),
+            deadline,
+        )));
+        if i % 500 == 499 {
+            tokio::task::yield_now().await;
+        }
+    }
+    wait_ready(&ready, subscribers, scenario).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = sys.pids();
+    let (cpu0, bench0, t0) = (procfs::total_cpu(&pids), self_cpu(), Instant::now());
+    let paths: Vec<String> = names.iter().map(|t| sys.pub_path(t)).collect();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut publishers = Vec::new();
+    for _ in 0..in_flight {
+        let paths = paths.clone();
+        let next = Arc::clone(&next);
+        let port = sys.pub_port;
+        publishers.push(tokio::task::spawn_local(async move {
+            client::publisher(port, paths, next, total, pace).await
+        }));
+    }
+    let mut failed = 0;
+    for p in publishers {
+        failed += p.await??;
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let (cpu1, bench1, secs) = (procfs::total_cpu(&pids), self_cpu(), t0.elapsed().as_secs_f64());
+    let mut t = tally.borrow_mut();
+    t.latencies_us.sort_unstable();
+    let deliveries = t.delivered;
+    let expected = (subscribers * messages) as u64;
+    let per = |cpu: f64| if deliveries > 0 { cpu * 1e6 / deliveries as f64 } else { 0.0 };
+    Ok(Row {
+        scenario: scenario.into(),
+        system: sys.kind.name(),
+        subscribers,
+        topics,
+        deliveries,
+        secs,
+        server_cpu_us: per(cpu1 - cpu0),
+        bench_cpu_us: per(bench1 - bench0),
+        p50_ms: percentile(&t.latencies_us, 0.5),
+        p99_ms: percentile(&t.latencies_us, 0.99),
+        p999_ms: percentile(&t.latencies_us, 0.999),
+        lost: expected.saturating_sub(deliveries - t.duplicated),
+        duplicated: t.duplicated,
+        out_of_order: t.out_of_order,
+        failed_publishes: failed,
+        ..Row::default()
+    })
+}
+
+/// `conns` idle subscribers over `topics` topics: server memory per connection.
+async fn idle(sys: &System, scenario: &str, conns: usize, topics: usize) -> Result<Row> {
+    let names: Vec<String> = (0..topics).map(|_| fresh_topic("i")).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = procfs::total_rss(&sys.server_pids());
+    let ready = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let port = sys.sub_ports[i % sys.sub_ports.len()];
+        tasks.push(tokio::task::spawn_local(client::hold(
+            port,
+            sys.sub_path(&names[i % topics]),
+            Arc::clone(&ready),
+            stop_rx.clone(),
+        )));
+        if i % 200 == 199 {
+            tokio::task::yield_now().await;
+        }
+    }
+    wait_ready(&ready, conns, scenario).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = procfs::total_rss(&sys.server_pids());
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(Row {
+        scenario: scenario.into(),
+        system: sys.kind.name(),
+        subscribers: conns,
+        topics,
+        rss_per_conn: Some(after.saturating_sub(before) as f64 / conns as f64),
+        ..Row::default()
+    })
+}
+
+/// Reconnect with `Last-Event-ID` after `missed` messages: time until all of them arrived.
+async fn replay(sys: &System, missed: usize) -> Result<Row> {
+    let topic = fresh_topic("r");
+    let ready = Arc::new(AtomicUsize::new(0));
+    let first: SharedTally = Rc::new(RefCell::new(Tally::default()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sub = tokio::task::spawn_local(client::subscribe(
+        sys.sub_ports[0],
+        sys.sub_path(&topic),
+        None,
+        1,
+        missed + 1,
+        Rc::clone(&first),
+        Arc::clone(&ready),
+        deadline,
+    ));
+    wait_ready(&ready, 1, "replay").await?;
+    let paths = vec![sys.pub_path(&topic)];
+    client::publisher(sys.pub_port, paths.clone(), Arc::new(AtomicUsize::new(0)), 1, None).await?;
+    sub.await??;
+    let last = first.borrow().last_ids.first().cloned().unwrap_or_default();
+    // The messages it misses; seq 0 was the one it saw.
+    let next = Arc::new(AtomicUsize::new(1));
+    let mut publishers = Vec::new();
+    for _ in 0..4 {
+        publishers.push(tokio::task::spawn_local(client::publisher(
+            sys.pub_port,
+            paths.clone(),
+            Arc::clone(&next),
+            missed + 1,
+            None,
+        )));
+    }
+    for p in publishers {
+        p.await??;
+    }
+    let tally: SharedTally = Rc::new(RefCell::new(Tally::default()));
+    let t0 = Instant::now();
+    let got = client::subscribe(
+        sys.sub_ports[sys.sub_ports.len() - 1],
+        sys.sub_path(&topic),
+        Some(last),
+        missed,
+        missed + 1,
+        Rc::clone(&tally),
+        Arc::new(AtomicUsize::new(0)),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let t = tally.borrow();
+    Ok(Row {
+        scenario: format!("replay {missed} missed"),
+        system: sys.kind.name(),
+        subscribers: 1,
+        topics: 1,
+        deliveries: got as u64,
+        lost: (missed as u64).saturating_sub(got as u64 - t.duplicated),
+        duplicated: t.duplicated,
+        out_of_order: t.out_of_order,
+        replay_ms: Some(ms),
+        ..Row::default()
+    })
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| scenario | system | subs | topics | deliveries/s | server CPU µs/delivery | bench CPU µs/delivery | p50 ms | p99 ms | p99.9 ms | lost | dup | out of order | RSS/conn | replay ms |\n",
+    );
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.system,
+            r.subscribers,
+            r.topics,
+            if r.deliveries > 0 && r.secs > 0.0 { format!("{:.0}", r.rate()) } else { "–".into() },
+            if r.server_cpu_us > 0.0 { format!("{:.2}", r.server_cpu_us) } else { "–".into() },
+            if r.bench_cpu_us > 0.0 { format!("{:.2}", r.bench_cpu_us) } else { "–".into() },
+            if r.p50_ms > 0.0 { format!("{:.2}", r.p50_ms) } else { "–".into() },
+            if r.p99_ms > 0.0 { format!("{:.2}", r.p99_ms) } else { "–".into() },
+            if r.p999_ms > 0.0 { format!("{:.2}", r.p999_ms) } else { "–".into() },
+            r.lost,
+            r.duplicated,
+            r.out_of_order,
+            opt(r.rss_per_conn, &|b| format!("{:.1} KB", b / 1024.0)),
+            opt(r.replay_ms, &|ms| format!("{ms:.1}")),
+        );
+    }
+    out
+}
+
+/// herald/peer for the measures the targets name, per scenario, where both ran.
+fn ratios(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let find = |scenario: &str, system: &str| rows.iter().find(|r| r.scenario == scenario && r.system == system);
+    let mut scenarios: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
+    scenarios.dedup();
+    for scenario in scenarios {
+        for (herald, peer) in [("herald-memory", "nchan-memory"), ("herald-redis", "nchan-redis"), ("herald-memory", "express")] {
+            let (Some(h), Some(p)) = (find(scenario, herald), find(scenario, peer)) else {
+                continue;
+            };
+            let mut parts = Vec::new();
+            if h.server_cpu_us > 0.0 && p.server_cpu_us > 0.0 {
+                parts.push(format!("CPU/delivery {:.2}×", h.server_cpu_us / p.server_cpu_us));
+            }
+            if h.p99_ms > 0.0 && p.p99_ms > 0.0 {
+                parts.push(format!("p99 {:.2}×", h.p99_ms / p.p99_ms));
+            }
+            if let (Some(a), Some(b)) = (h.rss_per_conn, p.rss_per_conn) {
+                if b > 0.0 {
+                    parts.push(format!("RSS/conn {:.2}×", a / b));
+                }
+            }
+            if let (Some(a), Some(b)) = (h.replay_ms, p.replay_ms) {
+                parts.push(format!("replay time {:.2}×", a / b));
+            }
+            if !parts.is_empty() {
+                let _ = writeln!(out, "- {scenario}: {herald} / {peer}: {}", parts.join(", "));
+            }
+        }
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    raise_fd_limit();
+    let repo = systems::repo_root();
+    let herald = args.herald.clone().unwrap_or_else(|| repo.join("target/release/herald"));
+    if !herald.exists() {
+        bail!("{} is missing: cargo build --release (or pass --herald)", herald.display());
+    }
+    let kinds: Vec<Kind> = if args.smoke {
+        vec![Kind::HeraldMemory]
+    } else if args.systems.is_empty() {
+        Kind::ALL.to_vec()
+    } else {
+        args.systems
+            .iter()
+            .map(|s| Kind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown system {s}")))
+            .collect::<Result<_>>()?
+    };
+    let all = ["fanout", "latency", "idle", "replay", "growth"];
+    let scenarios: Vec<String> = if args.smoke {
+        vec!["fanout".into(), "replay".into()]
+    } else if args.scenarios.is_empty() {
+        all.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    let mut rows = Vec::new();
+    let mut versions = Vec::new();
+    for kind in kinds {
+        eprintln!("== {}", kind.name());
+        let sys = System::start(kind, &herald, &repo).await?;
+        versions.push(format!("{}: {}", kind.name(), sys.version()));
+        for scenario in &scenarios {
+            let started = Instant::now();
+            let new: Vec<Row> = match scenario.as_str() {
+                "fanout" if args.smoke => vec![fanout(&sys, "fanout smoke", 1, 20, 20, 2, None).await?],
+                "fanout" => vec![fanout(&sys, "fanout 1k×2k", 1, 1000, 2000, 4, None).await?],
+                "latency" => vec![fanout(&sys, "latency 100 subs, 1k msg/s", 1, 100, 10_000, 1, Some(Duration::from_millis(1))).await?],
+                "idle" => vec![idle(&sys, "idle 10k conns", 10_000, 100).await?],
+                "replay" if args.smoke => {
+                    if kind.replays() { vec![replay(&sys, 50).await?] } else { vec![] }
+                }
+                "replay" => {
+                    if kind.replays() { vec![replay(&sys, 1000).await?] } else { vec![] }
+                }
+                "growth" => {
+                    let mut v = Vec::new();
+                    for (subs, msgs) in [(100, 2000), (1000, 2000), (10_000, 200)] {
+                        v.push(fanout(&sys, &format!("growth {subs} subs"), 1, subs, msgs, 4, None).await?);
+                    }
+                    v.push(fanout(&sys, "growth 10k topics × 1 sub", 10_000, 1, 3, 4, None).await?);
+                    for conns in [1000, 5000, 10_000, 18_000] {
+                        v.push(idle(&sys, &format!("growth RSS {conns} conns"), conns, 100).await?);
+                    }
+                    v
+                }
+                other => bail!("unknown scenario {other}"),
+            };
+            for r in &new {
+                println!(
+                    "{}",
+                    json!({
+                        "scenario": r.scenario, "system": r.system, "subscribers": r.subscribers, "topics": r.topics,
+                        "deliveries": r.deliveries, "secs": r.secs, "deliveries_per_sec": r.rate(),
+                        "server_cpu_us_per_delivery": r.server_cpu_us, "bench_cpu_us_per_delivery": r.bench_cpu_us,
+                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms,
+                        "lost": r.lost, "duplicated": r.duplicated, "out_of_order": r.out_of_order,
+                        "failed_publishes": r.failed_publishes, "rss_per_conn_bytes": r.rss_per_conn, "replay_ms": r.replay_ms,
+                    })
+                );
+            }
+            eprintln!("   {scenario}: {:.1}s", started.elapsed().as_secs_f64());
+            rows.extend(new);
+        }
+        drop(sys);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+    let text = format!("{}\nRatios (herald / peer; lower is better):\n{}", table(&rows), ratios(&rows));
+    eprintln!("\n{text}");
+    let bad: Vec<&Row> = rows.iter().filter(|r| r.lost + r.duplicated + r.out_of_order > 0 || r.failed_publishes > 0).collect();
+    if let Some(out) = &args.out {
+        let doc = format!(
+            "# Benchmarks\n\nMachine: {}. Same run for every system, loopback only; the load generator is one thread \
+             on the same machine (its CPU is reported). Server CPU counts every server process (Redis and nginx \
+             workers included) from the first publish to the last delivery.\n\nVersions: {}.\n\nReproduce: \
+             `cargo build --release && cargo run --release -p herald-bench -- --out BENCHMARKS.md` (needs \
+             `apt-get install redis-server nginx libnginx-mod-nchan nodejs npm`).\n\n{text}",
+            machine(),
+            versions.join("; ")
+        );
+        std::fs::write(out, doc)?;
+    }
+    if !bad.is_empty() {
+        for r in bad {
+            eprintln!("NOT EXACT: {} {}: lost {} dup {} ooo {} failed publishes {}", r.scenario, r.system, r.lost, r.duplicated, r.out_of_order, r.failed_publishes);
+        }
+        bail!("some system lost, duplicated or reordered messages");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, run(args))
+}

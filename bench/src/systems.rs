@@ -1,0 +1,231 @@
+//! The systems under test, each started fresh on free loopback ports and stopped on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+use crate::procfs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    HeraldMemory,
+    HeraldRedis,
+    HeraldRedis3,
+    NchanMemory,
+    NchanRedis,
+    Express,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::HeraldMemory,
+        Kind::HeraldRedis,
+        Kind::HeraldRedis3,
+        Kind::NchanMemory,
+        Kind::NchanRedis,
+        Kind::Express,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::HeraldMemory => "herald-memory",
+            Kind::HeraldRedis => "herald-redis",
+            Kind::HeraldRedis3 => "herald-redis-3nodes",
+            Kind::NchanMemory => "nchan-memory",
+            Kind::NchanRedis => "nchan-redis",
+            Kind::Express => "express",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn is_herald(self) -> bool {
+        matches!(self, Kind::HeraldMemory | Kind::HeraldRedis | Kind::HeraldRedis3)
+    }
+
+    pub fn replays(self) -> bool {
+        self != Kind::Express
+    }
+}
+
+pub struct System {
+    pub kind: Kind,
+    /// Ports subscribers spread over (one per node).
+    pub sub_ports: Vec<u16>,
+    pub pub_port: u16,
+    servers: Vec<Child>,
+    redis: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {port} after 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn quiet(cmd: &mut Command) -> &mut Command {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true)
+}
+
+async fn start_redis(dir: &Path) -> Result<(Child, u16)> {
+    let port = free_port()?;
+    let child = quiet(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir),
+    )
+    .spawn()
+    .context("redis-server (apt-get install redis-server)")?;
+    wait_port(port).await?;
+    Ok((child, port))
+}
+
+async fn start_herald(bin: &Path, redis: Option<u16>) -> Result<(Child, u16)> {
+    let port = free_port()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["--port", &port.to_string()])
+        .env("RUST_LOG", "warn")
+        // Room for the whole fan-out burst per connection (the client reads on one thread), for
+        // replaying 1,000 missed, and for 18,000 connections.
+        .env("HERALD__SSE__QUEUE_CAPACITY", "4096")
+        .env("HERALD__HISTORY__MAX_LEN", "5000")
+        .env("HERALD__LIMITS__MAX_CONNECTIONS", "30000");
+    if let Some(redis) = redis {
+        cmd.args(["--redis-url", &format!("redis://127.0.0.1:{redis}")]);
+    }
+    let child = quiet(&mut cmd).spawn().with_context(|| format!("start {}", bin.display()))?;
+    wait_port(port).await?;
+    Ok((child, port))
+}
+
+async fn start_nchan(repo: &Path, dir: &Path, redis: Option<u16>) -> Result<(Child, u16)> {
+    let port = free_port()?;
+    let template = std::fs::read_to_string(repo.join("bench/nchan/nginx.conf.template"))?;
+    let (upstream, storage) = match redis {
+        Some(r) => (
+            format!("upstream redis_store {{ nchan_redis_server \"redis://127.0.0.1:{r}\"; }}"),
+            "nchan_redis_pass redis_store;".to_string(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let conf = template
+        .replace("@PORT@", &port.to_string())
+        .replace("@PREFIX@", &dir.display().to_string())
+        .replace("@REDIS_UPSTREAM@", &upstream)
+        .replace("@STORAGE@", &storage);
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = quiet(Command::new("nginx").arg("-p").arg(dir).arg("-c").arg(&path))
+        .spawn()
+        .context("nginx with nchan (apt-get install nginx libnginx-mod-nchan)")?;
+    wait_port(port).await?;
+    Ok((child, port))
+}
+
+async fn start_express(repo: &Path) -> Result<(Child, u16)> {
+    let port = free_port()?;
+    let dir = repo.join("bench/express");
+    if !dir.join("node_modules/express").exists() {
+        let status = Command::new("npm").args(["ci", "--silent", "--no-audit", "--no-fund"]).current_dir(&dir).status().await?;
+        if !status.success() {
+            bail!("npm ci failed in {}", dir.display());
+        }
+    }
+    let child = quiet(Command::new("node").arg("server.js").current_dir(&dir).env("PORT", port.to_string()))
+        .spawn()
+        .context("node (apt-get install nodejs)")?;
+    wait_port(port).await?;
+    Ok((child, port))
+}
+
+impl System {
+    pub async fn start(kind: Kind, herald: &Path, repo: &Path) -> Result<System> {
+        let dir = tempfile::tempdir()?;
+        let needs_redis = matches!(kind, Kind::HeraldRedis | Kind::HeraldRedis3 | Kind::NchanRedis);
+        let (redis, redis_port) = if needs_redis {
+            let (child, port) = start_redis(dir.path()).await?;
+            (Some(child), Some(port))
+        } else {
+            (None, None)
+        };
+        let mut servers = Vec::new();
+        let mut ports = Vec::new();
+        let nodes = if kind == Kind::HeraldRedis3 { 3 } else { 1 };
+        for _ in 0..nodes {
+            let (child, port) = match kind {
+                Kind::HeraldMemory | Kind::HeraldRedis | Kind::HeraldRedis3 => start_herald(herald, redis_port).await?,
+                Kind::NchanMemory | Kind::NchanRedis => start_nchan(repo, dir.path(), redis_port).await?,
+                Kind::Express => start_express(repo).await?,
+            };
+            servers.push(child);
+            ports.push(port);
+        }
+        Ok(System {
+            kind,
+            pub_port: ports[0],
+            sub_ports: ports,
+            servers,
+            redis,
+            _dir: dir,
+        })
+    }
+
+    /// Every process that does the system's work: servers, their workers, and Redis.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.servers.iter().filter_map(Child::id).flat_map(procfs::with_children).collect();
+        if let Some(redis) = self.redis.as_ref().and_then(Child::id) {
+            pids.push(redis);
+        }
+        pids
+    }
+
+    /// Server processes without Redis (whose memory does not grow with browser connections).
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.servers.iter().filter_map(Child::id).flat_map(procfs::with_children).collect()
+    }
+
+    pub fn sub_path(&self, topic: &str) -> String {
+        match self.kind {
+            k if k.is_herald() => format!("/events?topic={topic}"),
+            Kind::NchanMemory | Kind::NchanRedis => format!("/sub/{topic}"),
+            _ => format!("/events/{topic}"),
+        }
+    }
+
+    pub fn pub_path(&self, topic: &str) -> String {
+        match self.kind {
+            k if k.is_herald() => format!("/topics/{topic}"),
+            Kind::NchanMemory | Kind::NchanRedis => format!("/pub/{topic}"),
+            _ => format!("/publish/{topic}"),
+        }
+    }
+
+    pub fn version(&self) -> String {
+        match self.kind {
+            k if k.is_herald() => format!("herald {}", env!("CARGO_PKG_VERSION")),
+            Kind::NchanMemory | Kind::NchanRedis => "nginx + nchan (Debian)".into(),
+            _ => "express 5.3.0 (npm)".into(),
+        }
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
