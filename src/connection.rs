@@ -236,7 +236,13 @@ impl Connection {
                         }
                     };
                     tokio::select! {
-                        _ = self.membership.conn().changed() => {}
+                        _ = self.membership.conn().changed() => {
+                            // Let the other connections on this thread run first: events that arrive
+                            // meanwhile go out in the same write (fewer writes per delivery under load,
+                            // one scheduler round of delay when idle).
+                            tokio::task::yield_now().await;
+                            tokio::task::yield_now().await;
+                        }
                         _ = self.heartbeat.tick() => return Bytes::from_static(HEARTBEAT),
                         _ = expiry => {
                             self.phase = Phase::Done;

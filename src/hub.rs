@@ -73,7 +73,7 @@ pub enum Take {
 }
 
 enum Push {
-    Queued,
+    Queued(u64),
     Lagged,
     Closed,
 }
@@ -87,12 +87,12 @@ impl Conn {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, event: &Arc<Event>, capacity: usize, metrics: &Metrics) -> Push {
+    fn push(&self, events: &[Arc<Event>], capacity: usize, metrics: &Metrics) -> Push {
         let mut state = self.lock();
         if state.closed.is_some() {
             return Push::Closed;
         }
-        if state.queue.len() >= capacity {
+        if state.queue.len() + events.len() > capacity {
             let dropped = std::mem::take(&mut state.queue).len() as u64;
             state.closed = Some(CloseReason::Lagged);
             drop(state);
@@ -101,12 +101,12 @@ impl Conn {
             return Push::Lagged;
         }
         let woke = state.queue.is_empty();
-        state.queue.push_back(Arc::clone(event));
+        state.queue.extend(events.iter().cloned());
         drop(state);
         if woke {
             self.notify.notify_one();
         }
-        Push::Queued
+        Push::Queued(events.len() as u64)
     }
 
     fn close(&self, reason: CloseReason) {
@@ -203,24 +203,37 @@ impl Hub {
 
     /// Queues `event` for every local subscriber of its topic. Callers dispatch in id order.
     pub fn dispatch(&self, event: &Arc<Event>) {
+        self.dispatch_all(std::slice::from_ref(event));
+    }
+
+    /// Queues a run of events (in id order), each connection locked and woken once for all of its
+    /// topic's events in the run: under load, one wake-up and one write carry many events.
+    pub fn dispatch_all(&self, events: &[Arc<Event>]) {
         let mut lagged = Vec::new();
         let mut queued = 0u64;
         {
             let map = self.read();
-            let Some(conns) = map.get(&event.topic) else {
-                return;
-            };
-            for conn in conns {
-                match conn.push(event, self.queue_capacity, &self.metrics) {
-                    Push::Queued => queued += 1,
-                    Push::Lagged => lagged.push(Arc::clone(conn)),
-                    Push::Closed => {}
+            let mut start = 0;
+            // Consecutive events of the same topic go to the same connections together.
+            while start < events.len() {
+                let topic = &events[start].topic;
+                let end = start + events[start..].iter().take_while(|e| &e.topic == topic).count();
+                if let Some(conns) = map.get(topic) {
+                    for conn in conns {
+                        match conn.push(&events[start..end], self.queue_capacity, &self.metrics) {
+                            Push::Queued(n) => queued += n,
+                            Push::Lagged => lagged.push(Arc::clone(conn)),
+                            Push::Closed => {}
+                        }
+                    }
                 }
+                start = end;
             }
         }
         self.metrics.queued.fetch_add(queued, Ordering::Relaxed);
+        lagged.dedup_by_key(|c| c.id);
         for conn in lagged {
-            tracing::info!(conn = conn.id, topic = %event.topic, "closing a connection whose queue is full");
+            tracing::info!(conn = conn.id, "closing a connection whose queue is full");
             self.metrics.closed_for_lag.fetch_add(1, Ordering::Relaxed);
             self.detach(&conn);
         }

@@ -110,24 +110,40 @@ impl Dechunk {
 
 /// Compares server ids of any shape (`1-2`, `17:0`, `42`) by their digit runs.
 fn id_key(id: &str) -> Vec<u64> {
-    id.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse().unwrap_or(0)).collect()
+    id.split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
 }
 
-/// Opens an SSE subscription and reads until `expect` events arrived (or `deadline`), counting into
+/// One subscriber to run: where, from which id, and how many events to wait for.
+pub struct Subscription {
+    pub port: u16,
+    pub path: String,
+    pub last_event_id: Option<String>,
+    /// Events to read before hanging up.
+    pub expect: usize,
+    /// Sequence numbers in the whole run (sizes the duplicate check).
+    pub messages: usize,
+    pub deadline: Instant,
+}
+
+/// Opens an SSE subscription and reads until `expect` events arrived (or the deadline), counting into
 /// `tally`. `ready` is bumped once the response head is in.
-pub async fn subscribe(
-    port: u16,
-    path: String,
-    last_event_id: Option<String>,
-    expect: usize,
-    messages: usize,
-    tally: SharedTally,
-    ready: Arc<AtomicUsize>,
-    deadline: Instant,
-) -> Result<usize> {
+pub async fn subscribe(sub: Subscription, tally: SharedTally, ready: Arc<AtomicUsize>) -> Result<usize> {
+    let Subscription {
+        port,
+        path,
+        last_event_id,
+        expect,
+        messages,
+        deadline,
+    } = sub;
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.context("connect")?;
     stream.set_nodelay(true)?;
-    let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    let resume = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{resume}\r\n");
     stream.write_all(request.as_bytes()).await?;
     let (mut raw, chunked, status) = read_head(&mut stream).await?;
@@ -135,7 +151,10 @@ pub async fn subscribe(
         bail!("subscribe answered {status}");
     }
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut dechunk = Dechunk { left: 0, skip_crlf: false };
+    let mut dechunk = Dechunk {
+        left: 0,
+        skip_crlf: false,
+    };
     let mut body = Vec::with_capacity(8192);
     let mut seen = vec![0u64; messages / 64 + 1];
     let mut got = 0usize;
@@ -169,7 +188,8 @@ pub async fn subscribe(
                 if let Some((seq, sent)) = data_seq.take() {
                     got += 1;
                     t.delivered += 1;
-                    t.latencies_us.push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                    t.latencies_us
+                        .push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
                     let (word, bit) = (seq / 64, 1u64 << (seq % 64));
                     if let Some(w) = seen.get_mut(word) {
                         if *w & bit != 0 {
@@ -178,7 +198,10 @@ pub async fn subscribe(
                         *w |= bit;
                     }
                 }
-            } else if let Some(data) = line.strip_prefix(b"data: ").or_else(|| line.strip_prefix(b"data:")) {
+            } else if let Some(data) = line
+                .strip_prefix(b"data: ")
+                .or_else(|| line.strip_prefix(b"data:"))
+            {
                 let text = std::str::from_utf8(data).unwrap_or("");
                 let mut parts = text.split(' ');
                 let seq = parts.next().and_then(|p| p.parse().ok());
@@ -203,10 +226,17 @@ pub async fn subscribe(
 }
 
 /// Holds an idle subscription open until `stop` resolves.
-pub async fn hold(port: u16, path: String, ready: Arc<AtomicUsize>, stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+pub async fn hold(
+    port: u16,
+    path: String,
+    ready: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+        )
         .await?;
     let (_, _, status) = read_head(&mut stream).await?;
     if status != 200 {
@@ -271,7 +301,12 @@ pub async fn publisher(
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .and_then(|v| v.trim().parse::<usize>().ok());
-                break (end + 4, status, length, head.contains("transfer-encoding: chunked"));
+                break (
+                    end + 4,
+                    status,
+                    length,
+                    head.contains("transfer-encoding: chunked"),
+                );
             }
         };
         loop {

@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use serde_json::json;
 
-use client::{SharedTally, Tally};
+use client::{SharedTally, Subscription, Tally};
 use systems::{Kind, System};
 
 #[derive(Parser, Debug)]
@@ -88,14 +88,21 @@ fn self_cpu() -> f64 {
 static TOPIC: AtomicUsize = AtomicUsize::new(0);
 
 fn fresh_topic(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), TOPIC.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        TOPIC.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn wait_ready(ready: &AtomicUsize, want: usize, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while ready.load(Ordering::Relaxed) < want {
         if Instant::now() > deadline {
-            bail!("{what}: only {} of {want} subscribers connected", ready.load(Ordering::Relaxed));
+            bail!(
+                "{what}: only {} of {want} subscribers connected",
+                ready.load(Ordering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -123,15 +130,18 @@ async fn fanout(
     for i in 0..subscribers {
         let port = sys.sub_ports[i % sys.sub_ports.len()];
         let path = sys.sub_path(&names[i % topics]);
-        tasks.push(tokio::task::spawn_local(client::subscribe(
+        let sub = Subscription {
             port,
             path,
-            None,
-            messages,
-            total,
+            last_event_id: None,
+            expect: messages,
+            messages: total,
+            deadline,
+        };
+        tasks.push(tokio::task::spawn_local(client::subscribe(
+            sub,
             Rc::clone(&tally),
             Arc::clone(&ready),
-            deadline,
         )));
         if i % 500 == 499 {
             tokio::task::yield_now().await;
@@ -140,6 +150,7 @@ async fn fanout(
     wait_ready(&ready, subscribers, scenario).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pids = sys.pids();
+    let per_pid0: Vec<f64> = pids.iter().map(|&p| procfs::cpu_secs(p)).collect();
     let (cpu0, bench0, t0) = (procfs::total_cpu(&pids), self_cpu(), Instant::now());
     let paths: Vec<String> = names.iter().map(|t| sys.pub_path(t)).collect();
     let next = Arc::new(AtomicUsize::new(0));
@@ -160,11 +171,27 @@ async fn fanout(
         t.await??;
     }
     let (cpu1, bench1, secs) = (procfs::total_cpu(&pids), self_cpu(), t0.elapsed().as_secs_f64());
+    let split: Vec<String> = pids
+        .iter()
+        .zip(per_pid0)
+        .map(|(&p, c0)| format!("{} {:.2}s", procfs::name(p), procfs::cpu_secs(p) - c0))
+        .collect();
+    eprintln!(
+        "   {scenario} on {}: server CPU by process: {}",
+        sys.kind.name(),
+        split.join(", ")
+    );
     let mut t = tally.borrow_mut();
     t.latencies_us.sort_unstable();
     let deliveries = t.delivered;
     let expected = (subscribers * messages) as u64;
-    let per = |cpu: f64| if deliveries > 0 { cpu * 1e6 / deliveries as f64 } else { 0.0 };
+    let per = |cpu: f64| {
+        if deliveries > 0 {
+            cpu * 1e6 / deliveries as f64
+        } else {
+            0.0
+        }
+    };
     Ok(Row {
         scenario: scenario.into(),
         system: sys.kind.name(),
@@ -228,19 +255,29 @@ async fn replay(sys: &System, missed: usize) -> Result<Row> {
     let ready = Arc::new(AtomicUsize::new(0));
     let first: SharedTally = Rc::new(RefCell::new(Tally::default()));
     let deadline = Instant::now() + Duration::from_secs(60);
+    let first_sub = Subscription {
+        port: sys.sub_ports[0],
+        path: sys.sub_path(&topic),
+        last_event_id: None,
+        expect: 1,
+        messages: missed + 1,
+        deadline,
+    };
     let sub = tokio::task::spawn_local(client::subscribe(
-        sys.sub_ports[0],
-        sys.sub_path(&topic),
-        None,
-        1,
-        missed + 1,
+        first_sub,
         Rc::clone(&first),
         Arc::clone(&ready),
-        deadline,
     ));
     wait_ready(&ready, 1, "replay").await?;
     let paths = vec![sys.pub_path(&topic)];
-    client::publisher(sys.pub_port, paths.clone(), Arc::new(AtomicUsize::new(0)), 1, None).await?;
+    client::publisher(
+        sys.pub_port,
+        paths.clone(),
+        Arc::new(AtomicUsize::new(0)),
+        1,
+        None,
+    )
+    .await?;
     sub.await??;
     let last = first.borrow().last_ids.first().cloned().unwrap_or_default();
     // The messages it misses; seq 0 was the one it saw.
@@ -260,17 +297,15 @@ async fn replay(sys: &System, missed: usize) -> Result<Row> {
     }
     let tally: SharedTally = Rc::new(RefCell::new(Tally::default()));
     let t0 = Instant::now();
-    let got = client::subscribe(
-        sys.sub_ports[sys.sub_ports.len() - 1],
-        sys.sub_path(&topic),
-        Some(last),
-        missed,
-        missed + 1,
-        Rc::clone(&tally),
-        Arc::new(AtomicUsize::new(0)),
-        Instant::now() + Duration::from_secs(30),
-    )
-    .await?;
+    let resume = Subscription {
+        port: sys.sub_ports[sys.sub_ports.len() - 1],
+        path: sys.sub_path(&topic),
+        last_event_id: Some(last),
+        expect: missed,
+        messages: missed + 1,
+        deadline: Instant::now() + Duration::from_secs(30),
+    };
+    let got = client::subscribe(resume, Rc::clone(&tally), Arc::new(AtomicUsize::new(0))).await?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     let t = tally.borrow();
     Ok(Row {
@@ -302,12 +337,36 @@ fn table(rows: &[Row]) -> String {
             r.system,
             r.subscribers,
             r.topics,
-            if r.deliveries > 0 && r.secs > 0.0 { format!("{:.0}", r.rate()) } else { "–".into() },
-            if r.server_cpu_us > 0.0 { format!("{:.2}", r.server_cpu_us) } else { "–".into() },
-            if r.bench_cpu_us > 0.0 { format!("{:.2}", r.bench_cpu_us) } else { "–".into() },
-            if r.p50_ms > 0.0 { format!("{:.2}", r.p50_ms) } else { "–".into() },
-            if r.p99_ms > 0.0 { format!("{:.2}", r.p99_ms) } else { "–".into() },
-            if r.p999_ms > 0.0 { format!("{:.2}", r.p999_ms) } else { "–".into() },
+            if r.deliveries > 0 && r.secs > 0.0 {
+                format!("{:.0}", r.rate())
+            } else {
+                "–".into()
+            },
+            if r.server_cpu_us > 0.0 {
+                format!("{:.2}", r.server_cpu_us)
+            } else {
+                "–".into()
+            },
+            if r.bench_cpu_us > 0.0 {
+                format!("{:.2}", r.bench_cpu_us)
+            } else {
+                "–".into()
+            },
+            if r.p50_ms > 0.0 {
+                format!("{:.2}", r.p50_ms)
+            } else {
+                "–".into()
+            },
+            if r.p99_ms > 0.0 {
+                format!("{:.2}", r.p99_ms)
+            } else {
+                "–".into()
+            },
+            if r.p999_ms > 0.0 {
+                format!("{:.2}", r.p999_ms)
+            } else {
+                "–".into()
+            },
             r.lost,
             r.duplicated,
             r.out_of_order,
@@ -321,11 +380,16 @@ fn table(rows: &[Row]) -> String {
 /// herald/peer for the measures the targets name, per scenario, where both ran.
 fn ratios(rows: &[Row]) -> String {
     let mut out = String::new();
-    let find = |scenario: &str, system: &str| rows.iter().find(|r| r.scenario == scenario && r.system == system);
+    let find =
+        |scenario: &str, system: &str| rows.iter().find(|r| r.scenario == scenario && r.system == system);
     let mut scenarios: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
     scenarios.dedup();
     for scenario in scenarios {
-        for (herald, peer) in [("herald-memory", "nchan-memory"), ("herald-redis", "nchan-redis"), ("herald-memory", "express")] {
+        for (herald, peer) in [
+            ("herald-memory", "nchan-memory"),
+            ("herald-redis", "nchan-redis"),
+            ("herald-memory", "express"),
+        ] {
             let (Some(h), Some(p)) = (find(scenario, herald), find(scenario, peer)) else {
                 continue;
             };
@@ -355,7 +419,11 @@ fn ratios(rows: &[Row]) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -372,9 +440,15 @@ fn raise_fd_limit() {
 async fn run(args: Args) -> Result<()> {
     raise_fd_limit();
     let repo = systems::repo_root();
-    let herald = args.herald.clone().unwrap_or_else(|| repo.join("target/release/herald"));
+    let herald = args
+        .herald
+        .clone()
+        .unwrap_or_else(|| repo.join("target/release/herald"));
     if !herald.exists() {
-        bail!("{} is missing: cargo build --release (or pass --herald)", herald.display());
+        bail!(
+            "{} is missing: cargo build --release (or pass --herald)",
+            herald.display()
+        );
     }
     let kinds: Vec<Kind> = if args.smoke {
         vec![Kind::HeraldMemory]
@@ -405,13 +479,32 @@ async fn run(args: Args) -> Result<()> {
             let new: Vec<Row> = match scenario.as_str() {
                 "fanout" if args.smoke => vec![fanout(&sys, "fanout smoke", 1, 20, 20, 2, None).await?],
                 "fanout" => vec![fanout(&sys, "fanout 1k×2k", 1, 1000, 2000, 4, None).await?],
-                "latency" => vec![fanout(&sys, "latency 100 subs, 1k msg/s", 1, 100, 10_000, 1, Some(Duration::from_millis(1))).await?],
+                "latency" => vec![
+                    fanout(
+                        &sys,
+                        "latency 100 subs, 1k msg/s",
+                        1,
+                        100,
+                        10_000,
+                        1,
+                        Some(Duration::from_millis(1)),
+                    )
+                    .await?,
+                ],
                 "idle" => vec![idle(&sys, "idle 10k conns", 10_000, 100).await?],
                 "replay" if args.smoke => {
-                    if kind.replays() { vec![replay(&sys, 50).await?] } else { vec![] }
+                    if kind.replays() {
+                        vec![replay(&sys, 50).await?]
+                    } else {
+                        vec![]
+                    }
                 }
                 "replay" => {
-                    if kind.replays() { vec![replay(&sys, 1000).await?] } else { vec![] }
+                    if kind.replays() {
+                        vec![replay(&sys, 1000).await?]
+                    } else {
+                        vec![]
+                    }
                 }
                 "growth" => {
                     let mut v = Vec::new();
@@ -446,9 +539,16 @@ async fn run(args: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
-    let text = format!("{}\nRatios (herald / peer; lower is better):\n{}", table(&rows), ratios(&rows));
+    let text = format!(
+        "{}\nRatios (herald / peer; lower is better):\n{}",
+        table(&rows),
+        ratios(&rows)
+    );
     eprintln!("\n{text}");
-    let bad: Vec<&Row> = rows.iter().filter(|r| r.lost + r.duplicated + r.out_of_order > 0 || r.failed_publishes > 0).collect();
+    let bad: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.lost + r.duplicated + r.out_of_order > 0 || r.failed_publishes > 0)
+        .collect();
     if let Some(out) = &args.out {
         let doc = format!(
             "# Benchmarks\n\nMachine: {}. Same run for every system, loopback only; the load generator is one thread \
@@ -463,7 +563,10 @@ async fn run(args: Args) -> Result<()> {
     }
     if !bad.is_empty() {
         for r in bad {
-            eprintln!("NOT EXACT: {} {}: lost {} dup {} ooo {} failed publishes {}", r.scenario, r.system, r.lost, r.duplicated, r.out_of_order, r.failed_publishes);
+            eprintln!(
+                "NOT EXACT: {} {}: lost {} dup {} ooo {} failed publishes {}",
+                r.scenario, r.system, r.lost, r.duplicated, r.out_of_order, r.failed_publishes
+            );
         }
         bail!("some system lost, duplicated or reordered messages");
     }
@@ -472,7 +575,9 @@ async fn run(args: Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, run(args))
 }

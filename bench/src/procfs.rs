@@ -63,3 +63,8 @@ pub fn total_cpu(pids: &[u32]) -> f64 {
 pub fn total_rss(pids: &[u32]) -> u64 {
     pids.iter().map(|&p| rss_bytes(p)).sum()
 }
+
+/// The process's command name.
+pub fn name(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).map_or_else(|_| "?".into(), |c| c.trim().to_string())
+}

@@ -80,14 +80,26 @@ async fn wait_port(port: u16) -> Result<()> {
 }
 
 fn quiet(cmd: &mut Command) -> &mut Command {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true)
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
 }
 
 async fn start_redis(dir: &Path) -> Result<(Child, u16)> {
     let port = free_port()?;
     let child = quiet(
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir),
     )
@@ -110,7 +122,9 @@ async fn start_herald(bin: &Path, redis: Option<u16>) -> Result<(Child, u16)> {
     if let Some(redis) = redis {
         cmd.args(["--redis-url", &format!("redis://127.0.0.1:{redis}")]);
     }
-    let child = quiet(&mut cmd).spawn().with_context(|| format!("start {}", bin.display()))?;
+    let child = quiet(&mut cmd)
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
     wait_port(port).await?;
     Ok((child, port))
 }
@@ -143,14 +157,23 @@ async fn start_express(repo: &Path) -> Result<(Child, u16)> {
     let port = free_port()?;
     let dir = repo.join("bench/express");
     if !dir.join("node_modules/express").exists() {
-        let status = Command::new("npm").args(["ci", "--silent", "--no-audit", "--no-fund"]).current_dir(&dir).status().await?;
+        let status = Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .await?;
         if !status.success() {
             bail!("npm ci failed in {}", dir.display());
         }
     }
-    let child = quiet(Command::new("node").arg("server.js").current_dir(&dir).env("PORT", port.to_string()))
-        .spawn()
-        .context("node (apt-get install nodejs)")?;
+    let child = quiet(
+        Command::new("node")
+            .arg("server.js")
+            .current_dir(&dir)
+            .env("PORT", port.to_string()),
+    )
+    .spawn()
+    .context("node (apt-get install nodejs)")?;
     wait_port(port).await?;
     Ok((child, port))
 }
@@ -170,7 +193,9 @@ impl System {
         let nodes = if kind == Kind::HeraldRedis3 { 3 } else { 1 };
         for _ in 0..nodes {
             let (child, port) = match kind {
-                Kind::HeraldMemory | Kind::HeraldRedis | Kind::HeraldRedis3 => start_herald(herald, redis_port).await?,
+                Kind::HeraldMemory | Kind::HeraldRedis | Kind::HeraldRedis3 => {
+                    start_herald(herald, redis_port).await?
+                }
                 Kind::NchanMemory | Kind::NchanRedis => start_nchan(repo, dir.path(), redis_port).await?,
                 Kind::Express => start_express(repo).await?,
             };
@@ -189,7 +214,12 @@ impl System {
 
     /// Every process that does the system's work: servers, their workers, and Redis.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self.servers.iter().filter_map(Child::id).flat_map(procfs::with_children).collect();
+        let mut pids: Vec<u32> = self
+            .servers
+            .iter()
+            .filter_map(Child::id)
+            .flat_map(procfs::with_children)
+            .collect();
         if let Some(redis) = self.redis.as_ref().and_then(Child::id) {
             pids.push(redis);
         }
@@ -198,7 +228,11 @@ impl System {
 
     /// Server processes without Redis (whose memory does not grow with browser connections).
     pub fn server_pids(&self) -> Vec<u32> {
-        self.servers.iter().filter_map(Child::id).flat_map(procfs::with_children).collect()
+        self.servers
+            .iter()
+            .filter_map(Child::id)
+            .flat_map(procfs::with_children)
+            .collect()
     }
 
     pub fn sub_path(&self, topic: &str) -> String {

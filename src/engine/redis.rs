@@ -36,6 +36,9 @@ const FUNCTIONS: &str = include_str!("../../migrations/herald.lua");
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
 
+/// Messages handed to the hub in one run at most, so one busy topic cannot hold the link for long.
+const MAX_BATCH: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RedisStartError {
     #[error("redis.url {url} is not a Redis URL: {source}")]
@@ -495,7 +498,22 @@ impl Link {
             tokio::select! {
                 biased;
                 message = stream.next() => match message {
-                    Some(message) => self.deliver(message.get_channel_name(), message.get_payload_bytes()),
+                    Some(message) => {
+                        // Take everything already received, and hand it to the hub as one run.
+                        let mut batch = Vec::new();
+                        self.decode(message.get_channel_name(), message.get_payload_bytes(), &mut batch);
+                        while batch.len() < MAX_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(m)) => self.decode(m.get_channel_name(), m.get_payload_bytes(), &mut batch),
+                                Some(None) => {
+                                    self.hub.dispatch_all(&batch);
+                                    return "the connection closed".into();
+                                }
+                                None => break,
+                            }
+                        }
+                        self.hub.dispatch_all(&batch);
+                    }
                     None => return "the connection closed".into(),
                 },
                 Some(command) = self.commands.recv() => match command {
@@ -601,8 +619,8 @@ impl Link {
         Ok(())
     }
 
-    /// Hands one pub/sub message to the hub; never waits (the hub only queues).
-    fn deliver(&mut self, channel: &str, payload: &[u8]) {
+    /// Turns one pub/sub message into an event for the hub (skipping duplicates); never waits.
+    fn decode(&mut self, channel: &str, payload: &[u8], batch: &mut Vec<Arc<Event>>) {
         let Some(topic) = self.keys.topic_of_channel(channel, self.max_topic_len) else {
             return;
         };
@@ -622,7 +640,7 @@ impl Link {
             // A plain `PUBLISH` to the channel: delivered live, not stored, framed by us.
             None => Event::unstored(topic, &String::from_utf8_lossy(payload)),
         };
-        self.hub.dispatch(&Arc::new(event));
+        batch.push(Arc::new(event));
     }
 }
 
