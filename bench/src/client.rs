@@ -11,6 +11,22 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Spreads client connections over 127.0.0.1-16 so tens of thousands of short connections (and their
+/// TIME_WAIT leftovers) do not exhaust one address's ephemeral ports.
+async fn connect(port: u16) -> Result<TcpStream> {
+    use std::sync::atomic::AtomicU8;
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + NEXT.fetch_add(1, Ordering::Relaxed) % 16);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let stream = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .context("connect")?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Message payloads are `<seq> <sent-µs> <padding>`, this many bytes.
 pub const MESSAGE_BYTES: usize = 100;
 
@@ -139,8 +155,7 @@ pub async fn subscribe(sub: Subscription, tally: SharedTally, ready: Arc<AtomicU
         messages,
         deadline,
     } = sub;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.context("connect")?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect(port).await?;
     let resume = last_event_id
         .map(|id| format!("Last-Event-ID: {id}\r\n"))
         .unwrap_or_default();
@@ -262,9 +277,10 @@ pub async fn publisher(
     count: usize,
     pace: Option<Duration>,
 ) -> Result<usize> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect(port).await?;
     let mut failed = 0;
+    // Set when the server says it closes the connection after this answer.
+    let mut reconnect = false;
     let mut buf = vec![0u8; 16 * 1024];
     let mut ticker = pace.map(|p| {
         let mut t = tokio::time::interval(p);
@@ -327,6 +343,10 @@ pub async fn publisher(
         }
         if !(200..300).contains(&status) {
             failed += 1;
+        }
+        if reconnect {
+            stream = connect(port).await?;
+            reconnect = false;
         }
     }
 }

@@ -118,7 +118,10 @@ async fn start_herald(bin: &Path, redis: Option<u16>) -> Result<(Child, u16)> {
         // replaying 1,000 missed, and for 18,000 connections.
         .env("HERALD__SSE__QUEUE_CAPACITY", "4096")
         .env("HERALD__HISTORY__MAX_LEN", "5000")
-        .env("HERALD__LIMITS__MAX_CONNECTIONS", "30000");
+        .env("HERALD__LIMITS__MAX_CONNECTIONS", "30000")
+        // A node notices a vanished client when it next writes; a 1 s heartbeat frees the previous
+        // scenario's connections before the next one starts (actix does not report the peer's FIN).
+        .env("HERALD__SSE__HEARTBEAT_SECS", "1");
     if let Some(redis) = redis {
         cmd.args(["--redis-url", &format!("redis://127.0.0.1:{redis}")]);
     }

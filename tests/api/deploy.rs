@@ -132,27 +132,8 @@ async fn rolling_restart_through_nginx_loses_nothing() {
                 .body(data.clone())
                 .send()
                 .await;
-            let outcome = match response {
-                Ok(r) if r.status() == 200 => {
-                    let body: serde_json::Value = r.json().await.unwrap();
-                    Outcome {
-                        data,
-                        status: 200,
-                        id: body["id"].as_str().map(String::from),
-                    }
-                }
-                Ok(r) => Outcome {
-                    data,
-                    status: r.status().as_u16(),
-                    id: None,
-                },
-                // No answer at all: outcome unknown.
-                Err(_) => Outcome {
-                    data,
-                    status: 0,
-                    id: None,
-                },
-            };
+            // No answer at all (status 0) is an unknown outcome, like a 502.
+            let outcome = Outcome::from_response(data, response).await;
             outcomes.push(outcome);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

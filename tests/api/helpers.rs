@@ -166,6 +166,12 @@ impl TestApp {
         }
     }
 
+    /// GETs `path` and parses the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.url(path)).send().await.expect("GET request");
+        response.json().await.expect("a JSON answer")
+    }
+
     /// A counter or gauge from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self

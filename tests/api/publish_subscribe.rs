@@ -125,15 +125,7 @@ async fn health_readiness_and_metrics() {
     let app = spawn_app().await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready: serde_json::Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get_json("/readyz").await;
     assert_eq!(ready["engine"], "memory");
     let mut sub = app.subscribe(&["t"], None).await;
     app.publish("t", "x").await;

@@ -31,6 +31,33 @@ pub struct Outcome {
     pub id: Option<String>,
 }
 
+impl Outcome {
+    /// What a publish answered: the id if acknowledged, the status otherwise (0: no answer at all).
+    pub async fn from_response(data: String, response: reqwest::Result<reqwest::Response>) -> Outcome {
+        match response {
+            Ok(r) if r.status() == 200 => {
+                let body: serde_json::Value = r.json().await.expect("json");
+                let id = body["id"].as_str().map(String::from);
+                Outcome {
+                    data,
+                    status: 200,
+                    id,
+                }
+            }
+            Ok(r) => Outcome {
+                data,
+                status: r.status().as_u16(),
+                id: None,
+            },
+            Err(_) => Outcome {
+                data,
+                status: 0,
+                id: None,
+            },
+        }
+    }
+}
+
 /// Publishes `data` with a short timeout; never panics on an error status (the tests judge those).
 async fn try_publish(node: &TestApp, topic: &str, data: String) -> Outcome {
     let response = node
@@ -40,22 +67,9 @@ async fn try_publish(node: &TestApp, topic: &str, data: String) -> Outcome {
         .body(data.clone())
         .send()
         .await;
-    match response {
-        Ok(r) if r.status() == 200 => {
-            let body: serde_json::Value = r.json().await.expect("json");
-            Outcome {
-                data,
-                status: 200,
-                id: body["id"].as_str().map(String::from),
-            }
-        }
-        Ok(r) => Outcome {
-            data,
-            status: r.status().as_u16(),
-            id: None,
-        },
-        Err(e) => panic!("publish request failed outright: {e}"),
-    }
+    let outcome = Outcome::from_response(data, response).await;
+    assert_ne!(outcome.status, 0, "publish request failed outright");
+    outcome
 }
 
 /// Checks what a subscriber received against the publish outcomes: every acknowledged message exactly
@@ -417,15 +431,7 @@ async fn idempotency_key_stores_once_on_both_engines() {
         let first: serde_json::Value = send("order-42").await.unwrap().json().await.unwrap();
         let second: serde_json::Value = send("order-42").await.unwrap().json().await.unwrap();
         assert_eq!(first["id"], second["id"]);
-        let history: serde_json::Value = node
-            .client
-            .get(node.url("/topics/t/history"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let history = node.get_json("/topics/t/history").await;
         assert_eq!(history["events"].as_array().unwrap().len(), 1);
         crate::helpers::assert_problem(send("bad key with spaces").await.unwrap(), 400, "bad-request").await;
     }

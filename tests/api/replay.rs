@@ -174,28 +174,14 @@ async fn history_endpoint_pages_through_a_topic() {
     for n in 0..5 {
         ids.push(app.publish("t", &format!("m{n}")).await);
     }
-    let page: serde_json::Value = app
-        .client
-        .get(app.url(&format!("/topics/t/history?after={}&limit=2", ids[0])))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = app
+        .get_json(&format!("/topics/t/history?after={}&limit=2", ids[0]))
+        .await;
     assert_eq!(page["events"][0]["id"], ids[1].as_str());
     assert_eq!(page["events"][1]["data"], "m2");
     assert_eq!(page["next_after"], ids[2].as_str());
     assert_eq!(page["truncated"], false);
-    let rest: serde_json::Value = app
-        .client
-        .get(app.url(&format!("/topics/t/history?after={}", ids[2])))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest = app.get_json(&format!("/topics/t/history?after={}", ids[2])).await;
     assert_eq!(rest["events"].as_array().unwrap().len(), 2);
     assert_eq!(rest["next_after"], serde_json::Value::Null);
 }
