@@ -255,7 +255,9 @@ async fn idle(sys: &System, scenario: &str, conns: usize, topics: usize) -> Resu
     let after = procfs::total_rss(&sys.server_pids());
     let held = ready.load(Ordering::Relaxed).max(1);
     let _ = stop_tx.send(true);
+    // Subscribers still connecting (a server that could not take them all) are aborted, not awaited.
     for t in tasks {
+        t.abort();
         let _ = t.await;
     }
     // Let the server release them before the next scenario.
