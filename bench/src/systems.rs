@@ -266,3 +266,18 @@ impl System {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+impl Drop for System {
+    /// SIGTERM first: nginx's master stops its workers on SIGTERM, while the SIGKILL `kill_on_drop` sends
+    /// would leave them running (and holding their ports).
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for child in &self.servers {
+            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()).filter(|&id| id > 1) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
