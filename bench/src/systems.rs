@@ -274,7 +274,11 @@ impl Drop for System {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         for child in &self.servers {
-            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()).filter(|&id| id > 1) {
+            if let Some(pid) = child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .filter(|&id| id > 1)
+            {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
