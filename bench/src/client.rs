@@ -58,8 +58,18 @@ pub struct Tally {
 
 pub type SharedTally = Rc<RefCell<Tally>>;
 
-/// Reads the response head; returns what followed it and whether the body is chunked.
-async fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, bool, u16)> {
+/// A response head, and the bytes that followed it in the same reads.
+struct Head {
+    rest: Vec<u8>,
+    status: u16,
+    chunked: bool,
+    length: Option<usize>,
+    /// The server closes the connection after this response.
+    close: bool,
+}
+
+/// Reads one response head.
+async fn read_head(stream: &mut TcpStream) -> Result<Head> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -70,9 +80,16 @@ async fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, bool, u16)> {
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let chunked = head.contains("transfer-encoding: chunked");
-            return Ok((buf[end + 4..].to_vec(), chunked, status));
+            return Ok(Head {
+                rest: buf[end + 4..].to_vec(),
+                status: head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0),
+                chunked: head.contains("transfer-encoding: chunked"),
+                length: head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok()),
+                close: head.contains("connection: close"),
+            });
         }
     }
 }
@@ -161,7 +178,12 @@ pub async fn subscribe(sub: Subscription, tally: SharedTally, ready: Arc<AtomicU
         .unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{resume}\r\n");
     stream.write_all(request.as_bytes()).await?;
-    let (mut raw, chunked, status) = read_head(&mut stream).await?;
+    let Head {
+        rest: mut raw,
+        chunked,
+        status,
+        ..
+    } = read_head(&mut stream).await?;
     if status != 200 {
         bail!("subscribe answered {status}");
     }
@@ -253,7 +275,7 @@ pub async fn hold(
             format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
         )
         .await?;
-    let (_, _, status) = read_head(&mut stream).await?;
+    let status = read_head(&mut stream).await?.status;
     if status != 200 {
         bail!("subscribe answered {status}");
     }
@@ -279,8 +301,6 @@ pub async fn publisher(
 ) -> Result<usize> {
     let mut stream = connect(port).await?;
     let mut failed = 0;
-    // Set when the server says it closes the connection after this answer.
-    let mut reconnect = false;
     let mut buf = vec![0u8; 16 * 1024];
     let mut ticker = pace.map(|p| {
         let mut t = tokio::time::interval(p);
@@ -303,30 +323,14 @@ pub async fn publisher(
         );
         stream.write_all(request.as_bytes()).await?;
         // Read the whole answer: head, then Content-Length bytes or chunks up to the last one.
-        let mut got = Vec::new();
-        let (head_end, status, length, chunked) = loop {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                bail!("publisher connection closed");
-            }
-            got.extend_from_slice(&buf[..n]);
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                break (
-                    end + 4,
-                    status,
-                    length,
-                    head.contains("transfer-encoding: chunked"),
-                );
-            }
-        };
+        let Head {
+            rest: mut body,
+            status,
+            chunked,
+            length,
+            close,
+        } = read_head(&mut stream).await?;
         loop {
-            let body = &got[head_end..];
             let complete = match (length, chunked) {
                 (Some(len), _) => body.len() >= len,
                 (None, true) => body.ends_with(b"0\r\n\r\n"),
@@ -339,14 +343,13 @@ pub async fn publisher(
             if n == 0 {
                 bail!("publisher connection closed mid-answer");
             }
-            got.extend_from_slice(&buf[..n]);
+            body.extend_from_slice(&buf[..n]);
         }
         if !(200..300).contains(&status) {
             failed += 1;
         }
-        if reconnect {
+        if close {
             stream = connect(port).await?;
-            reconnect = false;
         }
     }
 }
