@@ -86,24 +86,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(get("/metrics", health::metrics))
             .service(get("/openapi.yaml", demo::openapi))
             .service(get("/events", subscribe::subscribe))
-            .service(resource("/topics/{topic}").route(web::post().to(publish::publish)))
+            .service(resource("/topics/{topic}", "POST").route(web::post().to(publish::publish)))
             .service(get("/topics/{topic}/history", history::history)),
     );
 }
 
-/// A resource that answers 405 problem+json (with `Allow`) to methods it has no route for.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|req: HttpRequest| async move {
+/// A resource that answers 405 problem+json (with `Allow: allow`) to methods it has no route for.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
         let mut response = error::problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             &format!("{} is not accepted at {}", req.method(), req.path()),
         );
-        let allow = if req.path().starts_with("/topics/") && !req.path().ends_with("/history") {
-            "POST"
-        } else {
-            "GET"
-        };
         response
             .headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static(allow));
@@ -117,7 +112,7 @@ where
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    resource(path).route(web::get().to(handler))
+    resource(path, "GET").route(web::get().to(handler))
 }
 
 /// Query-string pairs in order, repeated keys kept (`topic=a&topic=b`).
