@@ -222,6 +222,7 @@ impl Hub {
                     for conn in conns {
                         match conn.push(&events[start..end], self.queue_capacity, &self.metrics) {
                             Push::Queued(n) => queued += n,
+                            // Once: a lagged connection is closed, so later pushes answer `Closed`.
                             Push::Lagged => lagged.push(Arc::clone(conn)),
                             Push::Closed => {}
                         }
@@ -231,7 +232,6 @@ impl Hub {
             }
         }
         self.metrics.queued.fetch_add(queued, Ordering::Relaxed);
-        lagged.dedup_by_key(|c| c.id);
         for conn in lagged {
             tracing::info!(conn = conn.id, "closing a connection whose queue is full");
             self.metrics.closed_for_lag.fetch_add(1, Ordering::Relaxed);
