@@ -80,7 +80,6 @@ pub struct CorsSettings {
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
-    pub pool_size: usize,
     pub connect_timeout_ms: u64,
     pub command_timeout_ms: u64,
     pub startup_wait_secs: u64,
@@ -328,12 +327,6 @@ impl Settings {
             "redis.key_prefix",
             &r.key_prefix,
             "use 1 to 64 visible ASCII characters without { or }",
-        )?;
-        check(
-            (1..=1024).contains(&r.pool_size),
-            "redis.pool_size",
-            r.pool_size,
-            "use 1 to 1024 connections",
         )?;
         check(
             (10..=60_000).contains(&r.connect_timeout_ms),

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::StreamExt;
-use redis::aio::{ConnectionLike, PubSubSink};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
 use redis::{AsyncConnectionConfig, RedisError};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -58,8 +58,8 @@ pub enum RedisStartError {
     TooOld { url: String, version: String },
     #[error("Redis at {url} refused the Herald functions library: {source}")]
     Functions { url: String, source: RedisError },
-    #[error("cannot build the Redis connection pool: {0}")]
-    Pool(String),
+    #[error("cannot start the Redis I/O thread: {0}")]
+    Thread(std::io::Error),
 }
 
 enum Command {
@@ -68,11 +68,125 @@ enum Command {
 }
 
 pub struct RedisEngine {
-    pool: Pool,
+    shared: Arc<Shared>,
     keys: Keys,
     ready: Arc<AtomicBool>,
     commands: mpsc::UnboundedSender<Command>,
     command_timeout: Duration,
+    /// Stops the I/O thread (and with it the link) when the engine is dropped.
+    _io: IoThread,
+}
+
+/// A thread of its own for every Redis socket (the shared connection, the pub/sub link and their
+/// readers): on an HTTP worker they would wait behind hundreds of SSE writes for each reply, which
+/// slowed every publish and, under load, broke fan-out into one write per delivery (BENCHMARKS.md).
+struct IoThread {
+    handle: Handle,
+    _stop: oneshot::Sender<()>,
+}
+
+impl IoThread {
+    fn start() -> Result<Self, std::io::Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("herald-redis".into())
+            .spawn(move || {
+                // Runs until the engine drops its sender; dropping the runtime then ends the link.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(IoThread { handle, _stop: stop })
+    }
+}
+
+/// The one connection every command shares. Redis runs commands one at a time, so one pipelined
+/// (multiplexed) socket serves any number of concurrent publishes and reads without a pool, and with no
+/// health-check round trip per call; a connection that failed is dropped and the next call reconnects.
+struct Shared {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    io: Handle,
+    current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while connecting, so concurrent callers wait for one new connection; counts connections made.
+    connecting: tokio::sync::Mutex<u64>,
+}
+
+impl Shared {
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn get(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let mut made = self.connecting.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let (client, config) = (self.client.clone(), self.config.clone());
+        // Made on the I/O thread, so the connection's reader task lives there too.
+        let conn = self
+            .io
+            .spawn(async move { client.get_multiplexed_async_connection_with_config(&config).await })
+            .await
+            .map_err(|e| {
+                RedisError::from(std::io::Error::other(format!(
+                    "the Redis I/O thread stopped: {e}"
+                )))
+            })??;
+        *made += 1;
+        let current = (*made, conn);
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current.clone());
+        Ok(current)
+    }
+
+    /// Runs `f` on the shared connection; a broken connection is retired at once. A timeout alone keeps
+    /// it (Redis may be slow, or holding writes, and may still run the call): a connection that went
+    /// silent is retired when the link's ping notices (`Link::run`).
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let (generation, conn) = self
+            .get()
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("no Redis connection: {e}")))?;
+        let result = f(conn).await;
+        if let Err(e) = &result {
+            // A timeout reads as an I/O error too, but it leaves the connection usable.
+            let broken = e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error();
+            if broken && !e.is_timeout() {
+                self.retire(Some(generation));
+            }
+        }
+        result.map_err(classify)
+    }
+
+    /// Drops connection `generation` (any, if `None`) if it is still the current one; the next call
+    /// makes a new one.
+    fn retire(&self, generation: Option<u64>) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current
+            .as_ref()
+            .is_some_and(|(g, _)| generation.is_none_or(|want| *g == want))
+        {
+            *current = None;
+        }
+    }
 }
 
 /// Key and channel names under the configured prefix.
@@ -153,24 +267,18 @@ impl RedisEngine {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(command_timeout));
-        let manager = Manager::new_with_config(settings.url.as_str(), config).map_err(|source| {
-            RedisStartError::BadUrl {
-                url: url.clone(),
-                source,
-            }
-        })?;
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size)
-            .wait_timeout(Some(command_timeout))
-            .create_timeout(Some(connect_timeout))
-            .recycle_timeout(Some(command_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| RedisStartError::Pool(e.to_string()))?;
+        let io = IoThread::start().map_err(RedisStartError::Thread)?;
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            config,
+            io: io.handle.clone(),
+            current: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(0),
+        });
 
         let deadline = Instant::now() + Duration::from_secs(settings.startup_wait_secs);
-        let mut conn = loop {
-            let last_error = match pool.get().await {
+        let (_, mut conn) = loop {
+            let last_error = match shared.get().await {
                 Ok(conn) => break conn,
                 Err(e) => e.to_string(),
             };
@@ -236,17 +344,10 @@ impl RedisEngine {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         hub.report_idle_topics(idle_tx);
-        let engine = Arc::new(RedisEngine {
-            pool: pool.clone(),
-            keys: keys.clone(),
-            ready: Arc::clone(&ready),
-            commands,
-            command_timeout,
-        });
         let link = Link {
             client,
-            pool,
-            keys,
+            shared: Arc::clone(&shared),
+            keys: keys.clone(),
             hub,
             metrics,
             ready: Arc::clone(&ready),
@@ -260,7 +361,15 @@ impl RedisEngine {
             max_topic_len,
             url: url.clone(),
         };
-        tokio::spawn(link.run());
+        io.handle.spawn(link.run());
+        let engine = Arc::new(RedisEngine {
+            shared,
+            keys,
+            ready: Arc::clone(&ready),
+            commands,
+            command_timeout,
+            _io: io,
+        });
         while !ready.load(Ordering::Acquire) {
             if Instant::now() >= deadline {
                 return Err(RedisStartError::Unreachable {
@@ -272,13 +381,6 @@ impl RedisEngine {
             sleep(Duration::from_millis(10)).await;
         }
         Ok(engine)
-    }
-
-    async fn connection(&self) -> Result<deadpool_redis::Connection, EngineError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("no Redis connection: {e}")))
     }
 }
 
@@ -295,7 +397,7 @@ async fn load_functions(conn: &mut impl ConnectionLike) -> Result<(), RedisError
 /// Runs `FCALL`/`FCALL_RO`; if Redis lost the library (restarted without persistence), loads it and
 /// retries once: a missing function ran nothing, so the retry cannot store twice.
 async fn fcall<T: redis::FromRedisValue>(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut MultiplexedConnection,
     cmd: redis::Cmd,
 ) -> Result<T, RedisError> {
     match cmd.query_async(conn).await {
@@ -310,7 +412,7 @@ async fn fcall<T: redis::FromRedisValue>(
 
 /// Reads one page of a topic's history with the `herald_history` function.
 async fn read_history(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut MultiplexedConnection,
     keys: &Keys,
     topic: &TopicName,
     after: EventId,
@@ -351,7 +453,6 @@ async fn read_history(
 impl Engine for RedisEngine {
     fn publish<'a>(&'a self, m: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
         async move {
-            let mut conn = self.connection().await?;
             let mut cmd = redis::cmd("FCALL");
             cmd.arg("herald_publish")
                 .arg(1)
@@ -359,7 +460,10 @@ impl Engine for RedisEngine {
                 .arg(m.data)
                 .arg(m.event.map_or("", |e| e.as_str()))
                 .arg(m.idempotency_key.map_or("", |k| k.as_str()));
-            let id: String = fcall(&mut conn, cmd).await.map_err(classify)?;
+            let id: String = self
+                .shared
+                .run(|mut conn| async move { fcall(&mut conn, cmd).await })
+                .await?;
             id.parse()
                 .map_err(|_| EngineError::Unavailable(format!("Redis answered a malformed id `{id}`")))
         }
@@ -373,18 +477,18 @@ impl Engine for RedisEngine {
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
         async move {
-            let mut conn = self.connection().await?;
-            read_history(&mut conn, &self.keys, topic, after, limit)
+            self.shared
+                .run(|mut conn| async move { read_history(&mut conn, &self.keys, topic, after, limit).await })
                 .await
-                .map_err(classify)
         }
         .boxed()
     }
 
     fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>> {
         async move {
-            let mut conn = self.connection().await?;
-            last_id(&mut conn, &self.keys).await.map_err(classify)
+            self.shared
+                .run(|mut conn| async move { last_id(&mut conn, &self.keys).await })
+                .await
         }
         .boxed()
     }
@@ -415,7 +519,7 @@ impl Engine for RedisEngine {
     }
 }
 
-async fn last_id(conn: &mut deadpool_redis::Connection, keys: &Keys) -> Result<EventId, RedisError> {
+async fn last_id(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<EventId, RedisError> {
     let raw: Option<String> = redis::cmd("GET").arg(keys.seq()).query_async(conn).await?;
     Ok(raw.and_then(|s| s.parse().ok()).unwrap_or(EventId::ZERO))
 }
@@ -423,7 +527,7 @@ async fn last_id(conn: &mut deadpool_redis::Connection, keys: &Keys) -> Result<E
 /// The node's pub/sub connection and everything it delivers to the hub.
 struct Link {
     client: redis::Client,
-    pool: Pool,
+    shared: Arc<Shared>,
     keys: Keys,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -447,6 +551,9 @@ impl Link {
         let mut failures = 0u32;
         loop {
             let error = self.serve().await;
+            // Whatever cut the link (Redis restarted, went silent, the network) likely cut the shared
+            // command connection too: the next command connects afresh.
+            self.shared.retire(None);
             let was_ready = self.ready.swap(false, Ordering::AcqRel);
             self.subscribed.clear();
             if was_ready {
@@ -566,8 +673,20 @@ impl Link {
     /// After (re)connecting: reload the functions (Redis may have restarted empty), subscribe to every
     /// topic with local subscribers, and hand the hub what it missed, in id order.
     async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
-        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-        load_functions(&mut conn).await.map_err(|e| e.to_string())?;
+        let (generation, mut conn) = self.shared.get().await.map_err(|e| e.to_string())?;
+        let result = self.resume_on(&mut conn, sink).await;
+        if result.is_err() {
+            self.shared.retire(Some(generation));
+        }
+        result
+    }
+
+    async fn resume_on(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        sink: &mut PubSubSink,
+    ) -> Result<(), String> {
+        load_functions(conn).await.map_err(|e| e.to_string())?;
         let topics = self.hub.topics();
         if !topics.is_empty() {
             let channels: Vec<String> = topics.iter().map(|t| self.keys.channel(t)).collect();
@@ -575,7 +694,7 @@ impl Link {
         }
         self.subscribed = topics.iter().cloned().collect();
         // Everything above `until` arrives on the new subscription; up to it comes from the streams.
-        let until = last_id(&mut conn, &self.keys).await.map_err(|e| e.to_string())?;
+        let until = last_id(conn, &self.keys).await.map_err(|e| e.to_string())?;
         let Some(from) = self.watermark else {
             self.watermark = Some(until);
             return Ok(());
@@ -584,7 +703,7 @@ impl Link {
         for topic in &topics {
             let mut after = from;
             loop {
-                let page = read_history(&mut conn, &self.keys, topic, after, 500)
+                let page = read_history(conn, &self.keys, topic, after, 500)
                     .await
                     .map_err(|e| e.to_string())?;
                 let full = page.events.len() == 500;
