@@ -164,10 +164,7 @@ async fn fanout(
     wait_ready(&ready, subscribers, scenario, &tasks).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pids = sys.pids();
-    let per_pid0: Vec<(f64, u64)> = pids
-        .iter()
-        .map(|&p| (procfs::cpu_secs(p), procfs::write_syscalls(p)))
-        .collect();
+    let per_pid0: Vec<f64> = pids.iter().map(|&p| procfs::cpu_secs(p)).collect();
     let (cpu0, bench0, t0) = (procfs::total_cpu(&pids), self_cpu(), Instant::now());
     let paths: Vec<String> = names.iter().map(|t| sys.pub_path(t)).collect();
     let next = Arc::new(AtomicUsize::new(0));
@@ -191,23 +188,14 @@ async fn fanout(
     let split: Vec<String> = pids
         .iter()
         .zip(per_pid0)
-        .map(|(&p, (c0, w0))| {
-            format!(
-                "{} {:.2}s {} writes",
-                procfs::name(p),
-                procfs::cpu_secs(p) - c0,
-                procfs::write_syscalls(p).saturating_sub(w0)
-            )
-        })
+        .map(|(&p, c0)| format!("{} {:.2}s", procfs::name(p), procfs::cpu_secs(p) - c0))
         .collect();
-    let mut t = tally.borrow_mut();
-    // Writes per delivery tell how well a server coalesces frames (one write per delivery is the worst).
     eprintln!(
-        "   {scenario} on {}: server CPU and write syscalls by process ({} deliveries): {}",
+        "   {scenario} on {}: server CPU by process: {}",
         sys.kind.name(),
-        t.delivered,
         split.join(", ")
     );
+    let mut t = tally.borrow_mut();
     t.latencies_us.sort_unstable();
     let deliveries = t.delivered;
     let expected = (subscribers * messages) as u64;

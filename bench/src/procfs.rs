@@ -56,18 +56,6 @@ pub fn with_children(pid: u32) -> Vec<u32> {
     pids
 }
 
-/// Write-type system calls `pid` has made (`syscw` in /proc/<pid>/io), or 0 if unreadable.
-pub fn write_syscalls(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|io| {
-            io.lines()
-                .find_map(|l| l.strip_prefix("syscw:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 pub fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().map(|&p| cpu_secs(p)).sum()
 }
