@@ -180,6 +180,8 @@ impl Connection {
                 c.after = event.id;
                 c.buf.push_back(event);
             }
+            // Reaching the bound ends this topic's replay without one more read to find it empty.
+            c.exhausted |= c.after >= c.until;
         }
         let mut sent = 0u64;
         // Merge while every topic that may still have events has one buffered to compare.
