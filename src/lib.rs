@@ -9,7 +9,7 @@
 //! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags), validated once.
 //! - [`domain`]: validated values — [`domain::TopicName`], [`domain::EventName`], [`domain::EventId`].
 //! - [`engine`]: the [`engine::Engine`] trait (stores history, carries events to hubs) and its `memory`
-//!   implementation.
+//!   and `redis` implementations (Redis sockets live on a thread of their own, off the HTTP workers).
 //! - [`hub`]: per-node fan-out of pre-encoded frames into bounded per-connection queues.
 //! - [`sse`]: WHATWG event-stream framing.
 //! - [`connection`]: one SSE response body — retry, replay across topics, live events, heartbeats.

@@ -35,6 +35,11 @@ struct Args {
     /// delivery at 100 / 1,000 / 10,000 subscribers, and 10,000 topics), rss (idle memory at 1k-18k).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
+    /// Publishes kept in flight by the fan-out and growth scenarios (the issue's "a few"). Herald writes
+    /// every event queued for a connection in one write, so its CPU per delivery falls as more
+    /// events arrive during one fan-out round; nchan writes each message on its own.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
     /// The herald binary (default: target/release/herald).
     #[arg(long)]
     herald: Option<PathBuf>,
@@ -102,13 +107,18 @@ async fn wait_ready<T>(
     ready: &AtomicUsize,
     want: usize,
     what: &str,
-    tasks: &[tokio::task::JoinHandle<T>],
+    tasks: &mut [tokio::task::JoinHandle<Result<T>>],
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while ready.load(Ordering::Relaxed) < want {
-        if tasks.iter().any(|t| t.is_finished()) {
+        if let Some(failed) = tasks.iter_mut().find(|t| t.is_finished()) {
+            let why = match failed.await {
+                Ok(Ok(_)) => "it ended early".to_string(),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => e.to_string(),
+            };
             bail!(
-                "{what}: a subscriber failed before all connected ({} of {want})",
+                "{what}: a subscriber failed before all connected ({} of {want}): {why}",
                 ready.load(Ordering::Relaxed)
             );
         }
@@ -161,7 +171,7 @@ async fn fanout(
             tokio::task::yield_now().await;
         }
     }
-    wait_ready(&ready, subscribers, scenario, &tasks).await?;
+    wait_ready(&ready, subscribers, scenario, &mut tasks).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pids = sys.pids();
     let per_pid0: Vec<f64> = pids.iter().map(|&p| procfs::cpu_secs(p)).collect();
@@ -247,7 +257,7 @@ async fn idle(sys: &System, scenario: &str, conns: usize, topics: usize) -> Resu
         }
     }
     // A system that cannot hold them all is reported, not fatal: the row says how many it held.
-    let note = wait_ready(&ready, conns, scenario, &tasks)
+    let note = wait_ready(&ready, conns, scenario, &mut tasks)
         .await
         .err()
         .map(|e| e.to_string());
@@ -303,12 +313,12 @@ async fn replay(sys: &System, missed: usize) -> Result<Row> {
         messages: missed + 1,
         deadline,
     };
-    let sub = tokio::task::spawn_local(client::subscribe(
+    let mut sub = tokio::task::spawn_local(client::subscribe(
         first_sub,
         Rc::clone(&first),
         Arc::clone(&ready),
     ));
-    wait_ready(&ready, 1, "replay", std::slice::from_ref(&sub)).await?;
+    wait_ready(&ready, 1, "replay", std::slice::from_mut(&mut sub)).await?;
     let paths = vec![sys.pub_path(&topic)];
     client::publisher(
         sys.pub_port,
@@ -521,7 +531,7 @@ async fn run(args: Args) -> Result<()> {
             let started = Instant::now();
             let new: Vec<Row> = match scenario.as_str() {
                 "fanout" if args.smoke => vec![fanout(&sys, "fanout smoke", 1, 20, 20, 2, None).await?],
-                "fanout" => vec![fanout(&sys, "fanout 1k×2k", 1, 1000, 2000, 4, None).await?],
+                "fanout" => vec![fanout(&sys, "fanout 1k×2k", 1, 1000, 2000, args.in_flight, None).await?],
                 "latency" => vec![
                     fanout(
                         &sys,
@@ -552,7 +562,18 @@ async fn run(args: Args) -> Result<()> {
                 "growth" => {
                     let mut v = Vec::new();
                     for (subs, msgs) in [(100, 2000), (1000, 2000), (10_000, 200)] {
-                        v.push(fanout(&sys, &format!("growth {subs} subs"), 1, subs, msgs, 4, None).await?);
+                        v.push(
+                            fanout(
+                                &sys,
+                                &format!("growth {subs} subs"),
+                                1,
+                                subs,
+                                msgs,
+                                args.in_flight,
+                                None,
+                            )
+                            .await?,
+                        );
                     }
                     v.push(fanout(&sys, "growth 10k topics × 1 sub", 10_000, 1, 3, 4, None).await?);
                     v
@@ -604,10 +625,12 @@ async fn run(args: Args) -> Result<()> {
         let doc = format!(
             "# Benchmarks\n\nMachine: {}. Same run for every system, loopback only; the load generator is one thread \
              on the same machine (its CPU is reported). Server CPU counts every server process (Redis and nginx \
-             workers included) from the first publish to the last delivery.\n\nVersions: {}.\n\nReproduce: \
+             workers included) from the first publish to the last delivery. Fan-out and growth keep {} \
+             publishes in flight.\n\nVersions: {}.\n\nReproduce: \
              `cargo build --release && cargo run --release -p herald-bench -- --out BENCHMARKS.md` (needs \
              `apt-get install redis-server nginx libnginx-mod-nchan nodejs npm`).\n\n{text}",
             machine(),
+            args.in_flight,
             versions.join("; ")
         );
         std::fs::write(out, doc)?;
