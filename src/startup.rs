@@ -111,7 +111,10 @@ impl Application {
                 .disable_signals()
                 .shutdown_timeout(settings.server.shutdown_grace_secs)
                 // Slow-header clients are answered 408 and dropped.
-                .client_request_timeout(Duration::from_millis(settings.server.request_head_timeout_ms));
+                .client_request_timeout(Duration::from_millis(settings.server.request_head_timeout_ms))
+                // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
+                // until the previous one is acknowledged (events are already coalesced per write).
+                .tcp_nodelay(true);
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
