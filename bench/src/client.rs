@@ -298,9 +298,11 @@ pub async fn publisher(
     next: Arc<AtomicUsize>,
     count: usize,
     pace: Option<Duration>,
-) -> Result<usize> {
+) -> Result<(usize, Vec<u32>)> {
     let mut stream = connect(port).await?;
     let mut failed = 0;
+    // Microseconds from sending each request to reading its whole answer.
+    let mut round_trips = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut ticker = pace.map(|p| {
         let mut t = tokio::time::interval(p);
@@ -313,8 +315,9 @@ pub async fn publisher(
         }
         let seq = next.fetch_add(1, Ordering::Relaxed);
         if seq >= count {
-            return Ok(failed);
+            return Ok((failed, round_trips));
         }
+        let sent = std::time::Instant::now();
         let data = payload(seq);
         let path = &paths[seq % paths.len()];
         let request = format!(
@@ -345,6 +348,7 @@ pub async fn publisher(
             }
             body.extend_from_slice(&buf[..n]);
         }
+        round_trips.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
         if !(200..300).contains(&status) {
             failed += 1;
         }

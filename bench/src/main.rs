@@ -188,9 +188,26 @@ async fn fanout(
         }));
     }
     let mut failed = 0;
+    let mut round_trips = Vec::new();
     for p in publishers {
-        failed += p.await??;
+        let (f, rtts) = p.await??;
+        failed += f;
+        round_trips.extend(rtts);
     }
+    round_trips.sort_unstable();
+    let pct = |q: f64| {
+        round_trips
+            .get(((round_trips.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    // How fast the server accepts publishes under this load: it sets how many events meet in a queue.
+    eprintln!(
+        "   {scenario} on {}: publish round trip p50 {} µs, p99 {} µs",
+        sys.kind.name(),
+        pct(0.5),
+        pct(0.99)
+    );
     for t in tasks {
         t.await??;
     }
