@@ -107,12 +107,13 @@ async fn wait_ready<T>(
     ready: &AtomicUsize,
     want: usize,
     what: &str,
-    tasks: &mut [tokio::task::JoinHandle<Result<T>>],
+    tasks: &mut Vec<tokio::task::JoinHandle<Result<T>>>,
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while ready.load(Ordering::Relaxed) < want {
-        if let Some(failed) = tasks.iter_mut().find(|t| t.is_finished()) {
-            let why = match failed.await {
+        if let Some(at) = tasks.iter().position(|t| t.is_finished()) {
+            // Taken out of the list: a finished handle must not be awaited twice.
+            let why = match tasks.swap_remove(at).await {
                 Ok(Ok(_)) => "it ended early".to_string(),
                 Ok(Err(e)) => format!("{e:#}"),
                 Err(e) => e.to_string(),
@@ -330,12 +331,12 @@ async fn replay(sys: &System, missed: usize) -> Result<Row> {
         messages: missed + 1,
         deadline,
     };
-    let mut sub = tokio::task::spawn_local(client::subscribe(
+    let mut subs = vec![tokio::task::spawn_local(client::subscribe(
         first_sub,
         Rc::clone(&first),
         Arc::clone(&ready),
-    ));
-    wait_ready(&ready, 1, "replay", std::slice::from_mut(&mut sub)).await?;
+    ))];
+    wait_ready(&ready, 1, "replay", &mut subs).await?;
     let paths = vec![sys.pub_path(&topic)];
     client::publisher(
         sys.pub_port,
@@ -345,7 +346,9 @@ async fn replay(sys: &System, missed: usize) -> Result<Row> {
         None,
     )
     .await?;
-    sub.await??;
+    for sub in subs {
+        sub.await??;
+    }
     let last = first.borrow().last_ids.first().cloned().unwrap_or_default();
     // The messages it misses; seq 0 was the one it saw.
     let next = Arc::new(AtomicUsize::new(1));
