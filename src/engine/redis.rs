@@ -110,43 +110,59 @@ struct Shared {
     config: AsyncConnectionConfig,
     io: Handle,
     current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
-    /// Held while connecting, so concurrent callers wait for one new connection; counts connections made.
-    connecting: tokio::sync::Mutex<u64>,
+    /// Held while connecting, so concurrent callers wait for one attempt instead of each making one.
+    connecting: tokio::sync::Mutex<Attempts>,
+}
+
+#[derive(Default)]
+struct Attempts {
+    /// Connections made so far; numbers them, so a failure retires only the one it happened on.
+    made: u64,
+    /// When the last attempt failed, and why: callers that waited for it fail with it, instead of
+    /// queueing one connect timeout each behind an unreachable Redis.
+    failed: Option<(Instant, String)>,
 }
 
 impl Shared {
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
         self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 
     async fn get(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
-        if let Some(current) = self.current() {
+        if let Some(current) = self.slot().clone() {
             return Ok(current);
         }
-        let mut made = self.connecting.lock().await;
-        if let Some(current) = self.current() {
+        let asked = Instant::now();
+        let mut attempts = self.connecting.lock().await;
+        if let Some(current) = self.slot().clone() {
             return Ok(current);
+        }
+        if let Some((at, why)) = &attempts.failed {
+            if *at >= asked {
+                return Err(std::io::Error::other(why.clone()).into());
+            }
         }
         let (client, config) = (self.client.clone(), self.config.clone());
         // Made on the I/O thread, so the connection's reader task lives there too.
-        let conn = self
+        let made = self
             .io
             .spawn(async move { client.get_multiplexed_async_connection_with_config(&config).await })
             .await
-            .map_err(|e| {
-                RedisError::from(std::io::Error::other(format!(
-                    "the Redis I/O thread stopped: {e}"
-                )))
-            })??;
-        *made += 1;
-        let current = (*made, conn);
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current.clone());
+            .map_err(|e| std::io::Error::other(format!("the Redis I/O thread stopped: {e}")).into())
+            .and_then(|made| made);
+        let conn = match made {
+            Ok(conn) => conn,
+            Err(e) => {
+                attempts.failed = Some((Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
+        attempts.made += 1;
+        attempts.failed = None;
+        let current = (attempts.made, conn);
+        *self.slot() = Some(current.clone());
         Ok(current)
     }
 
@@ -176,10 +192,7 @@ impl Shared {
     /// Drops connection `generation` (any, if `None`) if it is still the current one; the next call
     /// makes a new one.
     fn retire(&self, generation: Option<u64>) {
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = self.slot();
         if current
             .as_ref()
             .is_some_and(|(g, _)| generation.is_none_or(|want| *g == want))
@@ -273,7 +286,7 @@ impl RedisEngine {
             config,
             io: io.handle.clone(),
             current: std::sync::Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(0),
+            connecting: tokio::sync::Mutex::new(Attempts::default()),
         });
 
         let deadline = Instant::now() + Duration::from_secs(settings.startup_wait_secs);
