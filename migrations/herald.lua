@@ -5,11 +5,12 @@
 -- Keys, for a hub prefix P (default "herald") and topic T:
 --   P:{T}:log    stream: the topic's history, ids shared with every other topic of the hub
 --   P:{T}:live   channel: each stored event's SSE frame, published in the same call as the XADD
+--   P:{T}:trimmed the newest id retention removed from the log: readers after an older id missed events
 --   P:{T}:idem:K the id answered for Idempotency-Key K, for the idempotency window
 --   P:seq        the id clock "<ms>-<seq>" shared by all topics (standalone or Sentinel Redis only)
 --   P:config     hash: max_len, max_age_ms, idem_ttl_ms (written by the nodes; defaults below)
 
-local VERSION = '1'
+local VERSION = '2'
 
 -- KEYS[1] is "P:{T}": returns P and T, or raises an error a redis-cli user can act on.
 local function split_key(key)
@@ -49,6 +50,46 @@ local function settings(prefix)
   return tonumber(v[1]) or 1000, tonumber(v[2]) or 86400000, tonumber(v[3]) or 600000
 end
 
+-- "<ms>-<seq>" as two numbers.
+local function parse_id(id)
+  local m, s = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(m), tonumber(s)
+end
+
+local function is_newer(a, b)
+  local am, as = parse_id(a)
+  local bm, bs = parse_id(b)
+  return am > bm or (am == bm and as > bs)
+end
+
+-- Entries kept past max_len before a trim: trimming then runs once per this many publishes.
+local TRIM_SLACK = 100
+
+-- Trims the log exactly (XADD's "MAXLEN ~" would not say which ids it removed; XINFO's
+-- max-deleted-entry-id only follows XDEL) and records the newest id removed in P:{T}:trimmed.
+local function trim(key, max_len, max_age_ms, now)
+  local log = key .. ':log'
+  local gone = nil
+  local len = redis.call('XLEN', log)
+  if len > max_len + TRIM_SLACK then
+    local over = redis.call('XRANGE', log, '-', '+', 'COUNT', len - max_len)
+    gone = over[#over][1]
+  end
+  if max_age_ms > 0 then
+    local cutoff = string.format('%.0f-0', now - max_age_ms)
+    local old = redis.call('XREVRANGE', log, '(' .. cutoff, '-', 'COUNT', 1)
+    if #old > 0 and (gone == nil or is_newer(old[1][1], gone)) then
+      gone = old[1][1]
+    end
+  end
+  if gone then
+    local m, s = parse_id(gone)
+    -- MINID removes every entry below it: everything up to and including `gone`.
+    redis.call('XTRIM', log, 'MINID', string.format('%.0f-%.0f', m, s + 1))
+    redis.call('SET', key .. ':trimmed', gone)
+  end
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -84,8 +125,7 @@ local function publish(keys, args)
   local ms, seq = 0, 0
   local last = redis.call('GET', prefix .. ':seq')
   if last then
-    local m, s = string.match(last, '^(%d+)-(%d+)$')
-    ms, seq = tonumber(m), tonumber(s)
+    ms, seq = parse_id(last)
   end
   if now > ms then
     ms, seq = now, 0
@@ -97,13 +137,11 @@ local function publish(keys, args)
 
   local log = key .. ':log'
   if event == '' then
-    redis.call('XADD', log, 'MAXLEN', '~', max_len, id, 'd', data)
+    redis.call('XADD', log, id, 'd', data)
   else
-    redis.call('XADD', log, 'MAXLEN', '~', max_len, id, 'd', data, 'e', event)
+    redis.call('XADD', log, id, 'd', data, 'e', event)
   end
-  if max_age_ms > 0 then
-    redis.call('XTRIM', log, 'MINID', '~', string.format('%.0f-0', now - max_age_ms))
-  end
+  trim(key, max_len, max_age_ms, now)
   if idem ~= '' then
     redis.call('SET', idem_key, id, 'PX', idem_ttl_ms)
   end
@@ -112,21 +150,14 @@ local function publish(keys, args)
 end
 
 -- FCALL_RO herald_history 1 P:{T} <after-id> <count>
---   → { max-deleted-id or '', first-id or '', id1, data1, event1, id2, data2, event2, ... }
+--   → { newest trimmed id or '', first-id or '', id1, data1, event1, id2, data2, event2, ... }
 local function history(keys, args)
   split_key(keys[1])
   local log = keys[1] .. ':log'
-  if redis.call('EXISTS', log) == 0 then
-    return { '', '' }
-  end
-  local out = { '', '' }
-  local info = redis.call('XINFO', 'STREAM', log)
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then
-      out[1] = info[i + 1]
-    elseif info[i] == 'first-entry' and type(info[i + 1]) == 'table' then
-      out[2] = info[i + 1][1]
-    end
+  local out = { redis.call('GET', keys[1] .. ':trimmed') or '', '' }
+  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  if #first > 0 then
+    out[2] = first[1][1]
   end
   local entries = redis.call('XRANGE', log, '(' .. args[1], '+', 'COUNT', tonumber(args[2]))
   for _, entry in ipairs(entries) do

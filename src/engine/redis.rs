@@ -443,7 +443,8 @@ async fn read_history(
             .ok()
             .and_then(|s| s.parse::<EventId>().ok())
     };
-    let max_deleted = flat.first().and_then(|b| parse_id(b));
+    // The newest id retention removed (empty when none was): a reader after an older id missed events.
+    let trimmed = flat.first().and_then(|b| parse_id(b));
     let first_retained = flat.get(1).and_then(|b| parse_id(b));
     let mut events = Vec::new();
     for entry in flat.get(2..).unwrap_or_default().chunks_exact(3) {
@@ -457,8 +458,7 @@ async fn read_history(
     }
     Ok(HistoryPage {
         events,
-        // Redis reports 0-0 when nothing was ever deleted.
-        truncated: max_deleted.is_some_and(|d| d != EventId::ZERO && after < d),
+        truncated: trimmed.is_some_and(|t| after < t),
         first_retained,
     })
 }

@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::helpers::{id_key, spawn_app, spawn_app_with};
+use crate::helpers::{id_key, spawn_app, spawn_app_with, TestApp};
+use crate::redis_server::RedisServer;
 
 #[tokio::test]
 async fn reconnecting_with_last_event_id_gets_exactly_what_it_missed_then_live() {
@@ -129,7 +130,59 @@ async fn replay_spanning_many_pages_while_publishing_continues_has_no_gap_or_dup
 
 #[tokio::test]
 async fn an_id_older_than_retention_gets_the_gap_event_first() {
-    let app = spawn_app_with(|s| s.history.max_len = 5).await;
+    gap_event_first(spawn_app_with(|s| s.history.max_len = 5).await).await;
+}
+
+/// Redis trims with `MAXLEN ~` (whole stream nodes of 100 entries, so at least `max_len` stay): the
+/// gap notice must name the first event Redis actually kept, and the replay must be exactly what it kept.
+#[tokio::test]
+async fn an_id_older_than_retention_gets_the_gap_event_first_on_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let app = spawn_app_with(move |s| {
+        s.redis.url = url;
+        s.history.max_len = 5;
+    })
+    .await;
+    let first = app.publish("t", "will be trimmed").await;
+    for n in 0..250 {
+        app.publish("t", &format!("n{n}")).await;
+    }
+    let history: serde_json::Value = app
+        .client
+        .get(app.url("/topics/t/history"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept: Vec<String> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        history["truncated"].as_bool().unwrap(),
+        "Redis trimmed the stream"
+    );
+    assert!(kept.len() >= 5 && kept.len() < 251, "kept {}", kept.len());
+    assert_eq!(history["first_retained"].as_str(), Some(kept[0].as_str()));
+
+    let mut sub = app.subscribe(&["t"], Some(&first)).await;
+    let gap = sub.next().await;
+    assert_eq!(gap.event, "herald.gap");
+    let notice: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(notice["last_event_id"], first.as_str());
+    assert_eq!(notice["first_retained"], kept[0].as_str());
+    let replayed: Vec<String> = sub.take(kept.len()).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(replayed, kept);
+    sub.assert_silent(Duration::from_millis(200)).await;
+    assert_eq!(app.metric("herald_gaps_total").await, 1);
+}
+
+async fn gap_event_first(app: TestApp) {
     let first = app.publish("t", "will be trimmed").await;
     let ids = join_all((0..10).map(|n| {
         let app = &app;
