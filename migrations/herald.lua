@@ -77,9 +77,13 @@ local function trim(key, max_len, max_age_ms, now)
   end
   if max_age_ms > 0 then
     local cutoff = string.format('%.0f-0', now - max_age_ms)
-    local old = redis.call('XREVRANGE', log, '(' .. cutoff, '-', 'COUNT', 1)
-    if #old > 0 and (gone == nil or is_newer(old[1][1], gone)) then
-      gone = old[1][1]
+    -- The oldest entry first (cheap); only when it is too old, the newest one that is (a slower seek).
+    local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+    if #oldest > 0 and is_newer(cutoff, oldest[1][1]) then
+      local old = redis.call('XREVRANGE', log, '(' .. cutoff, '-', 'COUNT', 1)
+      if #old > 0 and (gone == nil or is_newer(old[1][1], gone)) then
+        gone = old[1][1]
+      end
     end
   end
   if gone then
