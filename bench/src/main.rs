@@ -595,7 +595,18 @@ async fn run(args: Args) -> Result<()> {
                             .await?,
                         );
                     }
-                    v.push(fanout(&sys, "growth 10k topics × 1 sub", 10_000, 1, 3, 4, None).await?);
+                    v.push(
+                        fanout(
+                            &sys,
+                            "growth 10k topics × 1 sub",
+                            10_000,
+                            1,
+                            3,
+                            args.in_flight,
+                            None,
+                        )
+                        .await?,
+                    );
                     v
                 }
                 "rss" => {

@@ -685,21 +685,10 @@ impl Link {
 
     /// After (re)connecting: reload the functions (Redis may have restarted empty), subscribe to every
     /// topic with local subscribers, and hand the hub what it missed, in id order.
+    /// A failure here ends `serve`, and `run` then retires the shared connection it used.
     async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
-        let (generation, mut conn) = self.shared.get().await.map_err(|e| e.to_string())?;
-        let result = self.resume_on(&mut conn, sink).await;
-        if result.is_err() {
-            self.shared.retire(Some(generation));
-        }
-        result
-    }
-
-    async fn resume_on(
-        &mut self,
-        conn: &mut MultiplexedConnection,
-        sink: &mut PubSubSink,
-    ) -> Result<(), String> {
-        load_functions(conn).await.map_err(|e| e.to_string())?;
+        let (_, mut conn) = self.shared.get().await.map_err(|e| e.to_string())?;
+        load_functions(&mut conn).await.map_err(|e| e.to_string())?;
         let topics = self.hub.topics();
         if !topics.is_empty() {
             let channels: Vec<String> = topics.iter().map(|t| self.keys.channel(t)).collect();
@@ -707,7 +696,7 @@ impl Link {
         }
         self.subscribed = topics.iter().cloned().collect();
         // Everything above `until` arrives on the new subscription; up to it comes from the streams.
-        let until = last_id(conn, &self.keys).await.map_err(|e| e.to_string())?;
+        let until = last_id(&mut conn, &self.keys).await.map_err(|e| e.to_string())?;
         let Some(from) = self.watermark else {
             self.watermark = Some(until);
             return Ok(());
@@ -716,7 +705,7 @@ impl Link {
         for topic in &topics {
             let mut after = from;
             loop {
-                let page = read_history(conn, &self.keys, topic, after, 500)
+                let page = read_history(&mut conn, &self.keys, topic, after, 500)
                     .await
                     .map_err(|e| e.to_string())?;
                 let full = page.events.len() == 500;

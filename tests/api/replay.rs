@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::helpers::{id_key, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{id_key, spawn_app, spawn_app_with};
 use crate::redis_server::RedisServer;
 
 #[tokio::test]
@@ -130,11 +130,36 @@ async fn replay_spanning_many_pages_while_publishing_continues_has_no_gap_or_dup
 
 #[tokio::test]
 async fn an_id_older_than_retention_gets_the_gap_event_first() {
-    gap_event_first(spawn_app_with(|s| s.history.max_len = 5).await).await;
+    let app = spawn_app_with(|s| s.history.max_len = 5).await;
+    let first = app.publish("t", "will be trimmed").await;
+    let ids = join_all((0..10).map(|n| {
+        let app = &app;
+        async move { (n, app.publish("t", &format!("n{n}")).await) }
+    }))
+    .await;
+    let mut kept: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
+    kept.sort_by_key(|id| id_key(id));
+    let kept = kept.split_off(5);
+
+    let mut sub = app.subscribe(&["t"], Some(&first)).await;
+    let gap = sub.next().await;
+    assert_eq!(gap.event, "herald.gap");
+    let notice: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(notice["topic"], "t");
+    assert_eq!(notice["last_event_id"], first.as_str());
+    assert_eq!(notice["first_retained"], kept[0].as_str());
+    let replayed: Vec<String> = sub.take(5).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(replayed, kept);
+    assert_eq!(app.metric("herald_gaps_total").await, 1);
+
+    // Resuming from a retained id is exact and has no gap notice.
+    let mut sub = app.subscribe(&["t"], Some(&kept[2])).await;
+    let replayed: Vec<String> = sub.take(2).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(replayed, kept[3..].to_vec());
 }
 
-/// Redis trims with `MAXLEN ~` (whole stream nodes of 100 entries, so at least `max_len` stay): the
-/// gap notice must name the first event Redis actually kept, and the replay must be exactly what it kept.
+/// Redis keeps at least `max_len` (it trims once 100 more have come): the gap notice must name the first
+/// event Redis actually kept, and the replay must be exactly what it kept.
 #[tokio::test]
 async fn an_id_older_than_retention_gets_the_gap_event_first_on_redis() {
     let redis = RedisServer::start();
@@ -180,34 +205,6 @@ async fn an_id_older_than_retention_gets_the_gap_event_first_on_redis() {
     assert_eq!(replayed, kept);
     sub.assert_silent(Duration::from_millis(200)).await;
     assert_eq!(app.metric("herald_gaps_total").await, 1);
-}
-
-async fn gap_event_first(app: TestApp) {
-    let first = app.publish("t", "will be trimmed").await;
-    let ids = join_all((0..10).map(|n| {
-        let app = &app;
-        async move { (n, app.publish("t", &format!("n{n}")).await) }
-    }))
-    .await;
-    let mut kept: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
-    kept.sort_by_key(|id| id_key(id));
-    let kept = kept.split_off(5);
-
-    let mut sub = app.subscribe(&["t"], Some(&first)).await;
-    let gap = sub.next().await;
-    assert_eq!(gap.event, "herald.gap");
-    let notice: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
-    assert_eq!(notice["topic"], "t");
-    assert_eq!(notice["last_event_id"], first.as_str());
-    assert_eq!(notice["first_retained"], kept[0].as_str());
-    let replayed: Vec<String> = sub.take(5).await.into_iter().map(|e| e.id).collect();
-    assert_eq!(replayed, kept);
-    assert_eq!(app.metric("herald_gaps_total").await, 1);
-
-    // Resuming from a retained id is exact and has no gap notice.
-    let mut sub = app.subscribe(&["t"], Some(&kept[2])).await;
-    let replayed: Vec<String> = sub.take(2).await.into_iter().map(|e| e.id).collect();
-    assert_eq!(replayed, kept[3..].to_vec());
 }
 
 #[tokio::test]
