@@ -115,13 +115,20 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, AuthConfigError> {
 
 impl Auth {
     pub fn from_settings(s: &AuthSettings) -> Result<Auth, AuthConfigError> {
-        let read = |key: &'static str, path: &str| {
-            std::fs::read(path).map_err(|source| AuthConfigError::Read {
-                key,
-                path: path.to_string(),
-                source,
-            })
-        };
+        // A PEM public key file named by setting `key`, parsed by `parse` (RSA or EC).
+        let pem_key =
+            |key: &'static str, path: &str, parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>| {
+                let pem = std::fs::read(path).map_err(|source| AuthConfigError::Read {
+                    key,
+                    path: path.to_string(),
+                    source,
+                })?;
+                parse(&pem).map_err(|source| AuthConfigError::Key {
+                    key,
+                    path: path.to_string(),
+                    source,
+                })
+            };
         let mut keys = Vec::new();
         for name in &s.algorithms {
             let alg = parse_algorithm(name)?;
@@ -132,25 +139,17 @@ impl Auth {
                 Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512
                     if !s.rsa_public_key_file.is_empty() =>
                 {
-                    let pem = read("rsa_public_key_file", &s.rsa_public_key_file)?;
-                    Some(
-                        DecodingKey::from_rsa_pem(&pem).map_err(|source| AuthConfigError::Key {
-                            key: "rsa_public_key_file",
-                            path: s.rsa_public_key_file.clone(),
-                            source,
-                        })?,
-                    )
+                    Some(pem_key(
+                        "rsa_public_key_file",
+                        &s.rsa_public_key_file,
+                        DecodingKey::from_rsa_pem,
+                    )?)
                 }
-                Algorithm::ES256 | Algorithm::ES384 if !s.ec_public_key_file.is_empty() => {
-                    let pem = read("ec_public_key_file", &s.ec_public_key_file)?;
-                    Some(
-                        DecodingKey::from_ec_pem(&pem).map_err(|source| AuthConfigError::Key {
-                            key: "ec_public_key_file",
-                            path: s.ec_public_key_file.clone(),
-                            source,
-                        })?,
-                    )
-                }
+                Algorithm::ES256 | Algorithm::ES384 if !s.ec_public_key_file.is_empty() => Some(pem_key(
+                    "ec_public_key_file",
+                    &s.ec_public_key_file,
+                    DecodingKey::from_ec_pem,
+                )?),
                 _ => None,
             };
             // An allowed algorithm whose key is not configured accepts no token.
