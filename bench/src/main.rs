@@ -400,6 +400,8 @@ fn table(rows: &[Row]) -> String {
     out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+        // Zero means the scenario does not measure it (idle, replay).
+        let measured = |v: f64| if v > 0.0 { format!("{v:.2}") } else { "–".into() };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -415,31 +417,11 @@ fn table(rows: &[Row]) -> String {
             } else {
                 "–".into()
             },
-            if r.server_cpu_us > 0.0 {
-                format!("{:.2}", r.server_cpu_us)
-            } else {
-                "–".into()
-            },
-            if r.bench_cpu_us > 0.0 {
-                format!("{:.2}", r.bench_cpu_us)
-            } else {
-                "–".into()
-            },
-            if r.p50_ms > 0.0 {
-                format!("{:.2}", r.p50_ms)
-            } else {
-                "–".into()
-            },
-            if r.p99_ms > 0.0 {
-                format!("{:.2}", r.p99_ms)
-            } else {
-                "–".into()
-            },
-            if r.p999_ms > 0.0 {
-                format!("{:.2}", r.p999_ms)
-            } else {
-                "–".into()
-            },
+            measured(r.server_cpu_us),
+            measured(r.bench_cpu_us),
+            measured(r.p50_ms),
+            measured(r.p99_ms),
+            measured(r.p999_ms),
             r.lost,
             r.duplicated,
             r.out_of_order,
