@@ -224,7 +224,7 @@ fn the_dockerfile_and_compose_file_name_files_that_exist() {
     }
     for file in [
         "deploy/nginx/compose/upstream.conf",
-        "deploy/nginx/compose/listen.conf",
+        "deploy/nginx/compose/server.conf",
     ] {
         assert!(root.join(file).exists(), "{file} is missing");
     }
