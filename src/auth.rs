@@ -22,7 +22,25 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// `aud` is one string or an array of them (RFC 7519 § 4.1.3); the signature library checks it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// What a request does with its topics; every route that touches a topic names one and calls
+/// [`Auth::authorize`], so the rule for each lives in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Subscribing or reading history: private topics need a token listing them.
+    Read,
+    /// Publishing: a token allowing the topic, unless anonymous publishing is on.
+    Write,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -175,8 +193,14 @@ impl Auth {
 
     /// Verifies signature, algorithm, `exp`, `nbf` and `aud`.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
-        let invalid = |e: &dyn std::fmt::Display| AuthError::Invalid(e.to_string());
-        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(&e))?;
+        // RFC 7515 § 4.1.11: a token whose `crit` names extensions we do not implement must be refused.
+        if let Some(crit) = &header.crit {
+            return Err(AuthError::Invalid(format!(
+                "the token's `crit` header names extensions this hub does not understand ({})",
+                crit.join(", ")
+            )));
+        }
         let key = self
             .keys
             .iter()
@@ -191,26 +215,49 @@ impl Auth {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway_secs;
         validation.validate_nbf = true;
-        // Mercure tokens often carry no `exp`; when present it is enforced.
+        // Mercure tokens often carry no `exp`; when present it is enforced. A configured audience must be
+        // present in the token, not merely not contradicted.
         validation.required_spec_claims = HashSet::new();
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".to_string());
+            }
             None => validation.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| invalid(&e))?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| refusal(&e))?;
         Ok(Grant { claims: data.claims })
     }
 
-    /// Publishing to `topic`: a token allowing it, or anonymous publishing switched on.
-    pub fn authorize_publish(&self, token: Option<&str>, topic: &TopicName) -> Result<(), AuthError> {
-        let Some(token) = token else {
-            return if self.anonymous_publish {
-                Ok(())
-            } else {
-                Err(AuthError::Missing("publishing"))
-            };
-        };
-        let grant = self.verify(token)?;
+    /// The one access rule: may the bearer of `token` (if any) do `access` on every one of `topics`?
+    /// Answers the verified grant (for its expiry), if a token was sent. A token that is sent is always
+    /// verified, even where none is needed.
+    pub fn authorize(
+        &self,
+        access: Access,
+        token: Option<&str>,
+        topics: &[TopicName],
+    ) -> Result<Option<Grant>, AuthError> {
+        match access {
+            Access::Read => self.authorize_read(token, topics),
+            Access::Write => {
+                let Some(token) = token else {
+                    return if self.anonymous_publish {
+                        Ok(None)
+                    } else {
+                        Err(AuthError::Missing("publishing"))
+                    };
+                };
+                let grant = self.verify(token)?;
+                for topic in topics {
+                    self.check_write(&grant, topic)?;
+                }
+                Ok(Some(grant))
+            }
+        }
+    }
+
+    fn check_write(&self, grant: &Grant, topic: &TopicName) -> Result<(), AuthError> {
         if grant
             .claims
             .mercure
@@ -227,13 +274,8 @@ impl Auth {
         }
     }
 
-    /// Subscribing to `topics`: private ones need a token listing them; a token, when sent, must be
-    /// valid. Answers the token's grant (for its expiry), if one was sent.
-    pub fn authorize_subscribe(
-        &self,
-        token: Option<&str>,
-        topics: &[TopicName],
-    ) -> Result<Option<Grant>, AuthError> {
+    /// Reading `topics`: private ones need a token listing them; a token, when sent, must be valid.
+    fn authorize_read(&self, token: Option<&str>, topics: &[TopicName]) -> Result<Option<Grant>, AuthError> {
         let grant = token.map(|t| self.verify(t)).transpose()?;
         for topic in topics.iter().filter(|t| self.is_private(t)) {
             let Some(grant) = &grant else {
@@ -256,6 +298,32 @@ impl Auth {
     }
 }
 
+/// The signature library's refusal, in words of ours: its own texts name its internals.
+fn refusal(e: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    let why = match e.kind() {
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+            "it is not a well-formed JWT (three base64url parts: header, claims, signature)"
+        }
+        ErrorKind::Json(_) => {
+            "its header or claims could not be read (an unlisted `alg` such as `none` is refused here too)"
+        }
+        ErrorKind::InvalidSignature => "its signature does not match this hub's key",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "its algorithm is not accepted by this hub (see auth.algorithms and its keys)"
+        }
+        ErrorKind::ExpiredSignature => "it has expired (exp)",
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)",
+        ErrorKind::InvalidAudience => "it is for another audience (aud)",
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+            "it names no audience (aud), and this hub requires one"
+        }
+        ErrorKind::MissingRequiredClaim(_) => "it lacks a required claim",
+        _ => "it could not be verified",
+    };
+    AuthError::Invalid(why.to_string())
+}
+
 /// Mints an HS256 token (for `herald token`, tests and scripts).
 pub fn mint(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
@@ -275,7 +343,7 @@ pub fn claims(
     Claims {
         mercure: MercureClaim { publish, subscribe },
         exp: Some(now_secs().saturating_add(ttl_secs)),
-        aud: audience,
+        aud: audience.map(Audience::One),
     }
 }
 

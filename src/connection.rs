@@ -76,12 +76,13 @@ impl Connection {
         let period = settings.heartbeat();
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let expires = token_expires_at.map(|at| {
+        let expires = token_expires_at.and_then(|at| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
-            Instant::now() + Duration::from_secs(at.saturating_sub(now))
+            // An `exp` too far ahead to represent (2^64-1, say) means no expiry, not a panic.
+            Instant::now().checked_add(Duration::from_secs(at.saturating_sub(now)))
         });
         Connection {
             engine: Arc::clone(&state.engine),

@@ -46,6 +46,11 @@ pub enum ApiError {
     RateLimited { retry_after: Duration },
     #[error("your address already holds its maximum of {0} streams; close one first")]
     TooManyStreams(usize),
+    #[error(
+        "the auth cookie was sent from a page this hub does not trust (origin: {0}); send the token in \
+         the Authorization header, or add the page's origin to cors.allowed_origins"
+    )]
+    ForeignOrigin(String),
 }
 
 impl ApiError {
@@ -69,6 +74,7 @@ impl ApiError {
             ApiError::Auth(AuthError::Forbidden { .. }) => "forbidden",
             ApiError::RateLimited { .. } => "rate-limited",
             ApiError::TooManyStreams(_) => "too-many-streams",
+            ApiError::ForeignOrigin(_) => "origin-not-allowed",
         }
     }
 }
@@ -83,7 +89,7 @@ impl ResponseError for ApiError {
             // The publisher must be able to tell "maybe stored" from "refused": retry with the same
             // Idempotency-Key to find out.
             ApiError::Engine(EngineError::Unknown(_)) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::Forbidden { .. }) | ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,

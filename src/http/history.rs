@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{query_pairs, query_value, AppState};
+use crate::auth::Access;
 use crate::domain::{EventId, TopicName};
 
 pub async fn history(
@@ -15,6 +16,7 @@ pub async fn history(
     let settings = &state.settings;
     let topic = TopicName::parse(&topic, settings.limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
+    state.authorize(&req, &pairs, Access::Read, std::slice::from_ref(&topic))?;
     let after = match query_value(&pairs, "after") {
         Some(raw) => raw
             .parse::<EventId>()

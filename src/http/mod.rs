@@ -16,8 +16,9 @@ use actix_web::{web, HttpRequest};
 
 use std::net::IpAddr;
 
-use crate::auth::{Auth, AuthError};
+use crate::auth::{Access, Auth, AuthError, Grant};
 use crate::config::Settings;
+use crate::domain::TopicName;
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::limits::{self, PerIp};
@@ -43,9 +44,65 @@ impl AppState {
             .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
     }
 
+    /// The one gate of every route that reads or writes topics: finds the request's token, refuses a
+    /// cookie token sent from a foreign page (CSRF), then applies the access rule of [`Auth::authorize`].
+    fn authorize(
+        &self,
+        req: &HttpRequest,
+        pairs: &[(String, String)],
+        access: Access,
+        topics: &[TopicName],
+    ) -> Result<Option<Grant>, ApiError> {
+        let token = self.token(req, pairs)?;
+        if let Some(Token {
+            from_cookie: true, ..
+        }) = &token
+        {
+            self.check_cookie_origin(req, access)?;
+        }
+        Ok(self
+            .auth
+            .authorize(access, token.as_ref().map(|t| t.value.as_str()), topics)?)
+    }
+
+    /// A browser sends a site's cookie with requests that any other page makes, so a cookie token counts
+    /// only when the request says it comes from an allowed page: its `Origin` (else the origin of its
+    /// `Referer`) is this hub's own or listed in `cors.allowed_origins`. A write with neither is refused
+    /// (the Mercure spec's rule); a read with neither is a same-origin `EventSource`, which sends no
+    /// `Origin` on GET.
+    fn check_cookie_origin(&self, req: &HttpRequest, access: Access) -> Result<(), ApiError> {
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let origin = header(header::ORIGIN).map(str::to_string).or_else(|| {
+            header(header::REFERER).and_then(|r| {
+                let (scheme, rest) = r.split_once("://")?;
+                let authority = rest.split(['/', '?', '#']).next()?;
+                Some(format!("{scheme}://{authority}"))
+            })
+        });
+        let allowed = match &origin {
+            None => access == Access::Read,
+            Some(origin) => {
+                let own = origin
+                    .split_once("://")
+                    .is_some_and(|(_, authority)| Some(authority) == header(header::HOST));
+                own || self
+                    .settings
+                    .cors
+                    .allowed_origins
+                    .iter()
+                    .any(|o| o == "*" || o == origin)
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::ForeignOrigin(origin.unwrap_or_else(|| "none".into())))
+        }
+    }
+
     /// The token sent with the request: `Authorization: Bearer`, else the auth cookie, else the
     /// `authorization` query parameter.
-    fn token(&self, req: &HttpRequest, pairs: &[(String, String)]) -> Result<Option<String>, ApiError> {
+    fn token(&self, req: &HttpRequest, pairs: &[(String, String)]) -> Result<Option<Token>, ApiError> {
         if let Some(value) = req.headers().get(header::AUTHORIZATION) {
             let value = value.to_str().unwrap_or("");
             let token = value
@@ -55,7 +112,7 @@ impl AppState {
                 .ok_or_else(|| {
                     AuthError::Invalid("the Authorization header must be `Bearer <jwt>`".into())
                 })?;
-            return Ok(Some(token.to_string()));
+            return Ok(Some(Token::new(token, false)));
         }
         let cookies = req
             .headers()
@@ -64,13 +121,28 @@ impl AppState {
         for pair in cookies.flat_map(|v| v.split(';')) {
             if let Some((name, value)) = pair.trim().split_once('=') {
                 if name == self.auth.cookie_name && !value.is_empty() {
-                    return Ok(Some(value.trim_matches('"').to_string()));
+                    return Ok(Some(Token::new(value.trim_matches('"'), true)));
                 }
             }
         }
         Ok(query_value(pairs, "authorization")
             .filter(|t| !t.is_empty())
-            .map(String::from))
+            .map(|t| Token::new(t, false)))
+    }
+}
+
+/// A token as sent, and whether it came from the cookie (which any page's requests carry).
+struct Token {
+    value: String,
+    from_cookie: bool,
+}
+
+impl Token {
+    fn new(value: &str, from_cookie: bool) -> Self {
+        Token {
+            value: value.to_string(),
+            from_cookie,
+        }
     }
 }
 

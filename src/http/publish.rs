@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::error::ApiError;
 use super::{query_pairs, query_value, AppState};
+use crate::auth::Access;
 use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError, TopicName};
 use crate::engine::Publish;
 
@@ -26,8 +27,7 @@ pub async fn publish(
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let topic = TopicName::parse(&topic, limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
-    let token = state.token(&req, &pairs)?;
-    state.auth.authorize_publish(token.as_deref(), &topic)?;
+    state.authorize(&req, &pairs, Access::Write, std::slice::from_ref(&topic))?;
     let event = query_value(&pairs, "event")
         .map(|name| EventName::parse(name, limits.max_event_name_len))
         .transpose()?;

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
 use super::{query_pairs, query_value, AppState};
+use crate::auth::Access;
 use crate::connection::{Connection, Resume};
 use crate::domain::{EventId, TopicName};
 
@@ -35,8 +36,7 @@ pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> Result<H
         ));
     }
     let last_event_id = last_event_id(&req, &pairs)?;
-    let token = state.token(&req, &pairs)?;
-    let grant = state.auth.authorize_subscribe(token.as_deref(), &topics)?;
+    let grant = state.authorize(&req, &pairs, Access::Read, &topics)?;
     let slot = state
         .per_ip
         .connect(state.client_ip(&req))

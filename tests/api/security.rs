@@ -78,7 +78,12 @@ async fn publish_with(app: &TestApp, topic: &str, token: &str, via: Via) -> reqw
     let mut request = app.client.post(&url).body("payload");
     match via {
         Via::Header => request = request.bearer_auth(token),
-        Via::Cookie => request = request.header("Cookie", format!("other=1; herald_authorization={token}")),
+        // A page of the hub's own origin: a cookie token counts only with an Origin the hub trusts.
+        Via::Cookie => {
+            request = request
+                .header("Cookie", format!("other=1; herald_authorization={token}"))
+                .header("Origin", app.address.as_str())
+        }
         Via::Query => {
             url.push_str(&format!("?authorization={token}"));
             request = app.client.post(&url).body("payload");
@@ -484,4 +489,219 @@ async fn hostile_requests_under_load_do_not_lose_acknowledged_messages() {
     let got: Vec<String> = sub.take(300).await.into_iter().map(|e| e.id).collect();
     assert_eq!(got, ids, "every acknowledged message exactly once, in order");
     sub.assert_silent(Duration::from_millis(300)).await;
+}
+
+/// The one access rule, walked over every route that reads or writes a topic: each route × {no token,
+/// a valid token for other topics, a token for the topic} × {public, private topic}. Reads (stream and
+/// history) need a token only for private topics; writes always do here (anonymous publishing is off).
+#[tokio::test]
+async fn every_route_applies_the_one_access_rule() {
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Route {
+        Publish,
+        Stream,
+        History,
+    }
+    #[derive(Clone, Copy, Debug)]
+    enum Token {
+        None,
+        WrongClaim,
+        RightClaim,
+    }
+    let app = secured().await;
+    for topic in ["public.t", "private.t"] {
+        // Something private to leak, stored with a token that may publish it.
+        let writer = hs(&claims(&["*"], &[]));
+        assert_eq!(
+            publish_with(&app, topic, &writer, Via::Header).await.status(),
+            200
+        );
+        for route in [Route::Publish, Route::Stream, Route::History] {
+            for token in [Token::None, Token::WrongClaim, Token::RightClaim] {
+                let bearer = match token {
+                    Token::None => None,
+                    Token::WrongClaim => Some(hs(&claims(&["other"], &["other"]))),
+                    Token::RightClaim => Some(hs(&claims(&[topic], &[topic]))),
+                };
+                let mut request = match route {
+                    Route::Publish => app.client.post(app.url(&format!("/topics/{topic}"))).body("x"),
+                    Route::Stream => app.client.get(app.url(&format!("/events?topic={topic}"))),
+                    Route::History => app.client.get(app.url(&format!("/topics/{topic}/history"))),
+                };
+                if let Some(bearer) = &bearer {
+                    request = request.bearer_auth(bearer);
+                }
+                let private = topic.starts_with("private.");
+                let (status, code) = match (route, token) {
+                    (_, Token::RightClaim) => (200, ""),
+                    (Route::Publish, Token::None) => (401, "token-missing"),
+                    (Route::Publish, Token::WrongClaim) => (403, "forbidden"),
+                    (_, _) if !private => (200, ""),
+                    (_, Token::None) => (401, "token-missing"),
+                    (_, Token::WrongClaim) => (403, "forbidden"),
+                };
+                let response = request.send().await.unwrap();
+                let case = format!("{route:?} {topic} with {token:?}");
+                if status == 200 {
+                    assert_eq!(response.status(), 200, "{case}");
+                    if route == Route::History {
+                        let body: serde_json::Value = response.json().await.unwrap();
+                        assert!(!body["events"].as_array().unwrap().is_empty(), "{case}: {body}");
+                    }
+                } else {
+                    let body = assert_problem(response, status, code).await;
+                    assert!(body.get("events").is_none(), "{case} leaks: {body}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_configured_audience_must_be_in_the_token() {
+    let app = secured().await;
+    let mut none = claims(&["news"], &[]);
+    none.as_object_mut().unwrap().remove("aud");
+    let mut listed = claims(&["news"], &[]);
+    listed["aud"] = serde_json::json!(["someone-else", AUDIENCE]);
+    let mut unlisted = claims(&["news"], &[]);
+    unlisted["aud"] = serde_json::json!(["someone-else"]);
+    let body = assert_problem(
+        publish_with(&app, "news", &hs(&none), Via::Header).await,
+        401,
+        "token-invalid",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("audience"), "{body}");
+    assert_eq!(
+        publish_with(&app, "news", &hs(&listed), Via::Header)
+            .await
+            .status(),
+        200
+    );
+    assert_problem(
+        publish_with(&app, "news", &hs(&unlisted), Via::Header).await,
+        401,
+        "token-invalid",
+    )
+    .await;
+    // The same rule guards private subscriptions.
+    let mut reader = claims(&[], &["private.a"]);
+    reader.as_object_mut().unwrap().remove("aud");
+    let response = app
+        .client
+        .get(app.url("/events?topic=private.a"))
+        .bearer_auth(hs(&reader))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 401, "token-invalid").await;
+}
+
+#[tokio::test]
+async fn the_auth_cookie_counts_only_from_a_trusted_page() {
+    let app = spawn_app_with(|s| {
+        s.auth.anonymous_publish = false;
+        s.auth.hs_secret = SECRET.into();
+        s.auth.audience = AUDIENCE.into();
+        s.cors.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let token = hs(&claims(&["news"], &[]));
+    let cookie = format!("herald_authorization={token}");
+    let post = |headers: &[(&str, &str)]| {
+        let mut request = app
+            .client
+            .post(app.url("/topics/news"))
+            .header("Content-Type", "text/plain")
+            .header("Cookie", cookie.as_str())
+            .body("csrf?");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    // A form or fetch from another site: a simple request that needs no preflight.
+    let evil = post(&[("Origin", "http://evil.example")]).await.unwrap();
+    let body = assert_problem(evil, 403, "origin-not-allowed").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("evil.example"),
+        "{body}"
+    );
+    let evil_referer = post(&[("Referer", "http://evil.example/page")]).await.unwrap();
+    assert_problem(evil_referer, 403, "origin-not-allowed").await;
+    assert_problem(post(&[]).await.unwrap(), 403, "origin-not-allowed").await;
+    // The hub's own pages and the configured origins may.
+    let own = app.address.clone();
+    assert_eq!(post(&[("Origin", own.as_str())]).await.unwrap().status(), 200);
+    let own_page = format!("{own}/demo?x=1");
+    assert_eq!(
+        post(&[("Referer", own_page.as_str())]).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        post(&[("Origin", "https://app.example")]).await.unwrap().status(),
+        200
+    );
+    // A token in the Authorization header is no ambient credential: the origin does not matter.
+    let header = app
+        .client
+        .post(app.url("/topics/news"))
+        .header("Origin", "http://evil.example")
+        .bearer_auth(&token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header.status(), 200);
+}
+
+#[tokio::test]
+async fn odd_tokens_are_refused_or_read_without_panics_or_leaks() {
+    let app = secured().await;
+    // exp = 2^64-1 once panicked a stream (an Instant overflow); it is a token that never expires.
+    let mut forever = claims(&[], &["private.f"]);
+    forever["exp"] = u64::MAX.into();
+    let response = app
+        .client
+        .get(app.url("/events?topic=private.f"))
+        .bearer_auth(hs(&forever))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    assert_eq!(
+        app.client.get(app.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    // An unknown critical header extension must be refused (RFC 7515 § 4.1.11).
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["exp-critical".into()]);
+    let crit = jsonwebtoken::encode(
+        &header,
+        &claims(&["news"], &[]),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let body = assert_problem(
+        publish_with(&app, "news", &crit, Via::Header).await,
+        401,
+        "token-invalid",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("crit"), "{body}");
+    // Refusals speak of the token, not of the library that read it.
+    for token in [alg_none(&claims(&["news"], &[])), "a.b.c".into(), "x".into()] {
+        let body = assert_problem(
+            publish_with(&app, "news", &token, Via::Header).await,
+            401,
+            "token-invalid",
+        )
+        .await;
+        let detail = body["detail"].as_str().unwrap();
+        for internal in ["variant", "Error", "Json", "Base64", "line ", "column"] {
+            assert!(!detail.contains(internal), "{token}: {detail}");
+        }
+    }
 }
