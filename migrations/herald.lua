@@ -4,13 +4,16 @@
 --
 -- Keys, for a hub prefix P (default "herald") and topic T:
 --   P:{T}:log    stream: the topic's history, ids shared with every other topic of the hub
---   P:{T}:live   channel: each stored event's SSE frame, published in the same call as the XADD
+--   P:{T}:stored channel: each stored event's SSE frame, published in the same call as the XADD
+--   P:{T}:live   channel for redis-cli PUBLISH of live-only messages: nodes frame whatever arrives there as
+--                data only (no id, no event type), so it can neither inject fields nor move a cursor
 --   P:{T}:trimmed the newest id retention removed from the log: readers after an older id missed events
 --   P:{T}:idem:K the id answered for Idempotency-Key K, for the idempotency window
 --   P:seq        the id clock "<ms>-<seq>" shared by all topics (standalone or Sentinel Redis only)
---   P:config     hash: max_len, max_age_ms, idem_ttl_ms (written by the nodes; defaults below)
+--   P:config     hash: max_len, max_age_ms, idem_ttl_ms, max_event_len (written by the nodes, and restored
+--                by them after a FLUSHALL; defaults below). Nodes pass their settings with each call.
 
-local VERSION = '2'
+local VERSION = '3'
 
 -- KEYS[1] is "P:{T}": returns P and T, or raises an error a redis-cli user can act on.
 local function split_key(key)
@@ -45,9 +48,48 @@ local function encode(id, event, data)
   return table.concat(out)
 end
 
-local function settings(prefix)
-  local v = redis.call('HMGET', prefix .. ':config', 'max_len', 'max_age_ms', 'idem_ttl_ms')
-  return tonumber(v[1]) or 1000, tonumber(v[2]) or 86400000, tonumber(v[3]) or 600000
+-- The node's settings travel with its calls (ARGV 4..7); a redis-cli call uses P:config.
+local function settings(prefix, args)
+  local v = { args[4], args[5], args[6], args[7] }
+  if v[1] == nil then
+    v = redis.call('HMGET', prefix .. ':config', 'max_len', 'max_age_ms', 'idem_ttl_ms', 'max_event_len')
+  end
+  return tonumber(v[1]) or 1000, tonumber(v[2]) or 86400000, tonumber(v[3]) or 600000, tonumber(v[4]) or 64
+end
+
+-- The characters in s if it is valid UTF-8 without control characters (C0, DEL, C1), else nil: the rule
+-- Herald's HTTP API applies to event names (EventName::parse).
+local function plain_chars(s)
+  local n, i, len = 0, 1, #s
+  while i <= len do
+    local b = string.byte(s, i)
+    local extra
+    if b < 32 or b == 127 then
+      return nil
+    elseif b < 128 then
+      extra = 0
+    elseif b >= 194 and b <= 223 then
+      extra = 1
+      if b == 194 and (string.byte(s, i + 1) or 0) < 160 then
+        return nil -- U+0080..U+009F, the C1 controls (or a truncated sequence)
+      end
+    elseif b >= 224 and b <= 239 then
+      extra = 2
+    elseif b >= 240 and b <= 244 then
+      extra = 3
+    else
+      return nil
+    end
+    for k = 1, extra do
+      local c = string.byte(s, i + k)
+      if c == nil or c < 128 or c > 191 then
+        return nil
+      end
+    end
+    n = n + 1
+    i = i + extra + 1
+  end
+  return n
 end
 
 -- "<ms>-<seq>" as two numbers.
@@ -100,6 +142,7 @@ local function now_ms()
 end
 
 -- FCALL herald_publish 1 P:{T} <data> [<event> [<idempotency-key>]]  →  the event id
+-- (nodes add their max_len, max_age_ms, idem_ttl_ms and max_event_len after the idempotency key)
 local function publish(keys, args)
   local key = keys[1]
   local prefix = split_key(key)
@@ -108,13 +151,19 @@ local function publish(keys, args)
     error('herald: usage: FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]')
   end
   local event = args[2] or ''
-  if string.find(event, '[%z\1-\31\127]') then
-    error('herald: the event name has a control character (CR, LF, NUL...)')
+  local max_len, max_age_ms, idem_ttl_ms, max_event_len = settings(prefix, args)
+  if event ~= '' then
+    local chars = plain_chars(event)
+    if chars == nil then
+      error('herald: the event name must be UTF-8 without control characters (CR, LF, NUL, C1...)')
+    end
+    if chars > max_event_len then
+      error('herald: the event name is ' .. chars .. ' characters long; at most ' .. max_event_len .. ' are allowed')
+    end
+    if string.sub(event, 1, 7) == 'herald.' then
+      error('herald: event names starting with "herald." are reserved')
+    end
   end
-  if string.sub(event, 1, 7) == 'herald.' or #event > 1024 then
-    error('herald: event names starting with "herald." are reserved, and at most 1024 bytes')
-  end
-  local max_len, max_age_ms, idem_ttl_ms = settings(prefix)
 
   local idem = args[3] or ''
   local idem_key = key .. ':idem:' .. idem
@@ -149,7 +198,7 @@ local function publish(keys, args)
   if idem ~= '' then
     redis.call('SET', idem_key, id, 'PX', idem_ttl_ms)
   end
-  redis.call('PUBLISH', key .. ':live', encode(id, event, data))
+  redis.call('PUBLISH', key .. ':stored', encode(id, event, data))
   return id
 end
 

@@ -53,11 +53,28 @@ pub fn decode_event(frame: &[u8]) -> (Option<String>, String) {
     (event, data.unwrap_or_default())
 }
 
-/// The id on the first line of a frame that starts with `id: `.
-pub fn frame_id(frame: &[u8]) -> Option<EventId> {
-    let rest = frame.strip_prefix(b"id: ")?;
-    let end = rest.iter().position(|&b| b == b'\n')?;
-    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+/// The id of a frame as [`encode_event`] (or the Redis function) makes it, if it is exactly that: `id:`,
+/// an optional `event:` without control characters, one or more `data:` lines, and the blank line that
+/// ends it; valid UTF-8, no CR, nothing else (no `retry:`, no second event). Such a frame can be passed
+/// to clients as it is without letting its sender set anything but one event's data and type.
+pub fn stored_frame_id(frame: &[u8]) -> Option<EventId> {
+    let text = std::str::from_utf8(frame).ok()?.strip_suffix("\n\n")?;
+    if text.contains('\r') {
+        return None;
+    }
+    let mut lines = text.split('\n');
+    let id = lines.next()?.strip_prefix("id: ")?.parse().ok()?;
+    let mut line = lines.next()?;
+    if let Some(event) = line.strip_prefix("event: ") {
+        if event.is_empty() || event.chars().any(char::is_control) {
+            return None;
+        }
+        line = lines.next()?;
+    }
+    std::iter::once(line)
+        .chain(lines)
+        .all(|l| l.starts_with("data: ") || l == "data:")
+        .then_some(id)
 }
 
 /// A comment frame (`: text`): ignored by clients, keeps proxies and NATs from closing an idle stream.
@@ -119,11 +136,41 @@ mod tests {
         let id = EventId { ms: 5, seq: 1 };
         let frame = encode_event(Some(id), Some("up"), "x\ny");
         assert_eq!(&frame[..], b"id: 5-1\nevent: up\ndata: x\ndata: y\n\n");
-        assert_eq!(frame_id(&frame), Some(id));
+        assert_eq!(stored_frame_id(&frame), Some(id));
         assert_eq!(decode_event(&frame), (Some("up".into()), "x\ny".into()));
         assert_eq!(&encode_event(Some(id), None, "")[..], b"id: 5-1\ndata: \n\n");
         assert_eq!(decode_event(&encode_event(None, None, "\n")), (None, "\n".into()));
-        assert_eq!(frame_id(b"data: x\n\n"), None);
         assert_eq!(&comment("bye")[..], b": bye\n\n");
+    }
+
+    #[test]
+    fn only_one_plain_event_passes_as_a_stored_frame() {
+        let id = EventId { ms: 5, seq: 1 };
+        for good in [
+            &encode_event(Some(id), None, "")[..],
+            b"id: 5-1\nevent: e\ndata: a\ndata:\n\n",
+        ] {
+            assert_eq!(stored_frame_id(good), Some(id), "{good:?}");
+        }
+        let bad: [&[u8]; 10] = [
+            b"data: x\n\n",
+            b"id: 5-1\n\n",
+            b"id: 5-1\ndata: x\n",
+            b"id: 5-1\ndata: x\n\nid: 6-0\ndata: y\n\n",
+            b"id: 5-1\nretry: 1\ndata: x\n\n",
+            b"id: 5-1\ndata: x\nevent: late\n\n",
+            b"id: 5-1\nevent: a\x01b\ndata: x\n\n",
+            b"id: 5-1\ndata: x\rdata: y\n\n",
+            b"id: nope\ndata: x\n\n",
+            b"id: 5-1\ndata: \xff\n\n",
+        ];
+        for frame in bad {
+            assert_eq!(
+                stored_frame_id(frame),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(frame)
+            );
+        }
     }
 }

@@ -67,16 +67,7 @@ impl Application {
                 settings.limits.idempotency_window_secs,
             ))
         } else {
-            RedisEngine::start(
-                &settings.redis,
-                settings.history.max_len,
-                settings.history.max_age_secs,
-                settings.limits.idempotency_window_secs,
-                settings.limits.max_topic_len,
-                Arc::clone(&hub),
-                Arc::clone(&metrics),
-            )
-            .await?
+            RedisEngine::start(&settings, Arc::clone(&hub), Arc::clone(&metrics)).await?
         };
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
         let bind = |source| StartupError::Bind {

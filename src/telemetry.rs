@@ -27,6 +27,8 @@ pub struct Metrics {
     pub reconnects: AtomicU64,
     /// Events read from Redis streams after a reconnect because the link missed them.
     pub gap_filled: AtomicU64,
+    /// Messages on a stored-event channel that were malformed or named an id the stream does not have.
+    pub redis_refused: AtomicU64,
     /// Events sitting in connection queues now (added per fan-out, removed per batch written).
     pub queued: AtomicU64,
 }
@@ -46,7 +48,7 @@ impl Metrics {
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self, g: &Gauges) -> String {
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 14] = [
             (
                 "herald_connections",
                 "gauge",
@@ -124,6 +126,12 @@ impl Metrics {
                 "counter",
                 "events recovered from Redis streams after a link loss",
                 self.gap_filled.load(Relaxed),
+            ),
+            (
+                "herald_redis_refused_messages_total",
+                "counter",
+                "stored-event channel messages dropped as malformed or not in the topic's stream",
+                self.redis_refused.load(Relaxed),
             ),
         ];
         let mut out = String::with_capacity(2048);

@@ -7,7 +7,7 @@
 //! backoff, re-subscribes, and gap-fills every subscribed topic from its stream after the last id it
 //! delivered, so connected clients lose nothing and see nothing twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
 use super::{Engine, EngineError, Event, HistoryPage, Publish};
-use crate::config::RedisSettings;
+use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::hub::Hub;
 use crate::sse;
@@ -70,6 +70,7 @@ enum Command {
 pub struct RedisEngine {
     shared: Arc<Shared>,
     keys: Keys,
+    function_settings: FunctionSettings,
     ready: Arc<AtomicBool>,
     commands: mpsc::UnboundedSender<Command>,
     command_timeout: Duration,
@@ -214,8 +215,23 @@ impl Keys {
         format!("{}:{{{}}}", self.prefix, topic)
     }
 
-    fn channel(&self, topic: &TopicName) -> String {
+    /// Where the publish function announces each stored event (its SSE frame).
+    fn stored_channel(&self, topic: &TopicName) -> String {
+        format!("{}:{{{}}}:stored", self.prefix, topic)
+    }
+
+    /// Where `redis-cli PUBLISH` sends live-only messages: framed by the node as data only.
+    fn live_channel(&self, topic: &TopicName) -> String {
         format!("{}:{{{}}}:live", self.prefix, topic)
+    }
+
+    /// Both channels of a topic: a node subscribes to them together.
+    fn channels(&self, topic: &TopicName) -> [String; 2] {
+        [self.stored_channel(topic), self.live_channel(topic)]
+    }
+
+    fn log(&self, topic: &TopicName) -> String {
+        format!("{}:{{{}}}:log", self.prefix, topic)
     }
 
     fn seq(&self) -> String {
@@ -226,13 +242,14 @@ impl Keys {
         format!("{}:config", self.prefix)
     }
 
-    /// The topic of a `P:{T}:live` channel, if it is one of ours.
-    fn topic_of_channel(&self, channel: &str, max_len: usize) -> Option<TopicName> {
-        let inner = channel
-            .strip_prefix(&*self.prefix)?
-            .strip_prefix(":{")?
-            .strip_suffix("}:live")?;
-        TopicName::parse(inner, max_len).ok()
+    /// The topic of a `P:{T}:stored` or `P:{T}:live` channel, and whether it is the stored one.
+    fn topic_of_channel(&self, channel: &str, max_len: usize) -> Option<(TopicName, bool)> {
+        let inner = channel.strip_prefix(&*self.prefix)?.strip_prefix(":{")?;
+        let (inner, stored) = match inner.strip_suffix("}:stored") {
+            Some(inner) => (inner, true),
+            None => (inner.strip_suffix("}:live")?, false),
+        };
+        Some((TopicName::parse(inner, max_len).ok()?, stored))
     }
 }
 
@@ -253,6 +270,39 @@ fn classify(e: RedisError) -> EngineError {
     }
 }
 
+/// The settings the publish function needs, passed with every call from a node (so a FLUSHALL or
+/// another hub's settings cannot change them) and kept in `P:config` for `redis-cli` publishers.
+#[derive(Clone)]
+struct FunctionSettings {
+    /// max_len, max_age_ms, idem_ttl_ms, max_event_len: the order `herald.lua` reads them in.
+    args: [String; 4],
+}
+
+impl FunctionSettings {
+    const NAMES: [&'static str; 4] = ["max_len", "max_age_ms", "idem_ttl_ms", "max_event_len"];
+
+    fn new(s: &Settings) -> Self {
+        FunctionSettings {
+            args: [
+                s.history.max_len.to_string(),
+                s.history.max_age_secs.saturating_mul(1000).to_string(),
+                s.limits.idempotency_window_secs.saturating_mul(1000).to_string(),
+                s.limits.max_event_name_len.to_string(),
+            ],
+        }
+    }
+
+    /// Writes `P:config` for `redis-cli` publishers.
+    async fn store(&self, conn: &mut impl ConnectionLike, keys: &Keys) -> Result<(), RedisError> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(keys.config());
+        for (name, value) in Self::NAMES.iter().zip(&self.args) {
+            cmd.arg(name).arg(value);
+        }
+        cmd.query_async(conn).await
+    }
+}
+
 fn is_missing_function(e: &RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
@@ -261,14 +311,13 @@ impl RedisEngine {
     /// Connects (waiting up to `startup_wait_secs` for Redis), loads the functions, starts the link and
     /// waits until it is subscribed and ready.
     pub async fn start(
-        settings: &RedisSettings,
-        history_max_len: usize,
-        history_max_age_secs: u64,
-        idempotency_window_secs: u64,
-        max_topic_len: usize,
+        all: &Settings,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisStartError> {
+        let settings = &all.redis;
+        let max_topic_len = all.limits.max_topic_len;
+        let function_settings = FunctionSettings::new(all);
         let url = redact(&settings.url);
         let client =
             redis::Client::open(settings.url.as_str()).map_err(|source| RedisStartError::BadUrl {
@@ -337,15 +386,8 @@ impl RedisEngine {
                 url: url.clone(),
                 source,
             })?;
-        redis::cmd("HSET")
-            .arg(keys.config())
-            .arg("max_len")
-            .arg(history_max_len)
-            .arg("max_age_ms")
-            .arg(history_max_age_secs.saturating_mul(1000))
-            .arg("idem_ttl_ms")
-            .arg(idempotency_window_secs.saturating_mul(1000))
-            .query_async::<()>(&mut conn)
+        function_settings
+            .store(&mut conn, &keys)
             .await
             .map_err(|source| RedisStartError::Functions {
                 url: url.clone(),
@@ -367,7 +409,9 @@ impl RedisEngine {
             commands: command_rx,
             idle: idle_rx,
             subscribed: HashSet::new(),
-            watermark: None,
+            floor: None,
+            cursors: HashMap::new(),
+            function_settings: function_settings.clone(),
             command_timeout,
             connect_timeout,
             ping_interval: Duration::from_millis(settings.ping_interval_ms),
@@ -378,6 +422,7 @@ impl RedisEngine {
         let engine = Arc::new(RedisEngine {
             shared,
             keys,
+            function_settings,
             ready: Arc::clone(&ready),
             commands,
             command_timeout,
@@ -472,7 +517,8 @@ impl Engine for RedisEngine {
                 .arg(self.keys.topic(m.topic))
                 .arg(m.data)
                 .arg(m.event.map_or("", |e| e.as_str()))
-                .arg(m.idempotency_key.map_or("", |k| k.as_str()));
+                .arg(m.idempotency_key.map_or("", |k| k.as_str()))
+                .arg(&self.function_settings.args[..]);
             let id: String = self
                 .shared
                 .run(|mut conn| async move { fcall(&mut conn, cmd).await })
@@ -548,10 +594,15 @@ struct Link {
     commands: mpsc::UnboundedReceiver<Command>,
     idle: mpsc::UnboundedReceiver<TopicName>,
     subscribed: HashSet<TopicName>,
-    /// The newest id handed to the hub. Redis sends one connection's messages in execution order, which
-    /// is id order, so anything at or below it is a duplicate, and after a reconnect everything above it
-    /// on a subscribed topic is what was missed.
-    watermark: Option<EventId>,
+    /// The newest id Redis had when the link last (re)subscribed, read from Redis itself: a stored event
+    /// at or below it was handed over by that resume's gap-fill, so it is a duplicate.
+    floor: Option<EventId>,
+    /// Per topic, the newest stored id handed to the hub. Redis sends one connection's messages in
+    /// execution order, which is id order, so the next one is newer; one that is not (or that claims a
+    /// time far ahead) is checked against the topic's stream before it is trusted. Per topic, so one bad
+    /// message cannot hold back other topics.
+    cursors: HashMap<TopicName, EventId>,
+    function_settings: FunctionSettings,
     command_timeout: Duration,
     connect_timeout: Duration,
     ping_interval: Duration,
@@ -621,10 +672,30 @@ impl Link {
                     Some(message) => {
                         // Take everything already received, and hand it to the hub as one run.
                         let mut batch = Vec::new();
-                        self.decode(message.get_channel_name(), message.get_payload_bytes(), &mut batch);
-                        while batch.len() < MAX_BATCH {
+                        let mut next = Some(message);
+                        while let Some(m) = next.take() {
+                            match self.decode(m.get_channel_name(), m.get_payload_bytes()) {
+                                Decoded::Event(event) => batch.push(event),
+                                Decoded::Skip => {}
+                                Decoded::Check(event) => {
+                                    // Rare (a forged or replayed message): keep order, then ask the stream.
+                                    self.hub.dispatch_all(&batch);
+                                    batch.clear();
+                                    match self.in_stream(&event).await {
+                                        Ok(true) => {
+                                            self.cursors.insert(event.topic.clone(), event.id);
+                                            batch.push(event);
+                                        }
+                                        Ok(false) => self.refuse(&event.topic, "its id is not in the topic's stream"),
+                                        Err(e) => return format!("checking a message against its stream: {e}"),
+                                    }
+                                }
+                            }
+                            if batch.len() >= MAX_BATCH {
+                                break;
+                            }
                             match stream.next().now_or_never() {
-                                Some(Some(m)) => self.decode(m.get_channel_name(), m.get_payload_bytes(), &mut batch),
+                                Some(Some(m)) => next = Some(m),
                                 Some(None) => {
                                     self.hub.dispatch_all(&batch);
                                     return "the connection closed".into();
@@ -648,7 +719,8 @@ impl Link {
                 },
                 Some(topic) = self.idle.recv() => {
                     if !self.hub.has_subscribers(&topic) && self.subscribed.remove(&topic) {
-                        if let Err(e) = self.call(sink.unsubscribe(self.keys.channel(&topic))).await {
+                        self.cursors.remove(&topic);
+                        if let Err(e) = self.call(sink.unsubscribe(self.keys.channels(&topic).to_vec())).await {
                             return e;
                         }
                     }
@@ -657,6 +729,7 @@ impl Link {
                     if let Err(e) = self.call(sink.ping::<redis::Value>()).await {
                         return format!("ping failed: {e}");
                     }
+                    self.restore_config().await;
                 }
             }
         }
@@ -678,7 +751,8 @@ impl Link {
         if self.subscribed.contains(topic) || !self.hub.has_subscribers(topic) {
             return Ok(());
         }
-        self.call(sink.subscribe(self.keys.channel(topic))).await?;
+        self.call(sink.subscribe(self.keys.channels(topic).to_vec()))
+            .await?;
         self.subscribed.insert(topic.clone());
         Ok(())
     }
@@ -691,19 +765,23 @@ impl Link {
         load_functions(&mut conn).await.map_err(|e| e.to_string())?;
         let topics = self.hub.topics();
         if !topics.is_empty() {
-            let channels: Vec<String> = topics.iter().map(|t| self.keys.channel(t)).collect();
+            let channels: Vec<String> = topics.iter().flat_map(|t| self.keys.channels(t)).collect();
             self.call(sink.subscribe(channels)).await?;
         }
         self.subscribed = topics.iter().cloned().collect();
         // Everything above `until` arrives on the new subscription; up to it comes from the streams.
         let until = last_id(&mut conn, &self.keys).await.map_err(|e| e.to_string())?;
-        let Some(from) = self.watermark else {
-            self.watermark = Some(until);
+        let Some(floor) = self.floor else {
+            self.floor = Some(until);
             return Ok(());
         };
         let mut missed = Vec::new();
         for topic in &topics {
-            let mut after = from;
+            // A topic's own cursor, unless it is beyond what Redis has (a bad message moved it).
+            let mut after = match self.cursors.get(topic) {
+                Some(cursor) if *cursor <= until => (*cursor).max(floor),
+                _ => floor,
+            };
             loop {
                 let page = read_history(&mut conn, &self.keys, topic, after, 500)
                     .await
@@ -722,6 +800,7 @@ impl Link {
                     break;
                 }
             }
+            self.cursors.remove(topic);
         }
         missed.sort_by_key(|e| e.id);
         self.metrics
@@ -736,33 +815,105 @@ impl Link {
         for event in &missed {
             self.hub.dispatch(event);
         }
-        self.watermark = Some(until.max(from));
+        self.floor = Some(until.max(floor));
         Ok(())
     }
 
-    /// Turns one pub/sub message into an event for the hub (skipping duplicates); never waits.
-    fn decode(&mut self, channel: &str, payload: &[u8], batch: &mut Vec<Arc<Event>>) {
-        let Some(topic) = self.keys.topic_of_channel(channel, self.max_topic_len) else {
-            return;
+    /// Turns one pub/sub message into an event for the hub; never waits.
+    fn decode(&mut self, channel: &str, payload: &[u8]) -> Decoded {
+        let Some((topic, stored)) = self.keys.topic_of_channel(channel, self.max_topic_len) else {
+            return Decoded::Skip;
         };
-        let event = match sse::frame_id(payload) {
-            Some(id) => {
-                if self.watermark.is_some_and(|w| id <= w) {
-                    return;
-                }
-                self.watermark = Some(id);
-                Event {
-                    id,
-                    topic,
-                    frame: bytes::Bytes::copy_from_slice(payload),
-                    stored: true,
-                }
-            }
-            // A plain `PUBLISH` to the channel: delivered live, not stored, framed by us.
-            None => Event::unstored(topic, &String::from_utf8_lossy(payload)),
+        if !stored {
+            // A plain `PUBLISH` to the live channel: data only, framed by us, whatever it contains.
+            let data = String::from_utf8_lossy(payload);
+            return Decoded::Event(Arc::new(Event::unstored(topic, &data)));
+        }
+        let Some(id) = sse::stored_frame_id(payload) else {
+            self.refuse(&topic, "it is not one well-formed event frame");
+            return Decoded::Skip;
         };
-        batch.push(Arc::new(event));
+        if self.floor.is_some_and(|floor| id <= floor) {
+            return Decoded::Skip;
+        }
+        let expected = self.cursors.get(&topic).is_none_or(|cursor| id > *cursor)
+            && id.ms <= now_ms().saturating_add(FUTURE_TOLERANCE_MS);
+        let event = Arc::new(Event {
+            id,
+            topic,
+            frame: bytes::Bytes::copy_from_slice(payload),
+            stored: true,
+        });
+        if expected {
+            self.cursors.insert(event.topic.clone(), id);
+            Decoded::Event(event)
+        } else {
+            Decoded::Check(event)
+        }
     }
+
+    /// Whether the topic's stream holds an entry with this event's id.
+    async fn in_stream(&self, event: &Event) -> Result<bool, EngineError> {
+        let (log, id) = (self.keys.log(&event.topic), event.id.to_string());
+        self.shared
+            .run(|mut conn| async move {
+                let found: Vec<redis::Value> = redis::cmd("XRANGE")
+                    .arg(log)
+                    .arg(&id)
+                    .arg(&id)
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(!found.is_empty())
+            })
+            .await
+    }
+
+    fn refuse(&self, topic: &TopicName, why: &str) {
+        self.metrics.redis_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%topic, "dropped a message on the topic's stored-event channel: {why}");
+    }
+
+    /// Writes `P:config` again if it is gone (a FLUSHALL), for `redis-cli` publishers; best effort.
+    async fn restore_config(&self) {
+        let (keys, settings) = (&self.keys, &self.function_settings);
+        let restored = self
+            .shared
+            .run(|mut conn| async move {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(keys.config())
+                    .query_async(&mut conn)
+                    .await?;
+                if !exists {
+                    settings.store(&mut conn, keys).await?;
+                }
+                Ok(!exists)
+            })
+            .await;
+        if let Ok(true) = restored {
+            tracing::info!("restored {} (it was gone, as after a FLUSHALL)", keys.config());
+        }
+    }
+}
+
+/// What one pub/sub message becomes.
+enum Decoded {
+    Event(Arc<Event>),
+    /// A duplicate, or refused.
+    Skip,
+    /// A stored event whose id is not newer than its topic's cursor, or lies in the future: handed over
+    /// only if the topic's stream has it.
+    Check(Arc<Event>),
+}
+
+/// How far ahead of this node's clock an id's time may be before it is checked against the stream.
+const FUTURE_TOLERANCE_MS: u64 = 60_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -783,8 +934,15 @@ mod tests {
             prefix: Arc::from("hub:a"),
         };
         let t = TopicName::parse("news.eu", 64).unwrap();
-        assert_eq!(keys.channel(&t), "hub:a:{news.eu}:live");
-        assert_eq!(keys.topic_of_channel(&keys.channel(&t), 64), Some(t));
+        assert_eq!(keys.live_channel(&t), "hub:a:{news.eu}:live");
+        assert_eq!(
+            keys.topic_of_channel(&keys.live_channel(&t), 64),
+            Some((t.clone(), false))
+        );
+        assert_eq!(
+            keys.topic_of_channel(&keys.stored_channel(&t), 64),
+            Some((t, true))
+        );
         assert_eq!(keys.topic_of_channel("other:{x}:live", 64), None);
     }
 

@@ -471,3 +471,109 @@ async fn starting_against_an_unreachable_redis_fails_clearly() {
         "it waited the configured time"
     );
 }
+
+/// A raw `PUBLISH` (documented for live-only messages) once went to browsers verbatim: it could inject
+/// an id and an event type, and a future id made every node drop every stored event after it. Whatever
+/// arrives on a topic's live channel is now data only, and the stored-event channel takes only
+/// well-formed frames whose ids its stream confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_sent_to_a_topic_channel_can_inject_fields_or_silence_a_node() {
+    let redis = RedisServer::start();
+    let (a, b) = (spawn_redis_node(&redis).await, spawn_redis_node(&redis).await);
+    let mut subs = vec![
+        a.subscribe(&["x", "y"], None).await,
+        b.subscribe(&["x", "y"], None).await,
+        b.subscribe(&["y", "x"], None).await,
+    ];
+    let first = a.publish("x", "before").await;
+    for sub in &mut subs {
+        assert_eq!(sub.next().await.id, first);
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let mut publish = |channel: &str, payload: &[u8]| {
+        let receivers: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(receivers, 2, "both nodes listen on {channel}");
+    };
+    let fake = b"id: 9999999999999-0\nevent: fake\ndata: x\n\n";
+    let bytes = b"\0\xff\r\nretry: 1\n\n:id: 1-1";
+    publish("herald:{x}:live", fake);
+    publish("herald:{y}:live", bytes);
+    // Forged stored events: a future id, an old id, and bytes that are no frame at all.
+    publish("herald:{x}:stored", b"id: 9999999999999-0\ndata: forged\n\n");
+    publish("herald:{x}:stored", b"id: 1-0\ndata: old\n\n");
+    publish("herald:{y}:stored", b"garbage\xff");
+    let p1 = a.publish("x", "after on x").await;
+    let p2 = b.publish("y", "after on y").await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let events = sub.take(4).await;
+        let seen: Vec<(&str, &str, &str)> = events
+            .iter()
+            .map(|e| (e.id.as_str(), e.event.as_str(), e.data.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    first.as_str(),
+                    "message",
+                    "id: 9999999999999-0\nevent: fake\ndata: x\n\n"
+                ),
+                (first.as_str(), "message", "\0\u{FFFD}\nretry: 1\n\n:id: 1-1"),
+                (p1.as_str(), "message", "after on x"),
+                (p2.as_str(), "message", "after on y"),
+            ],
+            "subscriber {i}"
+        );
+        sub.assert_silent(Duration::from_millis(200)).await;
+    }
+    for node in [&a, &b] {
+        assert_eq!(node.metric("herald_redis_refused_messages_total").await, 3);
+    }
+}
+
+/// Redis functions apply the HTTP API's one rule for event names, and the settings nodes gave them
+/// survive a FLUSHALL (nodes pass them with each call and write `P:config` back).
+#[tokio::test]
+async fn redis_cli_event_names_follow_the_http_rule_and_settings_survive_flushall() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let node = crate::helpers::spawn_app_with(move |s| {
+        s.redis.url = url;
+        s.redis.ping_interval_ms = 100;
+        s.history.max_len = 7;
+    })
+    .await;
+    let fcall = |event: &str| redis.cli(&["FCALL", "herald_publish", "1", "herald:{t}", "d", event]);
+    let c1 = "bad\u{85}name";
+    for (event, why) in [
+        (&"e".repeat(65)[..], "at most 64"),
+        (c1, "control characters"),
+        ("herald.reserved", "reserved"),
+    ] {
+        let answer = fcall(event).unwrap_or_default();
+        assert!(answer.contains(why), "{event:?}: {answer}");
+    }
+    assert!(
+        fcall(&"é".repeat(64)).is_some_and(|id| id.contains('-')),
+        "64 characters, 128 bytes"
+    );
+    assert_eq!(
+        redis.cli(&["HGET", "herald:config", "max_len"]).as_deref(),
+        Some("7")
+    );
+    assert_eq!(redis.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+    let deadline = Instant::now() + PATIENCE;
+    while redis.cli(&["HGET", "herald:config", "max_len"]).as_deref() != Some("7") {
+        assert!(
+            Instant::now() < deadline,
+            "herald:config was not restored after FLUSHALL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.publish("t", "still works").await;
+}
