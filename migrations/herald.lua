@@ -202,31 +202,53 @@ local function publish(keys, args)
   return id
 end
 
--- FCALL_RO herald_history 1 P:{T} <after-id> <count>
---   → { newest trimmed id or '', first-id or '', id1, data1, event1, id2, data2, event2, ... }
+-- FCALL_RO herald_history 1 P:{T} <after-id> <count> [<max-bytes>]
+--   → { newest trimmed id or '', first-id or '', more ('1' or ''), id1, data1, event1, ... }
+-- Past the first event, a page stops before its data and event names exceed max-bytes; `more` says
+-- that events may follow the last one returned.
+local HISTORY_BATCH = 64
+
 local function history(keys, args)
   split_key(keys[1])
   local log = keys[1] .. ':log'
-  local out = { redis.call('GET', keys[1] .. ':trimmed') or '', '' }
+  local out = { redis.call('GET', keys[1] .. ':trimmed') or '', '', '' }
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #first > 0 then
     out[2] = first[1][1]
   end
-  local entries = redis.call('XRANGE', log, '(' .. args[1], '+', 'COUNT', tonumber(args[2]))
-  for _, entry in ipairs(entries) do
-    local data, event = '', ''
-    local fields = entry[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'd' then
-        data = fields[i + 1]
-      elseif fields[i] == 'e' then
-        event = fields[i + 1]
+  local count = tonumber(args[2]) or 0
+  local max_bytes = tonumber(args[3]) or math.huge
+  local after, taken, bytes = args[1], 0, 0
+  while taken < count do
+    -- Read in small batches, so a page of large events is not all loaded to return a few.
+    local want = math.min(count - taken, HISTORY_BATCH)
+    local entries = redis.call('XRANGE', log, '(' .. after, '+', 'COUNT', want)
+    for _, entry in ipairs(entries) do
+      local data, event = '', ''
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'd' then
+          data = fields[i + 1]
+        elseif fields[i] == 'e' then
+          event = fields[i + 1]
+        end
       end
+      if taken > 0 and bytes + #data + #event > max_bytes then
+        out[3] = '1'
+        return out
+      end
+      out[#out + 1] = entry[1]
+      out[#out + 1] = data
+      out[#out + 1] = event
+      taken = taken + 1
+      bytes = bytes + #data + #event
+      after = entry[1]
     end
-    out[#out + 1] = entry[1]
-    out[#out + 1] = data
-    out[#out + 1] = event
+    if #entries < want then
+      return out
+    end
   end
+  out[3] = '1'
   return out
 end
 

@@ -41,6 +41,8 @@ pub struct ServerSettings {
     pub workers: usize,
     pub shutdown_grace_secs: u64,
     pub request_head_timeout_ms: u64,
+    /// Data written to a client must be taken within this, or the kernel drops the connection.
+    pub write_timeout_secs: u64,
     pub trusted_proxies: Vec<String>,
 }
 
@@ -56,6 +58,9 @@ pub struct HistorySettings {
     pub max_len: usize,
     pub max_age_secs: u64,
     pub page_size: usize,
+    /// Bytes of event data one history read (a JSON page, or one step of a replay) gathers at most;
+    /// at least one event is always returned, so no event is too large to read.
+    pub max_page_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +222,12 @@ impl Settings {
             "use 1 to 10000 events",
         )?;
         check(
+            (4096..=64 * 1024 * 1024).contains(&h.max_page_bytes),
+            "history.max_page_bytes",
+            h.max_page_bytes,
+            "use 4096 bytes to 64 MiB",
+        )?;
+        check(
             (1..=64 * 1024 * 1024).contains(&l.max_body_bytes),
             "limits.max_body_bytes",
             l.max_body_bytes,
@@ -267,6 +278,12 @@ impl Settings {
             "redis.url",
             url,
             "use redis://host:port[/db] (or rediss:// for TLS), or leave it empty for the memory engine",
+        )?;
+        check(
+            (1..=600).contains(&self.server.write_timeout_secs),
+            "server.write_timeout_secs",
+            self.server.write_timeout_secs,
+            "use 1 to 600 seconds",
         )?;
         check(
             (100..=600_000).contains(&self.server.request_head_timeout_ms),

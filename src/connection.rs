@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::domain::{EventId, TopicName, GAP_EVENT};
-use crate::engine::{Engine, EngineError, Event};
+use crate::engine::{Engine, EngineError, Event, PageBound};
 use crate::http::AppState;
 use crate::hub::{CloseReason, Membership, Take};
 use crate::limits::ConnectionSlot;
@@ -41,7 +41,7 @@ pub struct Connection {
     expires: Option<Instant>,
     heartbeat: Interval,
     retry_ms: u64,
-    page_size: usize,
+    page: PageBound,
     phase: Phase,
     /// Live events with ids up to this one were (or will be) sent by the replay: skipped, never twice.
     skip_through: Option<EventId>,
@@ -92,7 +92,10 @@ impl Connection {
             expires,
             heartbeat,
             retry_ms: settings.sse.retry_ms,
-            page_size: settings.history.page_size,
+            page: PageBound {
+                count: settings.history.page_size,
+                bytes: settings.history.max_page_bytes,
+            },
             skip_through: resume.map(|r| r.until),
             phase: Phase::Hello(resume),
         }
@@ -164,7 +167,7 @@ impl Connection {
     async fn replay_step(&mut self, cursors: &mut [Cursor]) -> Result<Bytes, EngineError> {
         let mut out = BytesMut::new();
         for c in cursors.iter_mut().filter(|c| c.buf.is_empty() && !c.exhausted) {
-            let page = self.engine.history(&c.topic, c.after, self.page_size).await?;
+            let page = self.engine.history(&c.topic, c.after, self.page).await?;
             if !c.started {
                 c.started = true;
                 if page.truncated {
@@ -172,7 +175,7 @@ impl Connection {
                     out.extend_from_slice(&gap_notice(&c.topic, c.after, page.first_retained));
                 }
             }
-            c.exhausted = page.events.len() < self.page_size;
+            c.exhausted = !page.more;
             for event in page.events {
                 if event.id > c.until {
                     c.exhausted = true;

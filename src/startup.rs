@@ -96,6 +96,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             metrics,
         });
+        let write_timeout = Duration::from_secs(settings.server.write_timeout_secs);
         let mut server =
             HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
                 // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
@@ -105,7 +106,17 @@ impl Application {
                 .client_request_timeout(Duration::from_millis(settings.server.request_head_timeout_ms))
                 // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
                 // until the previous one is acknowledged (events are already coalesced per write).
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                .on_connect(move |conn, _| {
+                    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                        // The write deadline, kept by the kernel (it also covers zero-window probing).
+                        if let Err(e) =
+                            socket2::SockRef::from(stream).set_tcp_user_timeout(Some(write_timeout))
+                        {
+                            tracing::warn!("cannot set the write deadline on a connection: {e}");
+                        }
+                    }
+                });
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
-use super::{Engine, EngineError, Event, HistoryPage, Publish};
+use super::{Engine, EngineError, Event, HistoryPage, PageBound, Publish};
 use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
 use crate::hub::Hub;
 
@@ -115,7 +115,7 @@ impl MemoryEngine {
         id
     }
 
-    fn history_now(&self, topic: &TopicName, after: EventId, limit: usize) -> HistoryPage {
+    fn history_now(&self, topic: &TopicName, after: EventId, bound: PageBound) -> HistoryPage {
         let oldest = self.oldest_kept_ms(now_ms());
         let mut state = self.lock();
         let Some(log) = state.logs.get_mut(topic) else {
@@ -123,12 +123,28 @@ impl MemoryEngine {
         };
         log.trim(self.max_len, oldest);
         let start = log.events.partition_point(|e| e.id <= after);
+        let (events, more) = bounded(log.events.range(start..), bound);
         HistoryPage {
-            events: log.events.range(start..).take(limit).cloned().collect(),
+            events,
             truncated: log.trimmed_through.is_some_and(|t| after < t),
             first_retained: log.events.front().map(|e| e.id),
+            more,
         }
     }
+}
+
+/// The events `bound` allows from `events`, and whether any were left behind.
+fn bounded<'a>(events: impl Iterator<Item = &'a Arc<Event>>, bound: PageBound) -> (Vec<Arc<Event>>, bool) {
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    for event in events {
+        if taken.len() == bound.count || (!taken.is_empty() && bytes + event.frame.len() > bound.bytes) {
+            return (taken, true);
+        }
+        bytes += event.frame.len();
+        taken.push(Arc::clone(event));
+    }
+    (taken, false)
 }
 
 impl Engine for MemoryEngine {
@@ -140,9 +156,9 @@ impl Engine for MemoryEngine {
         &'a self,
         topic: &'a TopicName,
         after: EventId,
-        limit: usize,
+        bound: PageBound,
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
-        future::ready(Ok(self.history_now(topic, after, limit))).boxed()
+        future::ready(Ok(self.history_now(topic, after, bound))).boxed()
     }
 
     fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>> {
@@ -166,6 +182,56 @@ impl Engine for MemoryEngine {
 mod tests {
     use super::*;
 
+    fn count(count: usize) -> PageBound {
+        PageBound {
+            count,
+            bytes: usize::MAX,
+        }
+    }
+
+    #[test]
+    fn a_page_stops_at_its_byte_bound_but_holds_at_least_one_event() {
+        let hub = Arc::new(Hub::new(8, 8, Arc::default()));
+        let engine = MemoryEngine::new(hub, 100, 0, 60);
+        let t = TopicName::parse("t", 8).unwrap();
+        let big = "x".repeat(1000);
+        for _ in 0..10 {
+            engine.publish_now(Publish {
+                topic: &t,
+                event: None,
+                data: &big,
+                idempotency_key: None,
+            });
+        }
+        let page = engine.history_now(
+            &t,
+            EventId::ZERO,
+            PageBound {
+                count: 100,
+                bytes: 3500,
+            },
+        );
+        assert_eq!((page.events.len(), page.more), (3, true));
+        let page = engine.history_now(
+            &t,
+            EventId::ZERO,
+            PageBound {
+                count: 100,
+                bytes: 10,
+            },
+        );
+        assert_eq!((page.events.len(), page.more), (1, true));
+        let page = engine.history_now(
+            &t,
+            EventId::ZERO,
+            PageBound {
+                count: 10,
+                bytes: usize::MAX,
+            },
+        );
+        assert_eq!((page.events.len(), page.more), (10, false));
+    }
+
     #[test]
     fn retention_by_count_reports_truncation() {
         let hub = Arc::new(Hub::new(8, 8, Arc::default()));
@@ -181,7 +247,7 @@ mod tests {
         };
         let ids: Vec<_> = (0..5).map(|i| publish(&i.to_string())).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        let page = engine.history_now(&t, ids[0], 10);
+        let page = engine.history_now(&t, ids[0], count(10));
         assert!(
             page.truncated,
             "ids[1] was trimmed, so a reader after ids[0] missed it"
@@ -190,10 +256,10 @@ mod tests {
             page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
             ids[2..].to_vec()
         );
-        let page = engine.history_now(&t, ids[1], 10);
+        let page = engine.history_now(&t, ids[1], count(10));
         assert!(!page.truncated);
         assert_eq!(page.first_retained, Some(ids[2]));
-        assert_eq!(engine.history_now(&t, ids[2], 1).events.len(), 1);
+        assert_eq!(engine.history_now(&t, ids[2], count(1)).events.len(), 1);
     }
 
     #[test]
@@ -216,6 +282,6 @@ mod tests {
         let first = publish(&t, "a");
         assert_eq!(publish(&t, "a again"), first);
         assert_ne!(publish(&u, "other topic"), first);
-        assert_eq!(engine.history_now(&t, EventId::ZERO, 10).events.len(), 1);
+        assert_eq!(engine.history_now(&t, EventId::ZERO, count(10)).events.len(), 1);
     }
 }

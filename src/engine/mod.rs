@@ -64,6 +64,16 @@ pub struct HistoryPage {
     pub truncated: bool,
     /// The oldest id still retained for the topic, if any.
     pub first_retained: Option<EventId>,
+    /// True when the read stopped at its count or byte bound: events after the last one may follow.
+    pub more: bool,
+}
+
+/// How much one history read may gather: at most `count` events and, past the first, at most `bytes`
+/// of event data, so no request makes a node hold more than about that.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBound {
+    pub count: usize,
+    pub bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +103,12 @@ pub trait Engine: Send + Sync + 'static {
     /// An [`EngineError::Unavailable`] means it was not stored; [`EngineError::Unknown`] that it may be.
     fn publish<'a>(&'a self, message: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>>;
 
-    /// Events of `topic` with ids greater than `after`, oldest first, at most `limit`.
+    /// Events of `topic` with ids greater than `after`, oldest first, within `bound`.
     fn history<'a>(
         &'a self,
         topic: &'a TopicName,
         after: EventId,
-        limit: usize,
+        bound: PageBound,
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>>;
 
     /// The newest id assigned so far (on any topic): every later event reaches interested hubs live.

@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{Engine, EngineError, Event, HistoryPage, Publish};
+use super::{Engine, EngineError, Event, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::hub::Hub;
@@ -412,6 +412,10 @@ impl RedisEngine {
             floor: None,
             cursors: HashMap::new(),
             function_settings: function_settings.clone(),
+            gap_fill_bound: PageBound {
+                count: all.history.page_size,
+                bytes: all.history.max_page_bytes,
+            },
             command_timeout,
             connect_timeout,
             ping_interval: Duration::from_millis(settings.ping_interval_ms),
@@ -474,14 +478,15 @@ async fn read_history(
     keys: &Keys,
     topic: &TopicName,
     after: EventId,
-    limit: usize,
+    bound: PageBound,
 ) -> Result<HistoryPage, RedisError> {
     let mut cmd = redis::cmd("FCALL_RO");
     cmd.arg("herald_history")
         .arg(1)
         .arg(keys.topic(topic))
         .arg(after.to_string())
-        .arg(limit);
+        .arg(bound.count)
+        .arg(bound.bytes);
     let flat: Vec<Vec<u8>> = fcall(conn, cmd).await?;
     let parse_id = |b: &[u8]| {
         std::str::from_utf8(b)
@@ -491,8 +496,9 @@ async fn read_history(
     // The newest id retention removed (empty when none was): a reader after an older id missed events.
     let trimmed = flat.first().and_then(|b| parse_id(b));
     let first_retained = flat.get(1).and_then(|b| parse_id(b));
+    let more = flat.get(2).is_some_and(|b| !b.is_empty());
     let mut events = Vec::new();
-    for entry in flat.get(2..).unwrap_or_default().chunks_exact(3) {
+    for entry in flat.get(3..).unwrap_or_default().chunks_exact(3) {
         let Some(id) = parse_id(&entry[0]) else {
             continue;
         };
@@ -505,6 +511,7 @@ async fn read_history(
         events,
         truncated: trimmed.is_some_and(|t| after < t),
         first_retained,
+        more,
     })
 }
 
@@ -533,11 +540,11 @@ impl Engine for RedisEngine {
         &'a self,
         topic: &'a TopicName,
         after: EventId,
-        limit: usize,
+        bound: PageBound,
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
         async move {
             self.shared
-                .run(|mut conn| async move { read_history(&mut conn, &self.keys, topic, after, limit).await })
+                .run(|mut conn| async move { read_history(&mut conn, &self.keys, topic, after, bound).await })
                 .await
         }
         .boxed()
@@ -603,6 +610,8 @@ struct Link {
     /// message cannot hold back other topics.
     cursors: HashMap<TopicName, EventId>,
     function_settings: FunctionSettings,
+    /// One read of a gap-fill: bounded like any history page, so a reconnect holds a page at a time.
+    gap_fill_bound: PageBound,
     command_timeout: Duration,
     connect_timeout: Duration,
     ping_interval: Duration,
@@ -783,11 +792,10 @@ impl Link {
                 _ => floor,
             };
             loop {
-                let page = read_history(&mut conn, &self.keys, topic, after, 500)
+                let page = read_history(&mut conn, &self.keys, topic, after, self.gap_fill_bound)
                     .await
                     .map_err(|e| e.to_string())?;
-                let full = page.events.len() == 500;
-                let mut done = !full;
+                let mut done = !page.more;
                 for event in page.events {
                     if event.id > until {
                         done = true;

@@ -1,5 +1,9 @@
 //! `GET /topics/{topic}/history?after=<id>&limit=<n>`: a topic's retained events as JSON, paged.
+//!
+//! A page holds at most `limit` events and about `history.max_page_bytes` of JSON (at least one event):
+//! whatever the events hold, one request makes the node gather a bounded amount.
 
+use actix_web::http::header::ContentType;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
@@ -7,6 +11,7 @@ use super::error::ApiError;
 use super::{query_pairs, query_value, AppState};
 use crate::auth::Access;
 use crate::domain::{EventId, TopicName};
+use crate::engine::PageBound;
 
 pub async fn history(
     req: HttpRequest,
@@ -36,22 +41,40 @@ pub async fn history(
                 ))
             })?,
     };
-    let page = state.engine.history(&topic, after, limit).await?;
-    let events: Vec<_> = page
-        .events
-        .iter()
-        .map(|e| {
-            let (event, data) = e.fields();
-            json!({ "id": e.id.to_string(), "event": event, "data": data })
-        })
-        .collect();
-    // A full page may have more behind it: pass `next_after` as `after` to read on.
-    let next_after = (events.len() == limit).then(|| page.events.last().map(|e| e.id.to_string()));
-    Ok(HttpResponse::Ok().json(json!({
+    let max_bytes = settings.history.max_page_bytes;
+    let bound = PageBound {
+        count: limit,
+        bytes: max_bytes,
+    };
+    let page = state.engine.history(&topic, after, bound).await?;
+    // JSON escapes can make an event's text up to six times its bytes: the page is cut again by its
+    // encoded size, so the body stays within the bound too.
+    let mut events = Vec::with_capacity(page.events.len());
+    let mut size = 0usize;
+    let mut cut = false;
+    for e in &page.events {
+        let (event, data) = e.fields();
+        let item = json!({ "id": e.id.to_string(), "event": event, "data": data });
+        let len = item.to_string().len();
+        if !events.is_empty() && size + len > max_bytes {
+            cut = true;
+            break;
+        }
+        size += len + 1;
+        events.push((e.id, item));
+    }
+    // Pass `next_after` as `after` to read on, while it is set.
+    let next_after = (page.more || cut)
+        .then(|| events.last().map(|(id, _)| id.to_string()))
+        .flatten();
+    let body = json!({
         "topic": topic.as_str(),
-        "events": events,
+        "events": events.into_iter().map(|(_, item)| item).collect::<Vec<_>>(),
         "truncated": page.truncated,
         "first_retained": page.first_retained.map(|id| id.to_string()),
-        "next_after": next_after.flatten(),
-    })))
+        "next_after": next_after,
+    });
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body.to_string()))
 }

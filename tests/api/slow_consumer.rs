@@ -91,3 +91,63 @@ async fn a_client_that_stops_reading_is_closed_and_others_are_unaffected() {
     app.wait_metric("herald_connections", 1).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A client that stops reading for good: once its socket buffers are full, nothing more it was sent is
+/// taken, and the node's writes to it stop at their deadline (`server.write_timeout_secs`). Its stream
+/// is dropped, its connection slot and descriptor freed, instead of held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_is_dropped_at_the_write_deadline() {
+    let app = spawn_app_with(|s| {
+        s.sse.queue_capacity = CAPACITY;
+        s.limits.max_body_bytes = 2 * MESSAGE;
+        s.history.max_len = 10;
+        s.server.write_timeout_secs = 2;
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket
+        .connect(format!("127.0.0.1:{}", app.port).parse().unwrap())
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, stalled.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    app.wait_metric("herald_connections", 1).await;
+
+    let payload = "x".repeat(MESSAGE - 10);
+    let mut published = 0;
+    while app.metric("herald_closed_for_lag_total").await == 0 {
+        assert!(published < MAX_PUBLISHES, "the stalled client was never closed");
+        app.publish("t", &payload).await;
+        published += 1;
+    }
+    // Closed for lag, but its closing write cannot finish: the deadline ends it.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while app.metric("herald_connections").await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a client that never reads held its connection past the write deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node reset the connection: what the client reads now ends in an error or EOF, never a hang.
+    let mut sink = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection was left open");
+}
