@@ -198,11 +198,18 @@ local function publish(keys, args)
   if idem ~= '' then
     redis.call('SET', idem_key, id, 'PX', idem_ttl_ms)
   end
+  if max_age_ms > 0 then
+    -- A topic nobody publishes to any more leaves no keys behind: by then all its events have expired.
+    -- (herald_history still announces the gap to a reader resuming from before that.)
+    local ttl = max_age_ms + 60000
+    redis.call('PEXPIRE', log, ttl)
+    redis.call('PEXPIRE', key .. ':trimmed', ttl)
+  end
   redis.call('PUBLISH', key .. ':stored', encode(id, event, data))
   return id
 end
 
--- FCALL_RO herald_history 1 P:{T} <after-id> <count> [<max-bytes>]
+-- FCALL_RO herald_history 1 P:{T} <after-id> <count> [<max-bytes> [<max-age-ms>]]
 --   → { newest trimmed id or '', first-id or '', more ('1' or ''), id1, data1, event1, ... }
 -- Past the first event, a page stops before its data and event names exceed max-bytes; `more` says
 -- that events may follow the last one returned.
@@ -215,6 +222,19 @@ local function history(keys, args)
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #first > 0 then
     out[2] = first[1][1]
+  end
+  if #first == 0 and out[1] == '' and args[1] ~= '0-0' then
+    -- No log and no marker: if the topic's keys expired, events after an id older than retention are
+    -- gone; say so rather than answer an empty history as if nothing had been missed.
+    local max_age_ms = tonumber(args[4])
+    if max_age_ms == nil then
+      max_age_ms = tonumber(redis.call('HGET', string.match(keys[1], '^(.+):{') .. ':config', 'max_age_ms')) or 86400000
+    end
+    local after_ms = parse_id(args[1])
+    local cutoff = now_ms() - max_age_ms
+    if max_age_ms > 0 and after_ms ~= nil and after_ms < cutoff then
+      out[1] = string.format('%.0f-0', cutoff)
+    end
   end
   local count = tonumber(args[2]) or 0
   local max_bytes = tonumber(args[3]) or math.huge

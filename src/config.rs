@@ -61,6 +61,8 @@ pub struct HistorySettings {
     /// Bytes of event data one history read (a JSON page, or one step of a replay) gathers at most;
     /// at least one event is always returned, so no event is too large to read.
     pub max_page_bytes: usize,
+    /// Memory engine: all topics' retained events together stay within this many bytes (0: no bound).
+    pub max_total_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +228,12 @@ impl Settings {
             "history.max_page_bytes",
             h.max_page_bytes,
             "use 4096 bytes to 64 MiB",
+        )?;
+        check(
+            h.max_total_bytes == 0 || h.max_total_bytes >= 1024 * 1024,
+            "history.max_total_bytes",
+            h.max_total_bytes,
+            "use 0 (no bound) or at least 1048576 bytes",
         )?;
         check(
             (1..=64 * 1024 * 1024).contains(&l.max_body_bytes),

@@ -296,6 +296,7 @@ impl Hub {
             subscriptions: map.values().map(|c| c.len() as u64).sum(),
             topics: map.len() as u64,
             ready,
+            history: None,
         }
     }
 }

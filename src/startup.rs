@@ -60,12 +60,20 @@ impl Application {
             Arc::clone(&metrics),
         ));
         let engine: Arc<dyn Engine> = if settings.redis.url.is_empty() {
-            Arc::new(MemoryEngine::new(
-                Arc::clone(&hub),
-                settings.history.max_len,
-                settings.history.max_age_secs,
-                settings.limits.idempotency_window_secs,
-            ))
+            let memory = Arc::new(
+                MemoryEngine::new(
+                    Arc::clone(&hub),
+                    settings.history.max_len,
+                    settings.history.max_age_secs,
+                    settings.limits.idempotency_window_secs,
+                )
+                .with_max_total_bytes(settings.history.max_total_bytes),
+            );
+            // Often enough that expired history goes within a quarter of its age, at most once a second.
+            memory.start_sweeper(Duration::from_secs(
+                (settings.history.max_age_secs / 4).clamp(1, 60),
+            ));
+            memory
         } else {
             RedisEngine::start(&settings, Arc::clone(&hub), Arc::clone(&metrics)).await?
         };

@@ -39,6 +39,8 @@ pub struct Gauges {
     pub subscriptions: u64,
     pub topics: u64,
     pub ready: bool,
+    /// Topics and bytes of history held in this process (memory engine only).
+    pub history: Option<(u64, u64)>,
 }
 
 impl Metrics {
@@ -134,8 +136,24 @@ impl Metrics {
                 self.redis_refused.load(Relaxed),
             ),
         ];
+        let history = g.history.map(|(topics, bytes)| {
+            [
+                (
+                    "herald_history_topics",
+                    "gauge",
+                    "topics with retained history in this process",
+                    topics,
+                ),
+                (
+                    "herald_history_bytes",
+                    "gauge",
+                    "bytes of retained history in this process",
+                    bytes,
+                ),
+            ]
+        });
         let mut out = String::with_capacity(2048);
-        for (name, kind, help, value) in rows {
+        for (name, kind, help, value) in rows.into_iter().chain(history.into_iter().flatten()) {
             // Writing to a String cannot fail.
             let _ = write!(
                 out,

@@ -3,7 +3,8 @@
 //! For a single node. Everything is lost when the process stops; run on Redis to keep history across
 //! restarts and to scale out.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,12 +23,27 @@ pub struct MemoryEngine {
     /// 0 keeps events until `max_len` pushes them out.
     max_age_ms: u64,
     idempotency_window_ms: u64,
+    /// All topics' retained events together stay within this (0: no bound); past it the oldest events
+    /// of the node go first, down to 90 % of it, and readers after them get the gap notice.
+    max_total_bytes: usize,
+}
+
+/// What a retained event costs beyond its frame: its `Arc<Event>`, id, topic handle and deque slot.
+const EVENT_OVERHEAD: usize = 96;
+
+fn cost(event: &Event) -> usize {
+    event.frame.len() + EVENT_OVERHEAD
 }
 
 #[derive(Default)]
 struct State {
     clock: EventId,
     logs: HashMap<TopicName, TopicLog>,
+    /// What the retained events cost now (see [`cost`]).
+    bytes: usize,
+    /// The newest id of any topic whose log was dropped whole (it emptied): a reader of a topic with no
+    /// log, after an older id, may have missed events, and a log made anew starts from it.
+    swept_through: Option<EventId>,
     /// (topic, Idempotency-Key) → the id first answered; expired entries are swept in insertion order.
     seen_keys: HashMap<(TopicName, IdempotencyKey), EventId>,
     key_expiry: VecDeque<(u64, TopicName, IdempotencyKey)>,
@@ -41,13 +57,58 @@ struct TopicLog {
 }
 
 impl TopicLog {
-    fn trim(&mut self, max_len: usize, oldest_ms: u64) {
+    /// Drops what retention no longer keeps; answers the bytes freed.
+    fn trim(&mut self, max_len: usize, oldest_ms: u64) -> usize {
+        let mut freed = 0;
         while self.events.len() > max_len || self.events.front().is_some_and(|e| e.id.ms < oldest_ms) {
             match self.events.pop_front() {
-                Some(e) => self.trimmed_through = Some(e.id),
+                Some(e) => {
+                    freed += cost(&e);
+                    self.trimmed_through = Some(e.id);
+                }
                 None => break,
             }
         }
+        freed
+    }
+}
+
+impl State {
+    /// Drops the node's oldest events, whatever their topic, until the total is at most `target`.
+    fn evict_to(&mut self, target: usize) {
+        let mut fronts: BinaryHeap<Reverse<(EventId, TopicName)>> = self
+            .logs
+            .iter()
+            .filter_map(|(t, log)| log.events.front().map(|e| Reverse((e.id, t.clone()))))
+            .collect();
+        while self.bytes > target {
+            let Some(Reverse((_, topic))) = fronts.pop() else {
+                break;
+            };
+            let Some(log) = self.logs.get_mut(&topic) else {
+                continue;
+            };
+            if let Some(e) = log.events.pop_front() {
+                self.bytes = self.bytes.saturating_sub(cost(&e));
+                log.trimmed_through = Some(e.id);
+            }
+            if let Some(next) = log.events.front() {
+                fronts.push(Reverse((next.id, topic)));
+            }
+        }
+        self.drop_empty_logs();
+    }
+
+    /// Forgets logs that hold no event, keeping only the newest id they had dropped.
+    fn drop_empty_logs(&mut self) {
+        let swept = &mut self.swept_through;
+        self.logs.retain(|_, log| {
+            let keep = !log.events.is_empty();
+            if !keep {
+                *swept = (*swept).max(log.trimmed_through);
+            }
+            keep
+        });
     }
 }
 
@@ -65,7 +126,42 @@ impl MemoryEngine {
             max_len,
             max_age_ms: max_age_secs.saturating_mul(1000),
             idempotency_window_ms: idempotency_window_secs.saturating_mul(1000),
+            max_total_bytes: 0,
         }
+    }
+
+    /// Bounds all topics' history together (see `history.max_total_bytes`).
+    pub fn with_max_total_bytes(mut self, bytes: usize) -> Self {
+        self.max_total_bytes = bytes;
+        self
+    }
+
+    /// Sweeps expired events and emptied topics every `every`, for as long as the engine lives: without
+    /// it, a topic nobody publishes to or reads again would keep its expired events for ever.
+    pub fn start_sweeper(self: &Arc<Self>, every: std::time::Duration) {
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                engine.sweep();
+            }
+        });
+    }
+
+    fn sweep(&self) {
+        let oldest = self.oldest_kept_ms(now_ms());
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut freed = 0;
+        for log in state.logs.values_mut() {
+            freed += log.trim(self.max_len, oldest);
+        }
+        state.bytes = state.bytes.saturating_sub(freed);
+        state.drop_empty_logs();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -108,20 +204,33 @@ impl MemoryEngine {
             m.event.map(EventName::as_str),
             m.data,
         ));
-        let log = state.logs.entry(topic.clone()).or_default();
+        let swept = state.swept_through;
+        let log = state.logs.entry(topic.clone()).or_insert_with(|| TopicLog {
+            events: VecDeque::new(),
+            trimmed_through: swept,
+        });
         log.events.push_back(Arc::clone(&event));
-        log.trim(self.max_len, self.oldest_kept_ms(now));
+        let freed = log.trim(self.max_len, self.oldest_kept_ms(now));
+        state.bytes = (state.bytes + cost(&event)).saturating_sub(freed);
+        if self.max_total_bytes > 0 && state.bytes > self.max_total_bytes {
+            state.evict_to(self.max_total_bytes / 10 * 9);
+        }
         self.hub.dispatch(&event);
         id
     }
 
     fn history_now(&self, topic: &TopicName, after: EventId, bound: PageBound) -> HistoryPage {
         let oldest = self.oldest_kept_ms(now_ms());
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let Some(log) = state.logs.get_mut(topic) else {
-            return HistoryPage::default();
+            return HistoryPage {
+                truncated: state.swept_through.is_some_and(|s| after < s),
+                ..HistoryPage::default()
+            };
         };
-        log.trim(self.max_len, oldest);
+        let freed = log.trim(self.max_len, oldest);
+        state.bytes = state.bytes.saturating_sub(freed);
         let start = log.events.partition_point(|e| e.id <= after);
         let (events, more) = bounded(log.events.range(start..), bound);
         HistoryPage {
@@ -167,6 +276,11 @@ impl Engine for MemoryEngine {
 
     fn subscribe<'a>(&'a self, _topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>> {
         future::ready(Ok(())).boxed()
+    }
+
+    fn retained(&self) -> Option<(u64, u64)> {
+        let state = self.lock();
+        Some((state.logs.len() as u64, state.bytes as u64))
     }
 
     fn is_ready(&self) -> bool {

@@ -117,6 +117,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes sure this node receives `topic` live; resolves once that is confirmed.
     fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>>;
 
+    /// Topics and bytes of history this process holds, for engines that hold it in memory.
+    fn retained(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Whether publishes and subscriptions can succeed now (`/readyz`).
     fn is_ready(&self) -> bool;
 

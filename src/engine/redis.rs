@@ -292,6 +292,10 @@ impl FunctionSettings {
         }
     }
 
+    fn max_age_ms(&self) -> &str {
+        &self.args[1]
+    }
+
     /// Writes `P:config` for `redis-cli` publishers.
     async fn store(&self, conn: &mut impl ConnectionLike, keys: &Keys) -> Result<(), RedisError> {
         let mut cmd = redis::cmd("HSET");
@@ -479,6 +483,7 @@ async fn read_history(
     topic: &TopicName,
     after: EventId,
     bound: PageBound,
+    max_age_ms: &str,
 ) -> Result<HistoryPage, RedisError> {
     let mut cmd = redis::cmd("FCALL_RO");
     cmd.arg("herald_history")
@@ -486,7 +491,8 @@ async fn read_history(
         .arg(keys.topic(topic))
         .arg(after.to_string())
         .arg(bound.count)
-        .arg(bound.bytes);
+        .arg(bound.bytes)
+        .arg(max_age_ms);
     let flat: Vec<Vec<u8>> = fcall(conn, cmd).await?;
     let parse_id = |b: &[u8]| {
         std::str::from_utf8(b)
@@ -544,7 +550,17 @@ impl Engine for RedisEngine {
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
         async move {
             self.shared
-                .run(|mut conn| async move { read_history(&mut conn, &self.keys, topic, after, bound).await })
+                .run(|mut conn| async move {
+                    read_history(
+                        &mut conn,
+                        &self.keys,
+                        topic,
+                        after,
+                        bound,
+                        self.function_settings.max_age_ms(),
+                    )
+                    .await
+                })
                 .await
         }
         .boxed()
@@ -792,9 +808,17 @@ impl Link {
                 _ => floor,
             };
             loop {
-                let page = read_history(&mut conn, &self.keys, topic, after, self.gap_fill_bound)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let max_age_ms = self.function_settings.max_age_ms();
+                let page = read_history(
+                    &mut conn,
+                    &self.keys,
+                    topic,
+                    after,
+                    self.gap_fill_bound,
+                    max_age_ms,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 let mut done = !page.more;
                 for event in page.events {
                     if event.id > until {

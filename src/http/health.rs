@@ -31,7 +31,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let gauges = state.hub.gauges(state.engine.is_ready());
+    let mut gauges = state.hub.gauges(state.engine.is_ready());
+    gauges.history = state.engine.retained();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render(&gauges))

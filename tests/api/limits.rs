@@ -258,3 +258,73 @@ async fn cors_allows_configured_origins_only() {
     assert_eq!(same_origin.status(), 200);
     assert!(same_origin.headers().get("access-control-allow-origin").is_none());
 }
+
+/// The memory engine once kept expired events (and empty topics) until their topic was touched again:
+/// 30k topics stayed at 48 MB for ever. A sweeper frees them, and a reader resuming from before them
+/// still gets the gap notice.
+#[tokio::test]
+async fn expired_history_is_swept_from_memory_and_still_announced() {
+    let app = crate::helpers::spawn_app_with(|s| s.history.max_age_secs = 4).await;
+    let mut first = None;
+    for i in 0..1000 {
+        let id = app.publish(&format!("t{i}"), &"x".repeat(1000)).await;
+        first.get_or_insert(id);
+    }
+    assert_eq!(app.metric("herald_history_topics").await, 1000);
+    assert!(app.metric("herald_history_bytes").await >= 1000 * 1000);
+    app.wait_metric("herald_history_topics", 0).await;
+    app.wait_metric("herald_history_bytes", 0).await;
+    let mut sub = app.subscribe(&["t7"], first.as_deref()).await;
+    assert_eq!(sub.next().await.event, "herald.gap");
+}
+
+/// All topics' history together stays within `history.max_total_bytes`: the node's oldest events go
+/// first, and their readers are told.
+#[tokio::test]
+async fn memory_history_has_a_global_byte_bound() {
+    let app = crate::helpers::spawn_app_with(|s| s.history.max_total_bytes = 1024 * 1024).await;
+    let mut ids = Vec::new();
+    for i in 0..400 {
+        ids.push(app.publish(&format!("t{}", i % 5), &"y".repeat(10_000)).await);
+    }
+    let bytes = app.metric("herald_history_bytes").await;
+    assert!(bytes <= 1024 * 1024, "{bytes} bytes retained");
+    assert!(
+        bytes >= 512 * 1024,
+        "{bytes} bytes retained: evicted far below the bound"
+    );
+    // The newest survive, the oldest are gone and announced.
+    let newest = app.get_json("/topics/t4/history").await;
+    assert_eq!(
+        newest["events"].as_array().unwrap().last().unwrap()["id"],
+        ids[399].as_str()
+    );
+    let mut sub = app.subscribe(&["t0"], Some(&ids[0])).await;
+    assert_eq!(sub.next().await.event, "herald.gap");
+}
+
+/// On Redis, a topic's keys expire `max_age` after its last publish, and a reader resuming from before
+/// that gets the gap notice rather than silence.
+#[tokio::test]
+async fn redis_keys_of_idle_topics_expire_and_the_loss_is_announced() {
+    let redis = crate::redis_server::RedisServer::start();
+    let url = redis.url();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.redis.url = url;
+        s.history.max_age_secs = 1;
+    })
+    .await;
+    let id = app.publish("idle", "soon gone").await;
+    app.publish("idle", "gone too").await;
+    let ttl: i64 = redis
+        .cli(&["PTTL", "herald:{idle}:log"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=61_000).contains(&ttl), "the log's TTL is {ttl} ms");
+    // As if the TTL had run out.
+    redis.cli(&["DEL", "herald:{idle}:log"]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut sub = app.subscribe(&["idle"], Some(&id)).await;
+    assert_eq!(sub.next().await.event, "herald.gap");
+}
