@@ -178,13 +178,16 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
+/// A GET resource that answers HEAD too (the same status and headers, no body; RFC 9110 § 9.3.2).
 fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
-    F: actix_web::Handler<Args>,
+    F: actix_web::Handler<Args> + Clone,
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    resource(path, "GET").route(web::get().to(handler))
+    resource(path, "GET, HEAD")
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
 }
 
 /// Query-string pairs in order, repeated keys kept (`topic=a&topic=b`).

@@ -4,7 +4,8 @@
 //! id, so every event is either in the replay (id <= that) or queued live (id > that): no gap, no duplicate.
 
 use actix_web::http::header::{self, CacheDirective};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::{Method, Version};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 
 use super::error::ApiError;
 use super::{query_pairs, query_value, AppState};
@@ -37,6 +38,10 @@ pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> Result<H
     }
     let last_event_id = last_event_id(&req, &pairs)?;
     let grant = state.authorize(&req, &pairs, Access::Read, &topics)?;
+    if req.method() == Method::HEAD {
+        // What a GET would answer, without opening a stream (no slot, no hub membership).
+        return Ok(stream_head(&mut HttpResponse::Ok()).finish());
+    }
     let slot = state
         .per_ip
         .connect(state.client_ip(&req))
@@ -61,14 +66,23 @@ pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> Result<H
         grant.and_then(|g| g.expires_at()),
     )
     .into_stream();
-    Ok(HttpResponse::Ok()
+    let mut response = stream_head(&mut HttpResponse::Ok()).streaming(body);
+    if req.version() < Version::HTTP_11 {
+        // HTTP/1.0 has no chunked encoding: the stream runs until the connection closes.
+        response.head_mut().no_chunking(true);
+    }
+    Ok(response)
+}
+
+/// The headers of an SSE response.
+fn stream_head(builder: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
+    builder
         .content_type("text/event-stream")
         .insert_header(header::CacheControl(vec![CacheDirective::NoCache]))
         // Tells nginx and similar proxies not to buffer the stream.
         .insert_header(("X-Accel-Buffering", "no"))
         // When the stream ends the client reconnects anyway, maybe to another node: close the socket.
         .force_close()
-        .streaming(body))
 }
 
 /// The `Last-Event-ID` header (what a browser sends when it reconnects) wins over the `lastEventId` query

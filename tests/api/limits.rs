@@ -328,3 +328,55 @@ async fn redis_keys_of_idle_topics_expire_and_the_loss_is_announced() {
     let mut sub = app.subscribe(&["idle"], Some(&id)).await;
     assert_eq!(sub.next().await.event, "herald.gap");
 }
+
+/// HEAD is answered like GET without a body (it was 405), and an HTTP/1.0 client gets its stream without
+/// chunked encoding, which HTTP/1.0 does not have (the stream ends when the connection does).
+#[tokio::test]
+async fn head_requests_and_http_1_0_streams_are_answered_properly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz", "/events?topic=t", "/topics/t/history"] {
+        let response = app.client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert_eq!(
+            response.bytes().await.unwrap().len(),
+            0,
+            "HEAD {path} has no body"
+        );
+    }
+    let head = app.client.head(app.url("/events?topic=t")).send().await.unwrap();
+    assert_eq!(head.headers()["content-type"], "text/event-stream");
+    assert_eq!(
+        app.metric("herald_connections").await,
+        0,
+        "a HEAD opens no stream"
+    );
+    let bad = app.client.head(app.url("/events")).send().await.unwrap();
+    assert_eq!(bad.status(), 400, "HEAD answers the status GET would");
+    let not_allowed = app.client.put(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(not_allowed.headers()["allow"], "GET, HEAD");
+    assert_problem(not_allowed, 405, "method-not-allowed").await;
+
+    let mut old = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    old.write_all(b"GET /events?topic=t HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    app.wait_metric("herald_connections", 1).await;
+    let id = app.publish("t", "for an old client").await;
+    app.shutdown.run().await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(crate::helpers::PATIENCE, old.read_to_end(&mut raw))
+        .await
+        .expect("the stream ends when the node stops")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_lowercase();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("http/1.") && head.contains(" 200 "), "{head}");
+    assert!(!head.contains("chunked"), "{head}");
+    assert!(
+        body.starts_with(&format!("retry: 2000\n\nid: {id}\ndata: for an old client\n\n")),
+        "{body:?}"
+    );
+}
