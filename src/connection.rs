@@ -13,7 +13,8 @@ use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::domain::{EventId, TopicName, GAP_EVENT};
-use crate::engine::{Engine, EngineError, Event, PageBound};
+use crate::engine::{Engine, EngineError, PageBound};
+use crate::event::{Event, Stored};
 use crate::http::AppState;
 use crate::hub::{CloseReason, Membership, Take};
 use crate::limits::ConnectionSlot;
@@ -59,7 +60,7 @@ struct Cursor {
     topic: TopicName,
     after: EventId,
     until: EventId,
-    buf: VecDeque<Arc<Event>>,
+    buf: VecDeque<Stored>,
     started: bool,
     exhausted: bool,
 }
@@ -197,7 +198,7 @@ impl Connection {
             let Some(event) = next.and_then(|c| c.buf.pop_front()) else {
                 break;
             };
-            out.extend_from_slice(&event.frame);
+            out.extend_from_slice(event.frame());
             sent += 1;
         }
         self.metrics.replayed.fetch_add(sent, Ordering::Relaxed);
@@ -207,7 +208,9 @@ impl Connection {
 
     /// A live event the replay covered (stored, with an id up to the replay's bound).
     fn already_sent(&self, event: &Event) -> bool {
-        event.stored && self.skip_through.is_some_and(|s| event.id <= s)
+        event
+            .id
+            .is_some_and(|id| self.skip_through.is_some_and(|s| id <= s))
     }
 
     /// Everything queued since the last write, in one chunk; or a heartbeat; or the closing comment.

@@ -6,12 +6,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::{mpsc, Notify};
 
 use crate::domain::TopicName;
-use crate::engine::Event;
+use crate::engine::EngineEvents;
+use crate::event::Event;
 use crate::telemetry::{Gauges, Metrics};
 
 /// Topic → the local connections subscribed to it.
@@ -27,7 +28,7 @@ pub struct Hub {
     queue_capacity: usize,
     max_connections: usize,
     /// Told the name of each topic that loses its last local subscriber (the Redis engine unsubscribes).
-    idle_tx: OnceLock<mpsc::UnboundedSender<TopicName>>,
+    idle_tx: Option<mpsc::UnboundedSender<TopicName>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -148,15 +149,15 @@ impl Hub {
             shutting_down: AtomicBool::new(false),
             queue_capacity,
             max_connections,
-            idle_tx: OnceLock::new(),
+            idle_tx: None,
             metrics,
         }
     }
 
-    /// Registers where to report topics that lose their last local subscriber; only the first call counts.
-    pub fn report_idle_topics(&self, tx: mpsc::UnboundedSender<TopicName>) {
-        // A second registration is a programming error we tolerate by keeping the first.
-        let _ = self.idle_tx.set(tx);
+    /// Where to report topics that lose their last local subscriber (the Redis engine unsubscribes).
+    pub fn with_idle_reports(mut self, tx: mpsc::UnboundedSender<TopicName>) -> Self {
+        self.idle_tx = Some(tx);
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, TopicMap> {
@@ -257,7 +258,7 @@ impl Hub {
                 }
             }
         }
-        if let Some(tx) = self.idle_tx.get() {
+        if let Some(tx) = &self.idle_tx {
             for topic in idle {
                 // The receiver only goes away when the engine stops; nothing left to tell then.
                 let _ = tx.send(topic);
@@ -301,6 +302,20 @@ impl Hub {
     }
 }
 
+impl EngineEvents for Hub {
+    fn dispatch_all(&self, events: &[Arc<Event>]) {
+        Hub::dispatch_all(self, events);
+    }
+
+    fn has_subscribers(&self, topic: &TopicName) -> bool {
+        Hub::has_subscribers(self, topic)
+    }
+
+    fn topics(&self) -> Vec<TopicName> {
+        Hub::topics(self)
+    }
+}
+
 /// A connection's place in the hub; dropping it (the client went away) frees everything it held.
 pub struct Membership {
     hub: Arc<Hub>,
@@ -328,7 +343,7 @@ mod tests {
     use crate::domain::EventId;
 
     fn event(seq: u64, topic: &TopicName) -> Arc<Event> {
-        Arc::new(Event::new(EventId { ms: 1, seq }, topic.clone(), None, "x"))
+        crate::event::Stored::new(EventId { ms: 1, seq }, topic.clone(), None, "x").event
     }
 
     #[test]
@@ -357,9 +372,8 @@ mod tests {
 
     #[test]
     fn connection_limit_and_idle_report() {
-        let hub = Arc::new(Hub::new(8, 1, Arc::default()));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        hub.report_idle_topics(tx);
+        let hub = Arc::new(Hub::new(8, 1, Arc::default()).with_idle_reports(tx));
         let t = TopicName::parse("t", 8).unwrap();
         let one = hub.join(vec![t.clone()]).unwrap();
         assert_eq!(hub.join(vec![t.clone()]).err(), Some(JoinError::Full(1)));

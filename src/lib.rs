@@ -24,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod domain;
 pub mod engine;
+pub mod event;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -11,7 +11,7 @@ use crate::auth::{Auth, AuthConfigError};
 use crate::config::Settings;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisStartError};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineEvents};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::limits::PerIp;
@@ -54,28 +54,37 @@ impl Shutdown {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(
+        let hub = Hub::new(
             settings.sse.queue_capacity,
             settings.limits.max_connections,
             Arc::clone(&metrics),
-        ));
-        let engine: Arc<dyn Engine> = if settings.redis.url.is_empty() {
-            let memory = Arc::new(
-                MemoryEngine::new(
-                    Arc::clone(&hub),
-                    settings.history.max_len,
-                    settings.history.max_age_secs,
-                    settings.limits.idempotency_window_secs,
-                )
-                .with_max_total_bytes(settings.history.max_total_bytes),
-            );
-            // Often enough that expired history goes within a quarter of its age, at most once a second.
-            memory.start_sweeper(Duration::from_secs(
-                (settings.history.max_age_secs / 4).clamp(1, 60),
-            ));
-            memory
+        );
+        // The engines see the hub only as `EngineEvents`, and learn of idle topics through a channel.
+        let (hub, idle) = if settings.redis.url.is_empty() {
+            (Arc::new(hub), None)
         } else {
-            RedisEngine::start(&settings, Arc::clone(&hub), Arc::clone(&metrics)).await?
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Arc::new(hub.with_idle_reports(tx)), Some(rx))
+        };
+        let node: Arc<dyn EngineEvents> = hub.clone();
+        let engine: Arc<dyn Engine> = match idle {
+            None => {
+                let memory = Arc::new(
+                    MemoryEngine::new(
+                        node,
+                        settings.history.max_len,
+                        settings.history.max_age_secs,
+                        settings.limits.idempotency_window_secs,
+                    )
+                    .with_max_total_bytes(settings.history.max_total_bytes),
+                );
+                // Often enough that expired history goes within a quarter of its age, at most once a second.
+                memory.start_sweeper(Duration::from_secs(
+                    (settings.history.max_age_secs / 4).clamp(1, 60),
+                ));
+                memory
+            }
+            Some(idle) => RedisEngine::start(&settings, node, idle, Arc::clone(&metrics)).await?,
         };
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
         let bind = |source| StartupError::Bind {

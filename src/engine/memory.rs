@@ -10,15 +10,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
-use super::{Engine, EngineError, Event, HistoryPage, PageBound, Publish};
+use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
-use crate::hub::Hub;
+use crate::event::Stored;
 
 pub struct MemoryEngine {
     /// One lock over the clock, the logs and the hand-off to the hub, so the hub sees events in id order
     /// and a reader of `last_id` knows every later event is still to be dispatched.
     state: Mutex<State>,
-    hub: Arc<Hub>,
+    /// This node: the memory engine serves one.
+    node: Arc<dyn EngineEvents>,
     max_len: usize,
     /// 0 keeps events until `max_len` pushes them out.
     max_age_ms: u64,
@@ -31,8 +32,8 @@ pub struct MemoryEngine {
 /// What a retained event costs beyond its frame: its `Arc<Event>`, id, topic handle and deque slot.
 const EVENT_OVERHEAD: usize = 96;
 
-fn cost(event: &Event) -> usize {
-    event.frame.len() + EVENT_OVERHEAD
+fn cost(event: &Stored) -> usize {
+    event.frame().len() + EVENT_OVERHEAD
 }
 
 #[derive(Default)]
@@ -51,7 +52,7 @@ struct State {
 
 #[derive(Default)]
 struct TopicLog {
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<Stored>,
     /// The newest id dropped by retention: a reader asking for events after an older id has missed some.
     trimmed_through: Option<EventId>,
 }
@@ -119,10 +120,15 @@ fn now_ms() -> u64 {
 }
 
 impl MemoryEngine {
-    pub fn new(hub: Arc<Hub>, max_len: usize, max_age_secs: u64, idempotency_window_secs: u64) -> Self {
+    pub fn new(
+        node: Arc<dyn EngineEvents>,
+        max_len: usize,
+        max_age_secs: u64,
+        idempotency_window_secs: u64,
+    ) -> Self {
         MemoryEngine {
             state: Mutex::new(State::default()),
-            hub,
+            node,
             max_len,
             max_age_ms: max_age_secs.saturating_mul(1000),
             idempotency_window_ms: idempotency_window_secs.saturating_mul(1000),
@@ -198,24 +204,19 @@ impl MemoryEngine {
             let expires = now.saturating_add(self.idempotency_window_ms);
             state.key_expiry.push_back((expires, topic.clone(), key.clone()));
         }
-        let event = Arc::new(Event::new(
-            id,
-            topic.clone(),
-            m.event.map(EventName::as_str),
-            m.data,
-        ));
+        let event = Stored::new(id, topic.clone(), m.event.map(EventName::as_str), m.data);
         let swept = state.swept_through;
         let log = state.logs.entry(topic.clone()).or_insert_with(|| TopicLog {
             events: VecDeque::new(),
             trimmed_through: swept,
         });
-        log.events.push_back(Arc::clone(&event));
+        log.events.push_back(event.clone());
         let freed = log.trim(self.max_len, self.oldest_kept_ms(now));
         state.bytes = (state.bytes + cost(&event)).saturating_sub(freed);
         if self.max_total_bytes > 0 && state.bytes > self.max_total_bytes {
             state.evict_to(self.max_total_bytes / 10 * 9);
         }
-        self.hub.dispatch(&event);
+        self.node.dispatch_all(std::slice::from_ref(&event.event));
         id
     }
 
@@ -243,15 +244,15 @@ impl MemoryEngine {
 }
 
 /// The events `bound` allows from `events`, and whether any were left behind.
-fn bounded<'a>(events: impl Iterator<Item = &'a Arc<Event>>, bound: PageBound) -> (Vec<Arc<Event>>, bool) {
+fn bounded<'a>(events: impl Iterator<Item = &'a Stored>, bound: PageBound) -> (Vec<Stored>, bool) {
     let mut taken = Vec::new();
     let mut bytes = 0usize;
     for event in events {
-        if taken.len() == bound.count || (!taken.is_empty() && bytes + event.frame.len() > bound.bytes) {
+        if taken.len() == bound.count || (!taken.is_empty() && bytes + event.frame().len() > bound.bytes) {
             return (taken, true);
         }
-        bytes += event.frame.len();
-        taken.push(Arc::clone(event));
+        bytes += event.frame().len();
+        taken.push(event.clone());
     }
     (taken, false)
 }
@@ -296,6 +297,19 @@ impl Engine for MemoryEngine {
 mod tests {
     use super::*;
 
+    /// A node nobody subscribes on: the engine's own behaviour, without a hub.
+    struct NoSubscribers;
+
+    impl EngineEvents for NoSubscribers {
+        fn dispatch_all(&self, _: &[Arc<crate::event::Event>]) {}
+        fn has_subscribers(&self, _: &TopicName) -> bool {
+            false
+        }
+        fn topics(&self) -> Vec<TopicName> {
+            Vec::new()
+        }
+    }
+
     fn count(count: usize) -> PageBound {
         PageBound {
             count,
@@ -305,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_page_stops_at_its_byte_bound_but_holds_at_least_one_event() {
-        let hub = Arc::new(Hub::new(8, 8, Arc::default()));
+        let hub = Arc::new(NoSubscribers);
         let engine = MemoryEngine::new(hub, 100, 0, 60);
         let t = TopicName::parse("t", 8).unwrap();
         let big = "x".repeat(1000);
@@ -348,7 +362,7 @@ mod tests {
 
     #[test]
     fn retention_by_count_reports_truncation() {
-        let hub = Arc::new(Hub::new(8, 8, Arc::default()));
+        let hub = Arc::new(NoSubscribers);
         let engine = MemoryEngine::new(hub, 3, 0, 60);
         let t = TopicName::parse("t", 8).unwrap();
         let publish = |data: &str| {
@@ -378,7 +392,7 @@ mod tests {
 
     #[test]
     fn idempotency_key_answers_the_first_id_and_stores_once() {
-        let hub = Arc::new(Hub::new(8, 8, Arc::default()));
+        let hub = Arc::new(NoSubscribers);
         let engine = MemoryEngine::new(hub, 10, 0, 60);
         let (t, u) = (
             TopicName::parse("t", 8).unwrap(),

@@ -1,4 +1,4 @@
-//! Engines store each topic's history and carry published events to every node's [`Hub`].
+//! Engines store each topic's history and carry published events to every node (through [`EngineEvents`]).
 //!
 //! Delivery guarantee, for every engine: `publish` answers an id only once the event is stored in history;
 //! each node's hub receives the events of the topics it has interest in once each, in id order; ids are
@@ -10,56 +10,16 @@ pub mod redis;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
-use crate::sse;
-
-/// An event with its SSE frame encoded once, shared by every connection that sends it.
-#[derive(Debug)]
-pub struct Event {
-    pub id: EventId,
-    pub topic: TopicName,
-    pub frame: Bytes,
-    /// False for a message sent straight to a topic's Redis channel (`PUBLISH`): it has no id, is not in
-    /// history, and is never skipped as a duplicate.
-    pub stored: bool,
-}
-
-impl Event {
-    pub fn new(id: EventId, topic: TopicName, event: Option<&str>, data: &str) -> Self {
-        let frame = sse::encode_event(Some(id), event, data);
-        Event {
-            id,
-            topic,
-            frame,
-            stored: true,
-        }
-    }
-
-    /// A live-only message: framed without an `id:` so it does not move the client's `Last-Event-ID`.
-    pub fn unstored(topic: TopicName, data: &str) -> Self {
-        let frame = sse::encode_event(None, None, data);
-        Event {
-            id: EventId::ZERO,
-            topic,
-            frame,
-            stored: false,
-        }
-    }
-
-    /// The event type and data, read back from the frame (for the JSON history).
-    pub fn fields(&self) -> (Option<String>, String) {
-        sse::decode_event(&self.frame)
-    }
-}
+use crate::event::{Event, Stored};
 
 /// One page of a topic's history after some id.
 #[derive(Debug, Default)]
 pub struct HistoryPage {
     /// Events with ids greater than the one asked for, oldest first.
-    pub events: Vec<Arc<Event>>,
+    pub events: Vec<Stored>,
     /// True when events after the id asked for may already be gone (older than retention).
     pub truncated: bool,
     /// The oldest id still retained for the topic, if any.
@@ -95,6 +55,19 @@ pub struct Publish<'a> {
     /// A retry with the same key (per topic, within the idempotency window) answers the first id and
     /// stores nothing.
     pub idempotency_key: Option<&'a IdempotencyKey>,
+}
+
+/// How an engine reports to the node it serves (the hub implements it): the few calls it makes, and
+/// nothing else of the hub. Centrifuge's `BrokerEventHandler` is the model.
+pub trait EngineEvents: Send + Sync + 'static {
+    /// Hands over a run of events in id order (live-only ones, without ids, in arrival order).
+    fn dispatch_all(&self, events: &[Arc<Event>]);
+
+    /// Whether this node has a local subscriber of `topic` now.
+    fn has_subscribers(&self, topic: &TopicName) -> bool;
+
+    /// Every topic with a local subscriber now.
+    fn topics(&self) -> Vec<TopicName>;
 }
 
 /// What each engine implements. Futures are boxed so the hub and routes hold one `Arc<dyn Engine>`.

@@ -21,10 +21,10 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{Engine, EngineError, Event, HistoryPage, PageBound, Publish};
+use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
-use crate::hub::Hub;
+use crate::event::{Event, Stored};
 use crate::sse;
 use crate::telemetry::Metrics;
 
@@ -316,7 +316,8 @@ impl RedisEngine {
     /// waits until it is subscribed and ready.
     pub async fn start(
         all: &Settings,
-        hub: Arc<Hub>,
+        node: Arc<dyn EngineEvents>,
+        idle: mpsc::UnboundedReceiver<TopicName>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisStartError> {
         let settings = &all.redis;
@@ -401,17 +402,15 @@ impl RedisEngine {
 
         let ready = Arc::new(AtomicBool::new(false));
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
-        hub.report_idle_topics(idle_tx);
         let link = Link {
             client,
             shared: Arc::clone(&shared),
             keys: keys.clone(),
-            hub,
+            node,
             metrics,
             ready: Arc::clone(&ready),
             commands: command_rx,
-            idle: idle_rx,
+            idle,
             subscribed: HashSet::new(),
             floor: None,
             cursors: HashMap::new(),
@@ -511,7 +510,7 @@ async fn read_history(
         let data = String::from_utf8_lossy(&entry[1]);
         let event = String::from_utf8_lossy(&entry[2]);
         let event = (!event.is_empty()).then_some(&*event);
-        events.push(Arc::new(Event::new(id, topic.clone(), event, &data)));
+        events.push(Stored::new(id, topic.clone(), event, &data));
     }
     Ok(HistoryPage {
         events,
@@ -611,7 +610,8 @@ struct Link {
     client: redis::Client,
     shared: Arc<Shared>,
     keys: Keys,
-    hub: Arc<Hub>,
+    /// This node, told of every event (the hub).
+    node: Arc<dyn EngineEvents>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -704,14 +704,14 @@ impl Link {
                                 Decoded::Skip => {}
                                 Decoded::Check(event) => {
                                     // Rare (a forged or replayed message): keep order, then ask the stream.
-                                    self.hub.dispatch_all(&batch);
+                                    self.node.dispatch_all(&batch);
                                     batch.clear();
                                     match self.in_stream(&event).await {
                                         Ok(true) => {
-                                            self.cursors.insert(event.topic.clone(), event.id);
-                                            batch.push(event);
+                                            self.cursors.insert(event.topic().clone(), event.id);
+                                            batch.push(event.event);
                                         }
-                                        Ok(false) => self.refuse(&event.topic, "its id is not in the topic's stream"),
+                                        Ok(false) => self.refuse(event.topic(), "its id is not in the topic's stream"),
                                         Err(e) => return format!("checking a message against its stream: {e}"),
                                     }
                                 }
@@ -722,13 +722,13 @@ impl Link {
                             match stream.next().now_or_never() {
                                 Some(Some(m)) => next = Some(m),
                                 Some(None) => {
-                                    self.hub.dispatch_all(&batch);
+                                    self.node.dispatch_all(&batch);
                                     return "the connection closed".into();
                                 }
                                 None => break,
                             }
                         }
-                        self.hub.dispatch_all(&batch);
+                        self.node.dispatch_all(&batch);
                     }
                     None => return "the connection closed".into(),
                 },
@@ -743,7 +743,7 @@ impl Link {
                     }
                 },
                 Some(topic) = self.idle.recv() => {
-                    if !self.hub.has_subscribers(&topic) && self.subscribed.remove(&topic) {
+                    if !self.node.has_subscribers(&topic) && self.subscribed.remove(&topic) {
                         self.cursors.remove(&topic);
                         if let Err(e) = self.call(sink.unsubscribe(self.keys.channels(&topic).to_vec())).await {
                             return e;
@@ -773,7 +773,7 @@ impl Link {
     }
 
     async fn ensure_subscribed(&mut self, sink: &mut PubSubSink, topic: &TopicName) -> Result<(), String> {
-        if self.subscribed.contains(topic) || !self.hub.has_subscribers(topic) {
+        if self.subscribed.contains(topic) || !self.node.has_subscribers(topic) {
             return Ok(());
         }
         self.call(sink.subscribe(self.keys.channels(topic).to_vec()))
@@ -788,7 +788,7 @@ impl Link {
     async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
         let (_, mut conn) = self.shared.get().await.map_err(|e| e.to_string())?;
         load_functions(&mut conn).await.map_err(|e| e.to_string())?;
-        let topics = self.hub.topics();
+        let topics = self.node.topics();
         if !topics.is_empty() {
             let channels: Vec<String> = topics.iter().flat_map(|t| self.keys.channels(t)).collect();
             self.call(sink.subscribe(channels)).await?;
@@ -844,9 +844,8 @@ impl Link {
                 missed.len()
             );
         }
-        for event in &missed {
-            self.hub.dispatch(event);
-        }
+        let missed: Vec<Arc<Event>> = missed.into_iter().map(|s| s.event).collect();
+        self.node.dispatch_all(&missed);
         self.floor = Some(until.max(floor));
         Ok(())
     }
@@ -859,7 +858,7 @@ impl Link {
         if !stored {
             // A plain `PUBLISH` to the live channel: data only, framed by us, whatever it contains.
             let data = String::from_utf8_lossy(payload);
-            return Decoded::Event(Arc::new(Event::unstored(topic, &data)));
+            return Decoded::Event(Arc::new(Event::live(topic, &data)));
         }
         let Some(id) = sse::stored_frame_id(payload) else {
             self.refuse(&topic, "it is not one well-formed event frame");
@@ -870,23 +869,18 @@ impl Link {
         }
         let expected = self.cursors.get(&topic).is_none_or(|cursor| id > *cursor)
             && id.ms <= now_ms().saturating_add(FUTURE_TOLERANCE_MS);
-        let event = Arc::new(Event {
-            id,
-            topic,
-            frame: bytes::Bytes::copy_from_slice(payload),
-            stored: true,
-        });
+        let event = Stored::from_frame(id, topic, bytes::Bytes::copy_from_slice(payload));
         if expected {
-            self.cursors.insert(event.topic.clone(), id);
-            Decoded::Event(event)
+            self.cursors.insert(event.topic().clone(), id);
+            Decoded::Event(event.event)
         } else {
             Decoded::Check(event)
         }
     }
 
     /// Whether the topic's stream holds an entry with this event's id.
-    async fn in_stream(&self, event: &Event) -> Result<bool, EngineError> {
-        let (log, id) = (self.keys.log(&event.topic), event.id.to_string());
+    async fn in_stream(&self, event: &Stored) -> Result<bool, EngineError> {
+        let (log, id) = (self.keys.log(event.topic()), event.id.to_string());
         self.shared
             .run(|mut conn| async move {
                 let found: Vec<redis::Value> = redis::cmd("XRANGE")
@@ -936,7 +930,7 @@ enum Decoded {
     Skip,
     /// A stored event whose id is not newer than its topic's cursor, or lies in the future: handed over
     /// only if the topic's stream has it.
-    Check(Arc<Event>),
+    Check(Stored),
 }
 
 /// How far ahead of this node's clock an id's time may be before it is checked against the stream.

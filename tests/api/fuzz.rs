@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use herald::auth::Auth;
 use herald::config::Settings;
 use herald::domain::{EventId, EventName, TopicName};
-use herald::engine::Event;
+use herald::event::Stored;
 use proptest::prelude::*;
 
 /// Parses `frames` with the independent SSE parser; the events it dispatches.
@@ -42,10 +42,10 @@ proptest! {
         let id = EventId { ms, seq };
         let event = event.and_then(|e| EventName::parse(&e, 64).ok());
         let name = event.as_ref().map(|e| e.as_str());
-        let first = Event::new(id, topic(), name, &data);
-        let second = Event::new(EventId { ms, seq: seq + 1 }, topic(), None, &data2);
+        let first = Stored::new(id, topic(), name, &data);
+        let second = Stored::new(EventId { ms, seq: seq + 1 }, topic(), None, &data2);
         // Split the bytes anywhere: the parser must see the same two events.
-        let both = [first.frame.clone(), second.frame.clone()].concat();
+        let both = [first.frame().clone(), second.frame().clone()].concat();
         let cut = data.len() % (both.len() + 1);
         let events = parse(vec![Bytes::copy_from_slice(&both[..cut]), Bytes::copy_from_slice(&both[cut..])]);
         prop_assert_eq!(events.len(), 2);

@@ -1,0 +1,69 @@
+//! What the engines carry and the hub fans out: an event with its SSE frame encoded once, below both
+//! (neither engines nor hub import each other for it).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::domain::{EventId, TopicName};
+use crate::sse;
+
+/// An event with its SSE frame encoded once, shared by every connection that sends it.
+#[derive(Debug)]
+pub struct Event {
+    /// `None` for a live-only message (a `PUBLISH` straight to a topic's Redis live channel): it is not
+    /// in history, is framed without `id:` (the client's `Last-Event-ID` stays), and is never skipped as
+    /// a duplicate.
+    pub id: Option<EventId>,
+    pub topic: TopicName,
+    pub frame: Bytes,
+}
+
+impl Event {
+    /// A live-only message, framed as data only.
+    pub fn live(topic: TopicName, data: &str) -> Self {
+        Event {
+            id: None,
+            topic,
+            frame: sse::encode_event(None, None, data),
+        }
+    }
+}
+
+/// A stored event: one that history holds, so it always has an id.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: EventId,
+    pub event: Arc<Event>,
+}
+
+impl Stored {
+    pub fn new(id: EventId, topic: TopicName, event: Option<&str>, data: &str) -> Self {
+        Stored::from_frame(id, topic, sse::encode_event(Some(id), event, data))
+    }
+
+    /// A stored event from a frame already encoded (by the Redis publish function, and checked).
+    pub fn from_frame(id: EventId, topic: TopicName, frame: Bytes) -> Self {
+        Stored {
+            id,
+            event: Arc::new(Event {
+                id: Some(id),
+                topic,
+                frame,
+            }),
+        }
+    }
+
+    pub fn frame(&self) -> &Bytes {
+        &self.event.frame
+    }
+
+    pub fn topic(&self) -> &TopicName {
+        &self.event.topic
+    }
+
+    /// The event type and data, read back from the frame (for the JSON history).
+    pub fn fields(&self) -> (Option<String>, String) {
+        sse::decode_event(&self.event.frame)
+    }
+}
