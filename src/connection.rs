@@ -15,7 +15,7 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use crate::domain::{EventId, TopicName, GAP_EVENT};
 use crate::engine::{Engine, EngineError, PageBound};
 use crate::event::{Event, Stored};
-use crate::http::AppState;
+use crate::config::Settings;
 use crate::hub::{CloseReason, Membership, Take};
 use crate::limits::ConnectionSlot;
 use crate::sse;
@@ -65,16 +65,42 @@ struct Cursor {
     exhausted: bool,
 }
 
+/// What every stream of a node shares: where history comes from, what it counts, and its settings.
+pub struct Streams {
+    pub engine: Arc<dyn Engine>,
+    pub metrics: Arc<Metrics>,
+    /// `retry:` sent when a stream opens.
+    pub retry_ms: u64,
+    /// A comment goes out after this long without anything else.
+    pub heartbeat: Duration,
+    /// One read of a replay.
+    pub page: PageBound,
+}
+
+impl Streams {
+    pub fn new(engine: Arc<dyn Engine>, metrics: Arc<Metrics>, settings: &Settings) -> Self {
+        Streams {
+            engine,
+            metrics,
+            retry_ms: settings.sse.retry_ms,
+            heartbeat: settings.heartbeat(),
+            page: PageBound {
+                count: settings.history.page_size,
+                bytes: settings.history.max_page_bytes,
+            },
+        }
+    }
+}
+
 impl Connection {
     pub fn new(
-        state: &AppState,
+        streams: &Streams,
         membership: Membership,
         resume: Option<Resume>,
         slot: ConnectionSlot,
         token_expires_at: Option<u64>,
     ) -> Self {
-        let settings = &state.settings;
-        let period = settings.heartbeat();
+        let period = streams.heartbeat;
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let expires = token_expires_at.and_then(|at| {
@@ -86,17 +112,14 @@ impl Connection {
             Instant::now().checked_add(Duration::from_secs(at.saturating_sub(now)))
         });
         Connection {
-            engine: Arc::clone(&state.engine),
-            metrics: Arc::clone(&state.metrics),
+            engine: Arc::clone(&streams.engine),
+            metrics: Arc::clone(&streams.metrics),
             membership,
             _slot: slot,
             expires,
             heartbeat,
-            retry_ms: settings.sse.retry_ms,
-            page: PageBound {
-                count: settings.history.page_size,
-                bytes: settings.history.max_page_bytes,
-            },
+            retry_ms: streams.retry_ms,
+            page: streams.page,
             skip_through: resume.map(|r| r.until),
             phase: Phase::Hello(resume),
         }
@@ -285,11 +308,6 @@ fn gap_notice(topic: &TopicName, after: EventId, first_retained: Option<EventId>
         "first_retained": first_retained.map(|id| id.to_string()),
         "detail": "events after last_event_id are older than the retained history and were not replayed",
     });
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(b"event: ");
-    buf.extend_from_slice(GAP_EVENT.as_bytes());
-    buf.extend_from_slice(b"\ndata: ");
-    buf.extend_from_slice(data.to_string().as_bytes());
-    buf.extend_from_slice(b"\n\n");
-    buf.freeze()
+    // No `id:`: the client's Last-Event-ID stays where it was.
+    sse::encode_event(None, Some(GAP_EVENT), &data.to_string())
 }

@@ -9,6 +9,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::auth::{Auth, AuthConfigError};
 use crate::config::Settings;
+use crate::connection::Streams;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisStartError};
 use crate::engine::{Engine, EngineEvents};
@@ -96,6 +97,7 @@ impl Application {
         let engine_name = engine.name();
         let limits = &settings.limits;
         let state = web::Data::new(AppState {
+            streams: Streams::new(Arc::clone(&engine), Arc::clone(&metrics), &settings),
             engine,
             hub: Arc::clone(&hub),
             auth: Auth::from_settings(&settings.auth)?,

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use crate::auth::{Access, Auth, AuthError, Grant};
 use crate::config::Settings;
+use crate::connection::Streams;
 use crate::domain::TopicName;
 use crate::engine::Engine;
 use crate::hub::Hub;
@@ -28,6 +29,8 @@ use error::ApiError;
 /// What every handler shares.
 pub struct AppState {
     pub engine: Arc<dyn Engine>,
+    /// What every SSE stream of this node shares.
+    pub streams: Streams,
     pub hub: Arc<Hub>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,

@@ -59,7 +59,7 @@ pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> Result<H
         None => None,
     };
     let body = Connection::new(
-        &state,
+        &state.streams,
         membership,
         resume,
         slot,
