@@ -16,7 +16,6 @@ RUN mkdir -p src bench/src \
  && cargo build --release --locked -p herald \
  && rm -rf src
 # Files built into the binary, the least often changed first.
-COPY migrations migrations
 COPY static static
 COPY docs/openapi.yaml docs/openapi.yaml
 COPY config config

@@ -12,10 +12,10 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
+use crate::config::Settings;
 use crate::domain::{EventId, TopicName, GAP_EVENT};
 use crate::engine::{Engine, EngineError, PageBound};
 use crate::event::{Event, Stored};
-use crate::config::Settings;
 use crate::hub::{CloseReason, Membership, Take};
 use crate::limits::ConnectionSlot;
 use crate::sse;

@@ -1,0 +1,130 @@
+//! The functions library (`herald.lua`, beside this file) and the Rust wrappers of its functions.
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::RedisError;
+
+use super::keys::Keys;
+use crate::config::Settings;
+use crate::domain::{EventId, TopicName};
+use crate::engine::{HistoryPage, PageBound};
+use crate::event::Stored;
+
+/// The Lua library, versioned; loaded with `FUNCTION LOAD REPLACE` at start-up and after Redis comes back.
+pub(super) const FUNCTIONS: &str = include_str!("herald.lua");
+
+/// The settings the publish function needs, passed with every call from a node (so a FLUSHALL or
+/// another hub's settings cannot change them) and kept in `P:config` for `redis-cli` publishers.
+#[derive(Clone)]
+pub(super) struct FunctionSettings {
+    /// max_len, max_age_ms, idem_ttl_ms, max_event_len: the order `herald.lua` reads them in.
+    pub(super) args: [String; 4],
+}
+
+impl FunctionSettings {
+    const NAMES: [&'static str; 4] = ["max_len", "max_age_ms", "idem_ttl_ms", "max_event_len"];
+
+    pub(super) fn new(s: &Settings) -> Self {
+        FunctionSettings {
+            args: [
+                s.history.max_len.to_string(),
+                s.history.max_age_secs.saturating_mul(1000).to_string(),
+                s.limits.idempotency_window_secs.saturating_mul(1000).to_string(),
+                s.limits.max_event_name_len.to_string(),
+            ],
+        }
+    }
+
+    pub(super) fn max_age_ms(&self) -> &str {
+        &self.args[1]
+    }
+
+    /// Writes `P:config` for `redis-cli` publishers.
+    pub(super) async fn store(&self, conn: &mut impl ConnectionLike, keys: &Keys) -> Result<(), RedisError> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(keys.config());
+        for (name, value) in Self::NAMES.iter().zip(&self.args) {
+            cmd.arg(name).arg(value);
+        }
+        cmd.query_async(conn).await
+    }
+}
+
+pub(super) fn is_missing_function(e: &RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+pub(super) async fn load_functions(conn: &mut impl ConnectionLike) -> Result<(), RedisError> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(FUNCTIONS)
+        .query_async::<String>(conn)
+        .await
+        .map(drop)
+}
+
+/// Runs `FCALL`/`FCALL_RO`; if Redis lost the library (restarted without persistence), loads it and
+/// retries once: a missing function ran nothing, so the retry cannot store twice.
+pub(super) async fn fcall<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    cmd: redis::Cmd,
+) -> Result<T, RedisError> {
+    match cmd.query_async(conn).await {
+        Err(e) if is_missing_function(&e) => {
+            tracing::warn!("the Herald functions were missing in Redis; loading them again");
+            load_functions(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// Reads one page of a topic's history with the `herald_history` function.
+pub(super) async fn read_history(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    topic: &TopicName,
+    after: EventId,
+    bound: PageBound,
+    max_age_ms: &str,
+) -> Result<HistoryPage, RedisError> {
+    let mut cmd = redis::cmd("FCALL_RO");
+    cmd.arg("herald_history")
+        .arg(1)
+        .arg(keys.topic(topic))
+        .arg(after.to_string())
+        .arg(bound.count)
+        .arg(bound.bytes)
+        .arg(max_age_ms);
+    let flat: Vec<Vec<u8>> = fcall(conn, cmd).await?;
+    let parse_id = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<EventId>().ok())
+    };
+    // The newest id retention removed (empty when none was): a reader after an older id missed events.
+    let trimmed = flat.first().and_then(|b| parse_id(b));
+    let first_retained = flat.get(1).and_then(|b| parse_id(b));
+    let more = flat.get(2).is_some_and(|b| !b.is_empty());
+    let mut events = Vec::new();
+    for entry in flat.get(3..).unwrap_or_default().chunks_exact(3) {
+        let Some(id) = parse_id(&entry[0]) else {
+            continue;
+        };
+        let data = String::from_utf8_lossy(&entry[1]);
+        let event = String::from_utf8_lossy(&entry[2]);
+        let event = (!event.is_empty()).then_some(&*event);
+        events.push(Stored::new(id, topic.clone(), event, &data));
+    }
+    Ok(HistoryPage {
+        events,
+        truncated: trimmed.is_some_and(|t| after < t),
+        first_retained,
+        more,
+    })
+}
+
+pub(super) async fn last_id(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<EventId, RedisError> {
+    let raw: Option<String> = redis::cmd("GET").arg(keys.seq()).query_async(conn).await?;
+    Ok(raw.and_then(|s| s.parse().ok()).unwrap_or(EventId::ZERO))
+}

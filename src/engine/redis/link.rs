@@ -1,0 +1,418 @@
+//! The node's pub/sub link: follows local interest, and after any loss reconnects with jittered backoff,
+//! re-subscribes and gap-fills every subscribed topic from its stream.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::FutureExt;
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use redis::RedisError;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{timeout, Instant};
+
+use super::connection::Shared;
+use super::functions::{last_id, load_functions, read_history, FunctionSettings};
+use super::keys::Keys;
+use crate::domain::{EventId, TopicName};
+use crate::engine::{EngineError, EngineEvents, PageBound};
+use crate::event::{Event, Stored};
+use crate::sse;
+use crate::telemetry::Metrics;
+
+/// Reconnect delays double from the first to the last, each with up to 50 % jitter off. The cap keeps
+/// recovery within a second of Redis answering again.
+pub(super) const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+pub(super) const BACKOFF_CAP: Duration = Duration::from_millis(500);
+
+/// Messages handed to the hub in one run at most, so one busy topic cannot hold the link for long.
+pub(super) const MAX_BATCH: usize = 256;
+
+/// Why one life of the link ended; it reconnects after any of them.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LinkError {
+    #[error("connecting timed out")]
+    ConnectTimeout,
+    #[error("Redis did not answer in time")]
+    Timeout,
+    #[error("the connection closed")]
+    Closed,
+    #[error("ping failed: {0}")]
+    Ping(Box<LinkError>),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("checking a message against its stream: {0}")]
+    Check(EngineError),
+}
+
+pub(super) enum Command {
+    /// Make sure the link is subscribed to the topic; answered once Redis confirmed it.
+    Subscribe(TopicName, oneshot::Sender<Result<(), EngineError>>),
+}
+
+/// The node's pub/sub connection and everything it delivers to the hub.
+pub(super) struct Link {
+    pub(super) client: redis::Client,
+    pub(super) shared: Arc<Shared>,
+    pub(super) keys: Keys,
+    /// This node, told of every event (the hub).
+    pub(super) node: Arc<dyn EngineEvents>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) ready: watch::Sender<bool>,
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    pub(super) idle: mpsc::UnboundedReceiver<TopicName>,
+    pub(super) subscribed: HashSet<TopicName>,
+    /// The newest id Redis had when the link last (re)subscribed, read from Redis itself: a stored event
+    /// at or below it was handed over by that resume's gap-fill, so it is a duplicate.
+    pub(super) floor: Option<EventId>,
+    /// Per topic, the newest stored id handed to the hub. Redis sends one connection's messages in
+    /// execution order, which is id order, so the next one is newer; one that is not (or that claims a
+    /// time far ahead) is checked against the topic's stream before it is trusted. Per topic, so one bad
+    /// message cannot hold back other topics.
+    pub(super) cursors: HashMap<TopicName, EventId>,
+    pub(super) function_settings: FunctionSettings,
+    /// One read of a gap-fill: bounded like any history page, so a reconnect holds a page at a time.
+    pub(super) gap_fill_bound: PageBound,
+    pub(super) command_timeout: Duration,
+    pub(super) connect_timeout: Duration,
+    pub(super) ping_interval: Duration,
+    pub(super) max_topic_len: usize,
+    pub(super) url: String,
+}
+
+impl Link {
+    pub(super) async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            let error = self.serve().await;
+            // Whatever cut the link (Redis restarted, went silent, the network) likely cut the shared
+            // command connection too: the next command connects afresh.
+            self.shared.retire(None);
+            let was_ready = self.ready.send_replace(false);
+            self.subscribed.clear();
+            if was_ready {
+                failures = 0;
+                self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "lost the Redis pub/sub link to {}: {error}; reconnecting",
+                    self.url
+                );
+            } else {
+                tracing::debug!("Redis pub/sub link to {} not up: {error}", self.url);
+            }
+            let delay = backoff(failures);
+            failures = failures.saturating_add(1);
+            // While down, subscriptions are refused at once (the client gets 503 and retries).
+            let wake = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    command = self.commands.recv() => match command {
+                        Some(Command::Subscribe(_, reply)) => {
+                            let _ = reply.send(Err(EngineError::Unavailable("Redis is unreachable".into())));
+                        }
+                        None => return,
+                    },
+                    // Idle topics need nothing while down: the next connection subscribes from hub state.
+                    Some(_) = self.idle.recv() => {}
+                }
+            }
+        }
+    }
+
+    /// One life of the link: connect, subscribe, gap-fill, then deliver until something fails.
+    pub(super) async fn serve(&mut self) -> LinkError {
+        let pubsub = match timeout(self.connect_timeout, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return e.into(),
+            Err(_) => return LinkError::ConnectTimeout,
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        if let Err(e) = self.resume(&mut sink).await {
+            return e;
+        }
+        self.ready.send_replace(true);
+        tracing::info!("Redis pub/sub link to {} is up", self.url);
+        let mut ping = tokio::time::interval(self.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                message = stream.next() => match message {
+                    Some(message) => {
+                        // Take everything already received, and hand it to the hub as one run.
+                        let mut batch = Vec::new();
+                        let mut next = Some(message);
+                        while let Some(m) = next.take() {
+                            match self.decode(m.get_channel_name(), m.get_payload_bytes()) {
+                                Decoded::Event(event) => batch.push(event),
+                                Decoded::Skip => {}
+                                Decoded::Check(event) => {
+                                    // Rare (a forged or replayed message): keep order, then ask the stream.
+                                    self.node.dispatch_all(&batch);
+                                    batch.clear();
+                                    match self.in_stream(&event).await {
+                                        Ok(true) => {
+                                            self.cursors.insert(event.topic().clone(), event.id);
+                                            batch.push(event.event);
+                                        }
+                                        Ok(false) => self.refuse(event.topic(), "its id is not in the topic's stream"),
+                                        Err(e) => return LinkError::Check(e),
+                                    }
+                                }
+                            }
+                            if batch.len() >= MAX_BATCH {
+                                break;
+                            }
+                            match stream.next().now_or_never() {
+                                Some(Some(m)) => next = Some(m),
+                                Some(None) => {
+                                    self.node.dispatch_all(&batch);
+                                    return LinkError::Closed;
+                                }
+                                None => break,
+                            }
+                        }
+                        self.node.dispatch_all(&batch);
+                    }
+                    None => return LinkError::Closed,
+                },
+                Some(command) = self.commands.recv() => match command {
+                    Command::Subscribe(topic, reply) => {
+                        let result = self.ensure_subscribed(&mut sink, &topic).await;
+                        let (answer, failed) = match result {
+                            Ok(()) => (Ok(()), None),
+                            Err(e) => (Err(EngineError::Unavailable(e.to_string())), Some(e)),
+                        };
+                        let _ = reply.send(answer);
+                        if let Some(e) = failed {
+                            return e;
+                        }
+                    }
+                },
+                Some(topic) = self.idle.recv() => {
+                    if !self.node.has_subscribers(&topic) && self.subscribed.remove(&topic) {
+                        self.cursors.remove(&topic);
+                        if let Err(e) = self.call(sink.unsubscribe(self.keys.channels(&topic).to_vec())).await {
+                            return e;
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = self.call(sink.ping::<redis::Value>()).await {
+                        return LinkError::Ping(Box::new(e));
+                    }
+                    self.restore_config().await;
+                }
+            }
+        }
+    }
+
+    /// Runs one pub/sub call with the command timeout.
+    pub(super) async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, LinkError> {
+        match timeout(self.command_timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+
+    pub(super) async fn ensure_subscribed(
+        &mut self,
+        sink: &mut PubSubSink,
+        topic: &TopicName,
+    ) -> Result<(), LinkError> {
+        if self.subscribed.contains(topic) || !self.node.has_subscribers(topic) {
+            return Ok(());
+        }
+        self.call(sink.subscribe(self.keys.channels(topic).to_vec()))
+            .await?;
+        self.subscribed.insert(topic.clone());
+        Ok(())
+    }
+
+    /// After (re)connecting: reload the functions (Redis may have restarted empty), subscribe to every
+    /// topic with local subscribers, and hand the hub what it missed, in id order.
+    /// A failure here ends `serve`, and `run` then retires the shared connection it used.
+    pub(super) async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), LinkError> {
+        let (_, mut conn) = self.shared.get().await?;
+        load_functions(&mut conn).await?;
+        let topics = self.node.topics();
+        if !topics.is_empty() {
+            let channels: Vec<String> = topics.iter().flat_map(|t| self.keys.channels(t)).collect();
+            self.call(sink.subscribe(channels)).await?;
+        }
+        self.subscribed = topics.iter().cloned().collect();
+        // Everything above `until` arrives on the new subscription; up to it comes from the streams.
+        let until = last_id(&mut conn, &self.keys).await?;
+        let Some(floor) = self.floor else {
+            self.floor = Some(until);
+            return Ok(());
+        };
+        let mut missed = Vec::new();
+        for topic in &topics {
+            // A topic's own cursor, unless it is beyond what Redis has (a bad message moved it).
+            let mut after = match self.cursors.get(topic) {
+                Some(cursor) if *cursor <= until => (*cursor).max(floor),
+                _ => floor,
+            };
+            loop {
+                let max_age_ms = self.function_settings.max_age_ms();
+                let page = read_history(
+                    &mut conn,
+                    &self.keys,
+                    topic,
+                    after,
+                    self.gap_fill_bound,
+                    max_age_ms,
+                )
+                .await?;
+                let mut done = !page.more;
+                for event in page.events {
+                    if event.id > until {
+                        done = true;
+                        break;
+                    }
+                    after = event.id;
+                    missed.push(event);
+                }
+                if done {
+                    break;
+                }
+            }
+            self.cursors.remove(topic);
+        }
+        missed.sort_by_key(|e| e.id);
+        self.metrics
+            .gap_filled
+            .fetch_add(missed.len() as u64, Ordering::Relaxed);
+        if !missed.is_empty() {
+            tracing::info!(
+                "gap-filled {} events missed while the link was down",
+                missed.len()
+            );
+        }
+        let missed: Vec<Arc<Event>> = missed.into_iter().map(|s| s.event).collect();
+        self.node.dispatch_all(&missed);
+        self.floor = Some(until.max(floor));
+        Ok(())
+    }
+
+    /// Turns one pub/sub message into an event for the hub; never waits.
+    pub(super) fn decode(&mut self, channel: &str, payload: &[u8]) -> Decoded {
+        let Some((topic, stored)) = self.keys.topic_of_channel(channel, self.max_topic_len) else {
+            return Decoded::Skip;
+        };
+        if !stored {
+            // A plain `PUBLISH` to the live channel: data only, framed by us, whatever it contains.
+            let data = String::from_utf8_lossy(payload);
+            return Decoded::Event(Arc::new(Event::live(topic, &data)));
+        }
+        let Some(id) = sse::stored_frame_id(payload) else {
+            self.refuse(&topic, "it is not one well-formed event frame");
+            return Decoded::Skip;
+        };
+        if self.floor.is_some_and(|floor| id <= floor) {
+            return Decoded::Skip;
+        }
+        let expected = self.cursors.get(&topic).is_none_or(|cursor| id > *cursor)
+            && id.ms <= now_ms().saturating_add(FUTURE_TOLERANCE_MS);
+        let event = Stored::from_frame(id, topic, bytes::Bytes::copy_from_slice(payload));
+        if expected {
+            self.cursors.insert(event.topic().clone(), id);
+            Decoded::Event(event.event)
+        } else {
+            Decoded::Check(event)
+        }
+    }
+
+    /// Whether the topic's stream holds an entry with this event's id.
+    pub(super) async fn in_stream(&self, event: &Stored) -> Result<bool, EngineError> {
+        let (log, id) = (self.keys.log(event.topic()), event.id.to_string());
+        self.shared
+            .run(|mut conn| async move {
+                let found: Vec<redis::Value> = redis::cmd("XRANGE")
+                    .arg(log)
+                    .arg(&id)
+                    .arg(&id)
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(!found.is_empty())
+            })
+            .await
+    }
+
+    pub(super) fn refuse(&self, topic: &TopicName, why: &str) {
+        self.metrics.redis_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%topic, "dropped a message on the topic's stored-event channel: {why}");
+    }
+
+    /// Writes `P:config` again if it is gone (a FLUSHALL), for `redis-cli` publishers; best effort.
+    pub(super) async fn restore_config(&self) {
+        let (keys, settings) = (&self.keys, &self.function_settings);
+        let restored = self
+            .shared
+            .run(|mut conn| async move {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(keys.config())
+                    .query_async(&mut conn)
+                    .await?;
+                if !exists {
+                    settings.store(&mut conn, keys).await?;
+                }
+                Ok(!exists)
+            })
+            .await;
+        if let Ok(true) = restored {
+            tracing::info!("restored {} (it was gone, as after a FLUSHALL)", keys.config());
+        }
+    }
+}
+
+/// What one pub/sub message becomes.
+pub(super) enum Decoded {
+    Event(Arc<Event>),
+    /// A duplicate, or refused.
+    Skip,
+    /// A stored event whose id is not newer than its topic's cursor, or lies in the future: handed over
+    /// only if the topic's stream has it.
+    Check(Stored),
+}
+
+/// How far ahead of this node's clock an id's time may be before it is checked against the stream.
+pub(super) const FUTURE_TOLERANCE_MS: u64 = 60_000;
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(super) fn backoff(failures: u32) -> Duration {
+    let full = BACKOFF_FIRST
+        .saturating_mul(1 << failures.min(8))
+        .min(BACKOFF_CAP);
+    let jitter = RandomState::new().hash_one(failures) % 50;
+    full - full * jitter as u32 / 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        for failures in 0..20 {
+            let d = backoff(failures);
+            assert!(d <= BACKOFF_CAP && d >= BACKOFF_FIRST / 2, "{d:?}");
+        }
+    }
+}

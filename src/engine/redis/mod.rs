@@ -1,0 +1,283 @@
+//! The Redis engine: history in one stream per topic, live delivery over pub/sub, shared by any number of
+//! nodes. The Lua functions in `herald.lua` (beside `functions.rs`) do each publish in one atomic call (id from the shared
+//! clock, XADD, trim, PUBLISH of the encoded frame), so every node receives events in id order.
+//!
+//! One dedicated pub/sub connection per node (the link) follows local interest: it subscribes to a topic's
+//! channel while the hub has a local subscriber of it. When the link drops, it reconnects with jittered
+//! backoff, re-subscribes, and gap-fills every subscribed topic from its stream after the last id it
+//! delivered, so connected clients lose nothing and see nothing twice.
+
+//!
+//! # Layout
+//! - this file: the engine and its start-up handshake (connect, version check, functions, link up);
+//! - [`connection`]: the I/O thread and the one multiplexed command connection every call shares;
+//! - [`keys`]: key and channel names;
+//! - [`functions`]: `herald.lua` and the Rust wrappers of its functions;
+//! - [`link`]: the pub/sub link that follows local interest, re-subscribes and gap-fills.
+
+mod connection;
+mod functions;
+mod keys;
+mod link;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::{AsyncConnectionConfig, RedisError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep, timeout, Instant};
+
+use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
+use crate::config::Settings;
+use crate::domain::{EventId, TopicName};
+use crate::telemetry::Metrics;
+use connection::{redact, IoThread, Shared};
+use functions::{fcall, last_id, load_functions, read_history, FunctionSettings};
+use keys::Keys;
+use link::{Command, Link};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStartError {
+    #[error("redis.url {url} is not a Redis URL: {source}")]
+    BadUrl { url: String, source: RedisError },
+    #[error(
+        "cannot reach Redis at {url} after {waited_secs} s ({last_error}); start redis-server, or fix \
+         redis.url (HERALD__REDIS__URL / --redis-url), or raise redis.startup_wait_secs"
+    )]
+    Unreachable {
+        url: String,
+        waited_secs: u64,
+        last_error: String,
+    },
+    #[error(
+        "Redis at {url} is version {version}; Herald needs Redis 7.0 or newer (it uses Redis Functions)"
+    )]
+    TooOld { url: String, version: String },
+    #[error("Redis at {url} refused the Herald functions library: {source}")]
+    Functions { url: String, source: RedisError },
+    #[error("cannot start the Redis I/O thread: {0}")]
+    Thread(std::io::Error),
+}
+
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+    keys: Keys,
+    function_settings: FunctionSettings,
+    /// True while the pub/sub link is up (the link sends, `/readyz` and start-up read).
+    ready: watch::Receiver<bool>,
+    commands: mpsc::UnboundedSender<Command>,
+    command_timeout: Duration,
+    /// Stops the I/O thread (and with it the link) when the engine is dropped.
+    _io: IoThread,
+}
+
+impl RedisEngine {
+    /// Connects (waiting up to `startup_wait_secs` for Redis), loads the functions, starts the link and
+    /// waits until it is subscribed and ready.
+    pub async fn start(
+        all: &Settings,
+        node: Arc<dyn EngineEvents>,
+        idle: mpsc::UnboundedReceiver<TopicName>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, RedisStartError> {
+        let settings = &all.redis;
+        let max_topic_len = all.limits.max_topic_len;
+        let function_settings = FunctionSettings::new(all);
+        let url = redact(&settings.url);
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|source| RedisStartError::BadUrl {
+                url: url.clone(),
+                source,
+            })?;
+        let command_timeout = Duration::from_millis(settings.command_timeout_ms);
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(command_timeout));
+        let io = IoThread::start().map_err(RedisStartError::Thread)?;
+        let shared = Arc::new(Shared::new(client.clone(), config, io.handle.clone()));
+
+        let deadline = Instant::now() + Duration::from_secs(settings.startup_wait_secs);
+        let (_, mut conn) = loop {
+            let last_error = match shared.get().await {
+                Ok(conn) => break conn,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(RedisStartError::Unreachable {
+                    url,
+                    waited_secs: settings.startup_wait_secs,
+                    last_error,
+                });
+            }
+            tracing::warn!("waiting for Redis at {url}: {last_error}");
+            sleep(Duration::from_millis(250)).await;
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| RedisStartError::Functions {
+                url: url.clone(),
+                source,
+            })?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            return Err(RedisStartError::TooOld { url, version });
+        }
+
+        let keys = Keys {
+            prefix: Arc::from(settings.key_prefix.as_str()),
+        };
+        load_functions(&mut conn)
+            .await
+            .map_err(|source| RedisStartError::Functions {
+                url: url.clone(),
+                source,
+            })?;
+        function_settings
+            .store(&mut conn, &keys)
+            .await
+            .map_err(|source| RedisStartError::Functions {
+                url: url.clone(),
+                source,
+            })?;
+        drop(conn);
+
+        let (ready_tx, mut ready) = watch::channel(false);
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let link = Link {
+            client,
+            shared: Arc::clone(&shared),
+            keys: keys.clone(),
+            node,
+            metrics,
+            ready: ready_tx,
+            commands: command_rx,
+            idle,
+            subscribed: Default::default(),
+            floor: None,
+            cursors: Default::default(),
+            function_settings: function_settings.clone(),
+            gap_fill_bound: PageBound {
+                count: all.history.page_size,
+                bytes: all.history.max_page_bytes,
+            },
+            command_timeout,
+            connect_timeout,
+            ping_interval: Duration::from_millis(settings.ping_interval_ms),
+            max_topic_len,
+            url: url.clone(),
+        };
+        io.handle.spawn(link.run());
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let up = matches!(timeout(wait, ready.wait_for(|up| *up)).await, Ok(Ok(_)));
+        if !up {
+            return Err(RedisStartError::Unreachable {
+                url,
+                waited_secs: settings.startup_wait_secs,
+                last_error: "the pub/sub connection did not come up".into(),
+            });
+        }
+        Ok(Arc::new(RedisEngine {
+            shared,
+            keys,
+            function_settings,
+            ready,
+            commands,
+            command_timeout,
+            _io: io,
+        }))
+    }
+}
+
+impl Engine for RedisEngine {
+    fn publish<'a>(&'a self, m: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
+        async move {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg("herald_publish")
+                .arg(1)
+                .arg(self.keys.topic(m.topic))
+                .arg(m.data)
+                .arg(m.event.map_or("", |e| e.as_str()))
+                .arg(m.idempotency_key.map_or("", |k| k.as_str()))
+                .arg(&self.function_settings.args[..]);
+            let id: String = self
+                .shared
+                .run(|mut conn| async move { fcall(&mut conn, cmd).await })
+                .await?;
+            id.parse()
+                .map_err(|_| EngineError::Unavailable(format!("Redis answered a malformed id `{id}`")))
+        }
+        .boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        after: EventId,
+        bound: PageBound,
+    ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
+        async move {
+            self.shared
+                .run(|mut conn| async move {
+                    read_history(
+                        &mut conn,
+                        &self.keys,
+                        topic,
+                        after,
+                        bound,
+                        self.function_settings.max_age_ms(),
+                    )
+                    .await
+                })
+                .await
+        }
+        .boxed()
+    }
+
+    fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>> {
+        async move {
+            self.shared
+                .run(|mut conn| async move { last_id(&mut conn, &self.keys).await })
+                .await
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>> {
+        async move {
+            let (tx, rx) = oneshot::channel();
+            let gone = || EngineError::Unavailable("the Redis link has stopped".into());
+            self.commands
+                .send(Command::Subscribe(topic.clone(), tx))
+                .map_err(|_| gone())?;
+            match timeout(self.command_timeout, rx).await {
+                Ok(answer) => answer.map_err(|_| gone())?,
+                Err(_) => Err(EngineError::Unavailable(
+                    "Redis did not confirm the subscription in time".into(),
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
