@@ -152,7 +152,7 @@ impl Auth {
             let alg = parse_algorithm(name)?;
             let key = match alg {
                 Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 if !s.hs_secret.is_empty() => {
-                    Some(DecodingKey::from_secret(s.hs_secret.as_bytes()))
+                    Some(DecodingKey::from_secret(s.hs_secret.expose().as_bytes()))
                 }
                 Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512
                     if !s.rsa_public_key_file.is_empty() =>

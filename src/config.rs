@@ -15,7 +15,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub sse: SseSettings,
     pub history: HistorySettings,
-    pub limits: Limits,
+    pub limits: LimitsSettings,
     pub cors: CorsSettings,
     pub redis: RedisSettings,
     pub auth: AuthSettings,
@@ -25,7 +25,7 @@ pub struct Settings {
 pub struct AuthSettings {
     pub anonymous_publish: bool,
     pub private_topics: Vec<String>,
-    pub hs_secret: String,
+    pub hs_secret: Secret,
     pub rsa_public_key_file: String,
     pub ec_public_key_file: String,
     pub algorithms: Vec<String>,
@@ -66,7 +66,7 @@ pub struct HistorySettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct Limits {
+pub struct LimitsSettings {
     pub max_body_bytes: usize,
     pub max_topic_len: usize,
     pub max_event_name_len: usize,
@@ -83,7 +83,7 @@ pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
@@ -91,6 +91,56 @@ pub struct RedisSettings {
     pub command_timeout_ms: u64,
     pub startup_wait_secs: u64,
     pub ping_interval_ms: u64,
+}
+
+/// The URL may carry a password: `Debug` shows it redacted.
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("startup_wait_secs", &self.startup_wait_secs)
+            .field("ping_interval_ms", &self.ping_interval_ms)
+            .finish()
+    }
+}
+
+/// A URL as it may be shown in logs and errors: any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// A secret setting: read from configuration like a string, never shown by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
 }
 
 /// Where settings come from besides the built-in defaults.
@@ -162,110 +212,173 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Checks every section; the first bad value stops start-up with its key, value and fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn check(
-            ok: bool,
-            key: &'static str,
-            value: impl ToString,
-            fix: &'static str,
-        ) -> Result<(), ConfigError> {
-            if ok {
-                return Ok(());
-            }
-            let env = format!("HERALD__{}", key.replace('.', "__").to_uppercase());
-            Err(ConfigError::Invalid {
-                key,
-                value: value.to_string(),
-                fix,
-                env,
-            })
-        }
-        let (s, h, l) = (&self.sse, &self.history, &self.limits);
+        self.server.validate()?;
+        self.sse.validate()?;
+        self.history.validate()?;
+        self.limits.validate()?;
+        self.cors.validate()?;
+        self.redis.validate()?;
+        self.auth.validate()
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.sse.heartbeat_secs)
+    }
+}
+
+/// `Ok` when `ok`, else the error naming the key, its value, the fix and the env var to set.
+fn check(ok: bool, key: &'static str, value: impl ToString, fix: &'static str) -> Result<(), ConfigError> {
+    if ok {
+        return Ok(());
+    }
+    let env = format!("HERALD__{}", key.replace('.', "__").to_uppercase());
+    Err(ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        fix,
+        env,
+    })
+}
+
+impl ServerSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
         check(
-            !self.server.host.is_empty(),
+            !self.host.is_empty(),
             "server.host",
             "\"\"",
             "give an address such as 127.0.0.1 or 0.0.0.0",
         )?;
         check(
-            (1..=3600).contains(&self.server.shutdown_grace_secs),
+            (1..=3600).contains(&self.shutdown_grace_secs),
             "server.shutdown_grace_secs",
-            self.server.shutdown_grace_secs,
+            self.shutdown_grace_secs,
             "use 1 to 3600 seconds",
         )?;
         check(
-            (1..=3_600_000).contains(&s.retry_ms),
+            (1..=600).contains(&self.write_timeout_secs),
+            "server.write_timeout_secs",
+            self.write_timeout_secs,
+            "use 1 to 600 seconds",
+        )?;
+        check(
+            (100..=600_000).contains(&self.request_head_timeout_ms),
+            "server.request_head_timeout_ms",
+            self.request_head_timeout_ms,
+            "use 100 to 600000 ms",
+        )?;
+        for proxy in &self.trusted_proxies {
+            check(
+                proxy.parse::<std::net::IpAddr>().is_ok(),
+                "server.trusted_proxies",
+                proxy,
+                "list IP addresses such as 127.0.0.1 or ::1",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl SseSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            (1..=3_600_000).contains(&self.retry_ms),
             "sse.retry_ms",
-            s.retry_ms,
+            self.retry_ms,
             "use 1 to 3600000 ms",
         )?;
         check(
-            (1..=3600).contains(&s.heartbeat_secs),
+            (1..=3600).contains(&self.heartbeat_secs),
             "sse.heartbeat_secs",
-            s.heartbeat_secs,
+            self.heartbeat_secs,
             "use 1 to 3600 seconds",
         )?;
         check(
-            (1..=1_000_000).contains(&s.queue_capacity),
+            (1..=1_000_000).contains(&self.queue_capacity),
             "sse.queue_capacity",
-            s.queue_capacity,
+            self.queue_capacity,
             "use 1 to 1000000 events",
         )?;
+        Ok(())
+    }
+}
+
+impl HistorySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
         check(
-            h.max_len >= 1,
+            self.max_len >= 1,
             "history.max_len",
-            h.max_len,
+            self.max_len,
             "keep at least 1 event per topic",
         )?;
         check(
-            (1..=10_000).contains(&h.page_size),
+            (1..=10_000).contains(&self.page_size),
             "history.page_size",
-            h.page_size,
+            self.page_size,
             "use 1 to 10000 events",
         )?;
         check(
-            (4096..=64 * 1024 * 1024).contains(&h.max_page_bytes),
+            (4096..=64 * 1024 * 1024).contains(&self.max_page_bytes),
             "history.max_page_bytes",
-            h.max_page_bytes,
+            self.max_page_bytes,
             "use 4096 bytes to 64 MiB",
         )?;
         check(
-            h.max_total_bytes == 0 || h.max_total_bytes >= 1024 * 1024,
+            self.max_total_bytes == 0 || self.max_total_bytes >= 1024 * 1024,
             "history.max_total_bytes",
-            h.max_total_bytes,
+            self.max_total_bytes,
             "use 0 (no bound) or at least 1048576 bytes",
         )?;
+        Ok(())
+    }
+}
+
+impl LimitsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
         check(
-            (1..=64 * 1024 * 1024).contains(&l.max_body_bytes),
+            (1..=64 * 1024 * 1024).contains(&self.max_body_bytes),
             "limits.max_body_bytes",
-            l.max_body_bytes,
+            self.max_body_bytes,
             "use 1 byte to 64 MiB",
         )?;
         check(
-            (1..=1024).contains(&l.max_topic_len),
+            (1..=1024).contains(&self.max_topic_len),
             "limits.max_topic_len",
-            l.max_topic_len,
+            self.max_topic_len,
             "use 1 to 1024 bytes",
         )?;
         check(
-            (1..=1024).contains(&l.max_event_name_len),
+            (1..=1024).contains(&self.max_event_name_len),
             "limits.max_event_name_len",
-            l.max_event_name_len,
+            self.max_event_name_len,
             "use 1 to 1024 bytes",
         )?;
         check(
-            (1..=10_000).contains(&l.max_topics_per_connection),
+            (1..=10_000).contains(&self.max_topics_per_connection),
             "limits.max_topics_per_connection",
-            l.max_topics_per_connection,
+            self.max_topics_per_connection,
             "use 1 to 10000 topics",
         )?;
         check(
-            l.max_connections >= 1,
+            self.max_connections >= 1,
             "limits.max_connections",
-            l.max_connections,
+            self.max_connections,
             "allow at least 1 connection",
         )?;
-        for origin in &self.cors.allowed_origins {
+        check(
+            self.publish_rate_per_ip == 0 || self.publish_burst_per_ip >= 1,
+            "limits.publish_burst_per_ip",
+            self.publish_burst_per_ip,
+            "allow a burst of at least 1 when publish_rate_per_ip is set",
+        )?;
+        Ok(())
+    }
+}
+
+impl CorsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.allowed_origins {
             let ok = origin == "*"
                 || ((origin.starts_with("http://") || origin.starts_with("https://"))
                     && !origin.ends_with('/')
@@ -280,7 +393,13 @@ impl Settings {
                 "list origins as scheme://host[:port] with no path, or \"*\"",
             )?;
         }
-        let url = &self.redis.url;
+        Ok(())
+    }
+}
+
+impl RedisSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.url;
         check(
             url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://"),
             "redis.url",
@@ -288,104 +407,76 @@ impl Settings {
             "use redis://host:port[/db] (or rediss:// for TLS), or leave it empty for the memory engine",
         )?;
         check(
-            (1..=600).contains(&self.server.write_timeout_secs),
-            "server.write_timeout_secs",
-            self.server.write_timeout_secs,
-            "use 1 to 600 seconds",
+            !self.key_prefix.is_empty()
+                && self.key_prefix.len() <= 64
+                && !self.key_prefix.contains(['{', '}'])
+                && self.key_prefix.bytes().all(|b| b.is_ascii_graphic()),
+            "redis.key_prefix",
+            &self.key_prefix,
+            "use 1 to 64 visible ASCII characters without { or }",
         )?;
         check(
-            (100..=600_000).contains(&self.server.request_head_timeout_ms),
-            "server.request_head_timeout_ms",
-            self.server.request_head_timeout_ms,
-            "use 100 to 600000 ms",
+            (10..=60_000).contains(&self.connect_timeout_ms),
+            "redis.connect_timeout_ms",
+            self.connect_timeout_ms,
+            "use 10 to 60000 ms",
         )?;
-        for proxy in &self.server.trusted_proxies {
-            check(
-                proxy.parse::<std::net::IpAddr>().is_ok(),
-                "server.trusted_proxies",
-                proxy,
-                "list IP addresses such as 127.0.0.1 or ::1",
-            )?;
-        }
         check(
-            l.publish_rate_per_ip == 0 || l.publish_burst_per_ip >= 1,
-            "limits.publish_burst_per_ip",
-            l.publish_burst_per_ip,
-            "allow a burst of at least 1 when publish_rate_per_ip is set",
+            (10..=60_000).contains(&self.command_timeout_ms),
+            "redis.command_timeout_ms",
+            self.command_timeout_ms,
+            "use 10 to 60000 ms",
         )?;
-        let a = &self.auth;
         check(
-            a.hs_secret.is_empty() || a.hs_secret.len() >= 32,
+            self.startup_wait_secs <= 3600,
+            "redis.startup_wait_secs",
+            self.startup_wait_secs,
+            "use 0 to 3600 seconds",
+        )?;
+        check(
+            (50..=60_000).contains(&self.ping_interval_ms),
+            "redis.ping_interval_ms",
+            self.ping_interval_ms,
+            "use 50 to 60000 ms",
+        )?;
+        Ok(())
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self.hs_secret.is_empty() || self.hs_secret.expose().len() >= 32,
             "auth.hs_secret",
             "(hidden)",
             "use at least 32 random bytes (e.g. `openssl rand -base64 48`)",
         )?;
-        let has_key =
-            !a.hs_secret.is_empty() || !a.rsa_public_key_file.is_empty() || !a.ec_public_key_file.is_empty();
+        let has_key = !self.hs_secret.is_empty()
+            || !self.rsa_public_key_file.is_empty()
+            || !self.ec_public_key_file.is_empty();
         check(
-            a.anonymous_publish || has_key,
+            self.anonymous_publish || has_key,
             "auth.anonymous_publish",
             false,
             "nobody could publish: configure auth.hs_secret or a public key file, or allow anonymous publishing",
         )?;
         check(
-            a.leeway_secs <= 600,
+            self.leeway_secs <= 600,
             "auth.leeway_secs",
-            a.leeway_secs,
+            self.leeway_secs,
             "use 0 to 600 seconds",
         )?;
         check(
-            !a.cookie_name.is_empty()
-                && a.cookie_name
+            !self.cookie_name.is_empty()
+                && self
+                    .cookie_name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
             "auth.cookie_name",
-            &a.cookie_name,
+            &self.cookie_name,
             "use letters, digits, _ and -",
         )?;
-        let r = &self.redis;
-        check(
-            !r.key_prefix.is_empty()
-                && r.key_prefix.len() <= 64
-                && !r.key_prefix.contains(['{', '}'])
-                && r.key_prefix.bytes().all(|b| b.is_ascii_graphic()),
-            "redis.key_prefix",
-            &r.key_prefix,
-            "use 1 to 64 visible ASCII characters without { or }",
-        )?;
-        check(
-            (10..=60_000).contains(&r.connect_timeout_ms),
-            "redis.connect_timeout_ms",
-            r.connect_timeout_ms,
-            "use 10 to 60000 ms",
-        )?;
-        check(
-            (10..=60_000).contains(&r.command_timeout_ms),
-            "redis.command_timeout_ms",
-            r.command_timeout_ms,
-            "use 10 to 60000 ms",
-        )?;
-        check(
-            r.startup_wait_secs <= 3600,
-            "redis.startup_wait_secs",
-            r.startup_wait_secs,
-            "use 0 to 3600 seconds",
-        )?;
-        check(
-            (50..=60_000).contains(&r.ping_interval_ms),
-            "redis.ping_interval_ms",
-            r.ping_interval_ms,
-            "use 50 to 60000 ms",
-        )?;
         Ok(())
-    }
-
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.sse.heartbeat_secs)
-    }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.server.shutdown_grace_secs)
     }
 }
 
@@ -396,6 +487,20 @@ fn file(path: &Path) -> File<config::FileSourceFile, FileFormat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let mut s = Settings::defaults().unwrap();
+        s.auth.hs_secret = Secret::from("a-very-secret-value-a-very-secret-value");
+        s.redis.url = "redis://user:pa55word@host:6379/0".into();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("a-very-secret") && !shown.contains("pa55word"),
+            "{shown}"
+        );
+        assert!(shown.contains("redis://***@host:6379/0"), "{shown}");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
 
     #[test]
     fn defaults_are_valid() {

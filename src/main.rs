@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             ttl,
         }) => {
             let settings = Settings::load(&sources(&cli.config, &cli.host, cli.port, &cli.redis_url))?;
-            let secret = &settings.auth.hs_secret;
+            let secret = settings.auth.hs_secret.expose();
             anyhow::ensure!(
                 !secret.is_empty(),
                 "set auth.hs_secret (e.g. HERALD__AUTH__HS_SECRET) first"

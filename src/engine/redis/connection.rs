@@ -143,33 +143,11 @@ impl Shared {
     }
 }
 
-/// Shown in logs and errors without any password.
-pub(super) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 /// `UNAVAILABLE` when the call surely did not run; `UNKNOWN` when Redis may have run it.
 pub(super) fn classify(e: RedisError) -> EngineError {
     if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
         EngineError::Unknown(e.to_string())
     } else {
         EngineError::Unavailable(e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

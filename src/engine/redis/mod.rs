@@ -29,10 +29,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout, Instant};
 
 use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
+use crate::config::redact_url as redact;
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
-use connection::{redact, IoThread, Shared};
+use connection::{IoThread, Shared};
 use functions::{fcall, last_id, load_functions, read_history, FunctionSettings};
 use keys::Keys;
 use link::{Command, Link};
