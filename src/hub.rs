@@ -202,11 +202,6 @@ impl Hub {
         })
     }
 
-    /// Queues `event` for every local subscriber of its topic. Callers dispatch in id order.
-    pub fn dispatch(&self, event: &Arc<Event>) {
-        self.dispatch_all(std::slice::from_ref(event));
-    }
-
     /// Queues a run of events (in id order), each connection locked and woken once for all of its
     /// topic's events in the run: under load, one wake-up and one write carry many events.
     pub fn dispatch_all(&self, events: &[Arc<Event>]) {
@@ -353,7 +348,7 @@ mod tests {
         let slow = hub.join(vec![t.clone()]).unwrap();
         let fast = hub.join(vec![t.clone()]).unwrap();
         for seq in 0..3 {
-            hub.dispatch(&event(seq, &t));
+            hub.dispatch_all(&[event(seq, &t)]);
             if let Take::Events(events) = fast.conn().take(&hub.metrics) {
                 assert_eq!(events.len(), 1);
             }

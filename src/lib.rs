@@ -5,30 +5,38 @@
 //! what it missed, then the live events.
 //!
 //! # Layout
-//! - [`auth`]: JWT verification in Mercure's claim shape; who may publish and read private topics.
-//! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags), validated once.
+//! Dependencies point down this list's lower half: `http` → `connection` → `hub` / `engine` → `event` →
+//! `sse`, `domain`. Engines never see the hub: they report through [`engine::EngineEvents`].
+//! - `http` (crate-private): the routes (one file each), CORS, the one access gate, and the mapping of
+//!   every error to problem+json.
+//! - `connection`: one SSE response body — retry, replay across topics, live events, heartbeats — built
+//!   from what streams share (`Streams`), not from the HTTP state.
+//! - `hub`: per-node fan-out of pre-encoded frames into bounded per-connection queues; implements
+//!   `EngineEvents`.
+//! - `engine`: the `Engine` trait (stores history, carries events to every node) and `EngineEvents`;
+//!   `memory`, and `redis/` split by concern (start-up, `connection`, `keys`, `functions` with
+//!   `herald.lua`, the pub/sub `link`).
+//! - [`event`]: `Event` (an SSE frame encoded once; `id: None` for live-only) and `Stored` (in history).
+//! - `sse`: WHATWG event-stream framing.
+//! - [`auth`]: JWT verification in Mercure's claim shape; the one access rule (`Auth::authorize`).
+//! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags); each section
+//!   validates itself; secrets stay out of `Debug`.
 //! - [`domain`]: validated values — [`domain::TopicName`], [`domain::EventName`], [`domain::EventId`].
-//! - [`engine`]: the [`engine::Engine`] trait (stores history, carries events to hubs) and its `memory`
-//!   and `redis` implementations (Redis sockets live on a thread of their own, off the HTTP workers).
-//! - [`hub`]: per-node fan-out of pre-encoded frames into bounded per-connection queues.
-//! - [`sse`]: WHATWG event-stream framing.
-//! - [`connection`]: one SSE response body — retry, replay across topics, live events, heartbeats.
-//! - [`http`]: the routes (one file each), CORS, and the mapping of every error to problem+json.
 //! - [`telemetry`]: logs and the counters behind `/metrics`.
-//! - [`limits`]: per-client-IP publish rate and connection caps, and who the client is behind proxies.
+//! - `limits`: per-client-IP publish rate and connection caps, and who the client is behind proxies.
 //! - [`probe`]: the tiny HTTP client behind `herald check` (container health checks).
 //! - [`startup`]: [`startup::Application`] builds a node on a listener and runs it until shut down.
 
 pub mod auth;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub mod domain;
-pub mod engine;
+pub(crate) mod engine;
 pub mod event;
-pub mod http;
-pub mod hub;
-pub mod limits;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod limits;
 pub mod probe;
-pub mod sse;
+pub(crate) mod sse;
 pub mod startup;
 pub mod telemetry;

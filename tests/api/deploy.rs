@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use eventsource_stream::{Event, Eventsource};
 use futures_util::StreamExt;
 
-use crate::helpers::{free_port, PATIENCE};
-use crate::redis_engine::{assert_exact, Outcome};
+use crate::helpers::{assert_exact, free_port, Outcome, PATIENCE};
 
 /// A running `deploy/local.sh` topology; dropping it runs `down`.
 struct Topology {

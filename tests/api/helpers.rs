@@ -1,7 +1,9 @@
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::future::join_all;
 use futures_util::{Stream, StreamExt};
 use herald::config::Settings;
 use herald::startup::{Application, Shutdown};
@@ -244,4 +246,130 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
         "detail is not a sentence: {body}"
     );
     body
+}
+
+// Shared checks: what several test files assert the same way.
+
+const TOPICS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+/// Which topics subscriber `i` listens to: singles and pairs, and every fifth one takes all three.
+fn topics_of(i: usize) -> Vec<&'static str> {
+    match i % 5 {
+        0 => TOPICS.to_vec(),
+        1 | 2 => vec![TOPICS[i % 3]],
+        _ => vec![TOPICS[i % 3], TOPICS[(i + 1) % 3]],
+    }
+}
+
+/// Subscribers spread over `nodes` read while `publishers` publishers (spread over the nodes too) send
+/// `messages` messages over three topics; each subscriber must get exactly its topics' messages, once
+/// each, in id order.
+pub async fn fan_out_is_exact(nodes: &[&TestApp], subscribers: usize, messages: usize, publishers: usize) {
+    let mut subs = Vec::new();
+    for i in 0..subscribers {
+        subs.push(nodes[i % nodes.len()].subscribe(&topics_of(i), None).await);
+    }
+    let publishing = join_all((0..publishers).map(|p| async move {
+        let node = nodes[p % nodes.len()];
+        let mut sent = Vec::new();
+        for n in (p..messages).step_by(publishers) {
+            let topic = TOPICS[n % 3];
+            let data = format!("p{p}-m{n}");
+            sent.push((node.publish(topic, &data).await, topic, data));
+        }
+        sent
+    }));
+    let reading = join_all(subs.into_iter().enumerate().map(|(i, mut sub)| async move {
+        let expected = (0..messages)
+            .filter(|n| topics_of(i).contains(&TOPICS[n % 3]))
+            .count();
+        let events = sub.take(expected).await;
+        sub.assert_silent(Duration::from_millis(300)).await;
+        events
+    }));
+    let (published, received) = tokio::join!(publishing, reading);
+    let mut all: Vec<(String, &str, String)> = published.into_iter().flatten().collect();
+    assert_eq!(all.len(), messages);
+    all.sort_by_key(|(id, _, _)| id_key(id));
+    let unique: HashSet<&str> = all.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(unique.len(), messages, "ids are unique");
+
+    for (i, events) in received.into_iter().enumerate() {
+        let want: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|(_, t, _)| topics_of(i).contains(t))
+            .map(|(id, _, d)| (id.as_str(), d.as_str()))
+            .collect();
+        let got: Vec<(&str, &str)> = events.iter().map(|e| (e.id.as_str(), e.data.as_str())).collect();
+        assert!(
+            got == want,
+            "subscriber {i} did not get exactly its topics' messages in id order"
+        );
+    }
+}
+
+/// One publish outcome: the data sent, and the id if it was acknowledged.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub data: String,
+    pub status: u16,
+    pub id: Option<String>,
+}
+
+impl Outcome {
+    /// What a publish answered: the id if acknowledged, the status otherwise (0: no answer at all).
+    pub async fn from_response(data: String, response: reqwest::Result<reqwest::Response>) -> Outcome {
+        match response {
+            Ok(r) if r.status() == 200 => {
+                let body: serde_json::Value = r.json().await.expect("json");
+                let id = body["id"].as_str().map(String::from);
+                Outcome {
+                    data,
+                    status: 200,
+                    id,
+                }
+            }
+            Ok(r) => Outcome {
+                data,
+                status: r.status().as_u16(),
+                id: None,
+            },
+            Err(_) => Outcome {
+                data,
+                status: 0,
+                id: None,
+            },
+        }
+    }
+}
+
+/// Checks what a subscriber received against the publish outcomes: every acknowledged message exactly
+/// once, in id order; a refused one (503) never; one of unknown outcome (504) at most once.
+pub fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes: &[Outcome]) {
+    let by_data: HashMap<&str, &Outcome> = outcomes.iter().map(|o| (o.data.as_str(), o)).collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for event in received {
+        let outcome = by_data
+            .get(event.data.as_str())
+            .unwrap_or_else(|| panic!("{who}: received {:?}, which nobody published", event.data));
+        assert_ne!(
+            outcome.status, 503,
+            "{who}: received {:?}, refused with 503",
+            event.data
+        );
+        if let Some(id) = &outcome.id {
+            assert_eq!(&event.id, id, "{who}: wrong id for {:?}", event.data);
+        }
+        *seen.entry(outcome.data.as_str()).or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "{who}: duplicates received");
+    for outcome in outcomes.iter().filter(|o| o.status == 200) {
+        assert!(
+            seen.contains_key(outcome.data.as_str()),
+            "{who}: lost acknowledged {:?}",
+            outcome.data
+        );
+    }
+    let ids: Vec<(u64, u64)> = received.iter().map(|e| id_key(&e.id)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{who}: not in id order");
 }

@@ -1,14 +1,14 @@
 //! Several real nodes on one real `redis-server` each test: fan-out, node loss, Redis restart, pub/sub
 //! kill, redis-cli publishing, interest tracking, start-up errors.
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::concurrency::fan_out_is_exact;
-use crate::helpers::{id_key, spawn_redis_node, Subscriber, TestApp, PATIENCE};
+use crate::helpers::{
+    assert_exact, fan_out_is_exact, id_key, spawn_redis_node, Outcome, Subscriber, TestApp, PATIENCE,
+};
 use crate::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,41 +23,6 @@ async fn three_nodes_deliver_every_message_to_every_subscriber_once_in_order() {
     fan_out_is_exact(&[&a, &b, &c], 15, 300, 4).await;
 }
 
-/// One publish outcome: the data sent, and the id if it was acknowledged.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub data: String,
-    pub status: u16,
-    pub id: Option<String>,
-}
-
-impl Outcome {
-    /// What a publish answered: the id if acknowledged, the status otherwise (0: no answer at all).
-    pub async fn from_response(data: String, response: reqwest::Result<reqwest::Response>) -> Outcome {
-        match response {
-            Ok(r) if r.status() == 200 => {
-                let body: serde_json::Value = r.json().await.expect("json");
-                let id = body["id"].as_str().map(String::from);
-                Outcome {
-                    data,
-                    status: 200,
-                    id,
-                }
-            }
-            Ok(r) => Outcome {
-                data,
-                status: r.status().as_u16(),
-                id: None,
-            },
-            Err(_) => Outcome {
-                data,
-                status: 0,
-                id: None,
-            },
-        }
-    }
-}
-
 /// Publishes `data` with a short timeout; never panics on an error status (the tests judge those).
 async fn try_publish(node: &TestApp, topic: &str, data: String) -> Outcome {
     let response = node
@@ -70,37 +35,6 @@ async fn try_publish(node: &TestApp, topic: &str, data: String) -> Outcome {
     let outcome = Outcome::from_response(data, response).await;
     assert_ne!(outcome.status, 0, "publish request failed outright");
     outcome
-}
-
-/// Checks what a subscriber received against the publish outcomes: every acknowledged message exactly
-/// once, in id order; a refused one (503) never; one of unknown outcome (504) at most once.
-pub fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes: &[Outcome]) {
-    let by_data: HashMap<&str, &Outcome> = outcomes.iter().map(|o| (o.data.as_str(), o)).collect();
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for event in received {
-        let outcome = by_data
-            .get(event.data.as_str())
-            .unwrap_or_else(|| panic!("{who}: received {:?}, which nobody published", event.data));
-        assert_ne!(
-            outcome.status, 503,
-            "{who}: received {:?}, refused with 503",
-            event.data
-        );
-        if let Some(id) = &outcome.id {
-            assert_eq!(&event.id, id, "{who}: wrong id for {:?}", event.data);
-        }
-        *seen.entry(outcome.data.as_str()).or_default() += 1;
-    }
-    assert!(seen.values().all(|&n| n == 1), "{who}: duplicates received");
-    for outcome in outcomes.iter().filter(|o| o.status == 200) {
-        assert!(
-            seen.contains_key(outcome.data.as_str()),
-            "{who}: lost acknowledged {:?}",
-            outcome.data
-        );
-    }
-    let ids: Vec<(u64, u64)> = received.iter().map(|e| id_key(&e.id)).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{who}: not in id order");
 }
 
 /// Reads from every subscriber until each has every acknowledged message (plus any unknown-outcome ones
