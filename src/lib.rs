@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! Dependencies point down this list's lower half: `http` → `connection` → `hub` / `engine` → `event` →
-//! `sse`, `domain`. Engines never see the hub: they report through [`engine::EngineEvents`].
+//! `sse`, `domain`. Engines never see the hub: they report through `engine::EngineEvents`.
 //! - `http` (crate-private): the routes (one file each), CORS, the one access gate, and the mapping of
 //!   every error to problem+json.
 //! - `connection`: one SSE response body — retry, replay across topics, live events, heartbeats — built
