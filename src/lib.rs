@@ -5,10 +5,16 @@
 //! what it missed, then the live events.
 //!
 //! # Layout
-//! Dependencies point down this list's lower half: `http` → `connection` → `hub` / `engine` → `event` →
-//! `sse`, `domain`. Engines never see the hub: they report through `engine::EngineEvents`.
-//! - `http` (crate-private): the routes (one file each), CORS, the one access gate, and the mapping of
-//!   every error to problem+json.
+//! Dependencies point one way, with no cycle: `http` → `subscribe` → `node` → `connection` → `hub` /
+//! `engine` → `event` → `sse`, `domain`. Engines never see the hub: they report through
+//! `engine::EngineEvents`. Only `http` knows actix.
+//! - `http` (crate-private): the routes (one file each), CORS, and the mapping of every error to
+//!   problem+json; it turns actix requests into `node::RequestHead`s and answers into responses.
+//! - `subscribe`: opening a stream (topics, `Last-Event-ID`, the gate, per-IP slots, hub, replay bound),
+//!   free of HTTP-stack types, so another HTTP path can drive it.
+//! - `node`: what a node's requests share (`Node`), `RequestHead`, and the one gate every topic route
+//!   passes (token, cookie origin, access rule).
+//! - `error`: `ApiError`, the errors a request can end with.
 //! - `connection`: one SSE response body — retry, replay across topics, live events, heartbeats — built
 //!   from what streams share (`Streams`), not from the HTTP state.
 //! - `hub`: per-node fan-out of pre-encoded frames into bounded per-connection queues; implements
@@ -32,11 +38,14 @@ pub mod config;
 pub(crate) mod connection;
 pub mod domain;
 pub(crate) mod engine;
+pub(crate) mod error;
 pub mod event;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod limits;
+pub(crate) mod node;
 pub mod probe;
 pub(crate) mod sse;
 pub mod startup;
+pub(crate) mod subscribe;
 pub mod telemetry;

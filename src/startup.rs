@@ -13,9 +13,10 @@ use crate::connection::Streams;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisStartError};
 use crate::engine::{Engine, EngineEvents};
-use crate::http::{self, AppState};
+use crate::http;
 use crate::hub::Hub;
 use crate::limits::PerIp;
+use crate::node::Node;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +97,7 @@ impl Application {
         let port = listener.local_addr().map_err(bind)?.port();
         let engine_name = engine.name();
         let limits = &settings.limits;
-        let state = web::Data::new(AppState {
+        let state = web::Data::new(Node {
             streams: Streams::new(Arc::clone(&engine), Arc::clone(&metrics), &settings),
             engine,
             hub: Arc::clone(&hub),

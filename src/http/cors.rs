@@ -9,14 +9,14 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpResponse};
 
 use super::error::problem;
-use super::AppState;
+use crate::node::Node;
 
 pub async fn cors(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = match (&origin, req.app_data::<web::Data<AppState>>()) {
+    let allowed = match (&origin, req.app_data::<web::Data<Node>>()) {
         (Some(origin), Some(state)) => {
             let list = &state.settings.cors.allowed_origins;
             list.iter().any(|o| o == "*" || o.as_bytes() == origin.as_bytes())

@@ -6,13 +6,13 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::error::problem;
-use super::AppState;
+use crate::node::Node;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(state: web::Data<Node>) -> HttpResponse {
     if state.hub.is_shutting_down() {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -30,7 +30,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ready", "engine": state.engine.name() }))
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(state: web::Data<Node>) -> HttpResponse {
     let mut gauges = state.hub.gauges(state.engine.is_ready());
     gauges.history = state.engine.retained();
     HttpResponse::Ok()

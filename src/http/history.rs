@@ -8,20 +8,21 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{query_pairs, query_value, AppState};
+use super::{head, query_pairs, query_value};
 use crate::auth::Access;
 use crate::domain::{EventId, TopicName};
 use crate::engine::PageBound;
+use crate::node::Node;
 
 pub async fn history(
     req: HttpRequest,
     topic: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let settings = &state.settings;
     let topic = TopicName::parse(&topic, settings.limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
-    state.authorize(&req, &pairs, Access::Read, std::slice::from_ref(&topic))?;
+    state.authorize(&head(&req, &pairs), Access::Read, std::slice::from_ref(&topic))?;
     let after = match query_value(&pairs, "after") {
         Some(raw) => raw
             .parse::<EventId>()

@@ -8,26 +8,27 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 use super::error::ApiError;
-use super::{query_pairs, query_value, AppState};
+use super::{head, query_pairs, query_value};
 use crate::auth::Access;
 use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError, TopicName};
 use crate::engine::Publish;
+use crate::node::Node;
 
 pub async fn publish(
     req: HttpRequest,
     topic: web::Path<String>,
     body: web::Payload,
-    state: web::Data<AppState>,
+    state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let limits = &state.settings.limits;
     // The cheapest refusal first, so floods (of bad tokens too) cost little.
     state
         .per_ip
-        .publish(state.client_ip(&req))
+        .publish(state.client_ip(&head(&req, &[])))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let topic = TopicName::parse(&topic, limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
-    state.authorize(&req, &pairs, Access::Write, std::slice::from_ref(&topic))?;
+    state.authorize(&head(&req, &pairs), Access::Write, std::slice::from_ref(&topic))?;
     let event = query_value(&pairs, "event")
         .map(|name| EventName::parse(name, limits.max_event_name_len))
         .transpose()?;

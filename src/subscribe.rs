@@ -1,0 +1,94 @@
+//! Opening a stream, whatever HTTP path carries it: topics, `Last-Event-ID`, the access gate, per-IP
+//! slots, joining the hub, the engine's subscriptions and the replay bound.
+//!
+//! Order matters: join the hub (and confirm the engine's subscription) before reading the engine's newest
+//! id, so every event is either in the replay (id <= that) or queued live (id > that): no gap, no duplicate.
+
+use crate::auth::Access;
+use crate::connection::{Connection, Resume};
+use crate::domain::{EventId, TopicName};
+use crate::error::ApiError;
+use crate::node::{query_value, Node, RequestHead};
+
+/// What a subscribe request asks for.
+pub(crate) enum Open {
+    /// Open the stream.
+    Stream,
+    /// Check it could be opened, and open nothing (`HEAD`).
+    Check,
+}
+
+/// The stream's body, or `None` when only a check was asked for; an error says why it was refused.
+pub(crate) async fn open(
+    node: &Node,
+    head: &RequestHead<'_>,
+    open: Open,
+) -> Result<Option<Connection>, ApiError> {
+    let limits = &node.settings.limits;
+    let mut topics: Vec<TopicName> = Vec::new();
+    for (key, value) in head.query {
+        if key == "topic" {
+            let topic = TopicName::parse(value, limits.max_topic_len)?;
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+            if topics.len() > limits.max_topics_per_connection {
+                return Err(ApiError::BadRequest(format!(
+                    "one connection may subscribe to at most {} topics",
+                    limits.max_topics_per_connection
+                )));
+            }
+        }
+    }
+    if topics.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name at least one topic, as in /events?topic=news (repeat topic= for more)".into(),
+        ));
+    }
+    let last_event_id = last_event_id(head)?;
+    let grant = node.authorize(head, Access::Read, &topics)?;
+    if let Open::Check = open {
+        return Ok(None);
+    }
+    let slot = node
+        .per_ip
+        .connect(node.client_ip(head))
+        .ok_or(ApiError::TooManyStreams(limits.max_connections_per_ip))?;
+
+    let membership = node.hub.join(topics.clone())?;
+    for topic in &topics {
+        node.engine.subscribe(topic).await?;
+    }
+    let resume = match last_event_id {
+        Some(after) => Some(Resume {
+            after,
+            until: node.engine.last_id().await?,
+        }),
+        None => None,
+    };
+    Ok(Some(Connection::new(
+        &node.streams,
+        membership,
+        resume,
+        slot,
+        grant.and_then(|g| g.expires_at()),
+    )))
+}
+
+/// The `Last-Event-ID` header (what a browser sends when it reconnects) wins over the `lastEventId` query
+/// parameter (what a page sets on first connect, and keeps in its URL). Empty means none. A malformed id
+/// is refused with 400 rather than silently replaying nothing or everything.
+fn last_event_id(head: &RequestHead<'_>) -> Result<Option<EventId>, ApiError> {
+    let raw = match head.last_event_id {
+        Some(value) => Some(value.ok_or_else(|| {
+            ApiError::BadRequest(
+                "the Last-Event-ID header is not visible ASCII; send an id this hub gave you".into(),
+            )
+        })?),
+        None => query_value(head.query, "lastEventId"),
+    };
+    match raw {
+        None | Some("") => Ok(None),
+        Some(raw) => Ok(Some(raw.parse()?)),
+    }
+}
