@@ -180,7 +180,7 @@ impl Auth {
             anonymous_publish: s.anonymous_publish,
             private_topics: s.private_topics.clone(),
             audience: (!s.audience.is_empty()).then(|| s.audience.clone()),
-            leeway_secs: s.leeway_secs,
+            leeway_secs: s.leeway_secs.as_secs(),
             cookie_name: s.cookie_name.clone(),
         })
     }

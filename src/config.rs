@@ -30,7 +30,8 @@ pub struct AuthSettings {
     pub ec_public_key_file: String,
     pub algorithms: Vec<String>,
     pub audience: String,
-    pub leeway_secs: u64,
+    #[serde(deserialize_with = "seconds")]
+    pub leeway_secs: Duration,
     pub cookie_name: String,
 }
 
@@ -39,24 +40,29 @@ pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub workers: usize,
-    pub shutdown_grace_secs: u64,
-    pub request_head_timeout_ms: u64,
+    #[serde(deserialize_with = "seconds")]
+    pub shutdown_grace_secs: Duration,
+    #[serde(deserialize_with = "millis")]
+    pub request_head_timeout_ms: Duration,
     /// Data written to a client must be taken within this, or the kernel drops the connection.
-    pub write_timeout_secs: u64,
+    #[serde(deserialize_with = "seconds")]
+    pub write_timeout_secs: Duration,
     pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SseSettings {
     pub retry_ms: u64,
-    pub heartbeat_secs: u64,
+    #[serde(deserialize_with = "seconds")]
+    pub heartbeat_secs: Duration,
     pub queue_capacity: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct HistorySettings {
     pub max_len: usize,
-    pub max_age_secs: u64,
+    #[serde(deserialize_with = "seconds")]
+    pub max_age_secs: Duration,
     pub page_size: usize,
     /// Bytes of event data one history read (a JSON page, or one step of a replay) gathers at most;
     /// at least one event is always returned, so no event is too large to read.
@@ -72,7 +78,8 @@ pub struct LimitsSettings {
     pub max_event_name_len: usize,
     pub max_topics_per_connection: usize,
     pub max_connections: usize,
-    pub idempotency_window_secs: u64,
+    #[serde(deserialize_with = "seconds")]
+    pub idempotency_window_secs: Duration,
     pub publish_rate_per_ip: u32,
     pub publish_burst_per_ip: u32,
     pub max_connections_per_ip: usize,
@@ -87,10 +94,14 @@ pub struct CorsSettings {
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
-    pub connect_timeout_ms: u64,
-    pub command_timeout_ms: u64,
-    pub startup_wait_secs: u64,
-    pub ping_interval_ms: u64,
+    #[serde(deserialize_with = "millis")]
+    pub connect_timeout_ms: Duration,
+    #[serde(deserialize_with = "millis")]
+    pub command_timeout_ms: Duration,
+    #[serde(deserialize_with = "seconds")]
+    pub startup_wait_secs: Duration,
+    #[serde(deserialize_with = "millis")]
+    pub ping_interval_ms: Duration,
 }
 
 /// The URL may carry a password: `Debug` shows it redacted.
@@ -141,6 +152,16 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
+}
+
+/// Durations are read from whole numbers of the unit their key names (`*_secs`, `*_ms`) and kept as
+/// `Duration` from then on.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
 }
 
 /// Where settings come from besides the built-in defaults.
@@ -222,10 +243,6 @@ impl Settings {
         self.redis.validate()?;
         self.auth.validate()
     }
-
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.sse.heartbeat_secs)
-    }
 }
 
 /// `Ok` when `ok`, else the error naming the key, its value, the fix and the env var to set.
@@ -251,21 +268,22 @@ impl ServerSettings {
             "give an address such as 127.0.0.1 or 0.0.0.0",
         )?;
         check(
-            (1..=3600).contains(&self.shutdown_grace_secs),
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.shutdown_grace_secs),
             "server.shutdown_grace_secs",
-            self.shutdown_grace_secs,
+            self.shutdown_grace_secs.as_secs(),
             "use 1 to 3600 seconds",
         )?;
         check(
-            (1..=600).contains(&self.write_timeout_secs),
+            (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.write_timeout_secs),
             "server.write_timeout_secs",
-            self.write_timeout_secs,
+            self.write_timeout_secs.as_secs(),
             "use 1 to 600 seconds",
         )?;
         check(
-            (100..=600_000).contains(&self.request_head_timeout_ms),
+            (Duration::from_millis(100)..=Duration::from_millis(600_000))
+                .contains(&self.request_head_timeout_ms),
             "server.request_head_timeout_ms",
-            self.request_head_timeout_ms,
+            self.request_head_timeout_ms.as_millis(),
             "use 100 to 600000 ms",
         )?;
         for proxy in &self.trusted_proxies {
@@ -289,9 +307,9 @@ impl SseSettings {
             "use 1 to 3600000 ms",
         )?;
         check(
-            (1..=3600).contains(&self.heartbeat_secs),
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.heartbeat_secs),
             "sse.heartbeat_secs",
-            self.heartbeat_secs,
+            self.heartbeat_secs.as_secs(),
             "use 1 to 3600 seconds",
         )?;
         check(
@@ -416,27 +434,27 @@ impl RedisSettings {
             "use 1 to 64 visible ASCII characters without { or }",
         )?;
         check(
-            (10..=60_000).contains(&self.connect_timeout_ms),
+            (Duration::from_millis(10)..=Duration::from_millis(60_000)).contains(&self.connect_timeout_ms),
             "redis.connect_timeout_ms",
-            self.connect_timeout_ms,
+            self.connect_timeout_ms.as_millis(),
             "use 10 to 60000 ms",
         )?;
         check(
-            (10..=60_000).contains(&self.command_timeout_ms),
+            (Duration::from_millis(10)..=Duration::from_millis(60_000)).contains(&self.command_timeout_ms),
             "redis.command_timeout_ms",
-            self.command_timeout_ms,
+            self.command_timeout_ms.as_millis(),
             "use 10 to 60000 ms",
         )?;
         check(
-            self.startup_wait_secs <= 3600,
+            self.startup_wait_secs <= Duration::from_secs(3600),
             "redis.startup_wait_secs",
-            self.startup_wait_secs,
+            self.startup_wait_secs.as_secs(),
             "use 0 to 3600 seconds",
         )?;
         check(
-            (50..=60_000).contains(&self.ping_interval_ms),
+            (Duration::from_millis(50)..=Duration::from_millis(60_000)).contains(&self.ping_interval_ms),
             "redis.ping_interval_ms",
-            self.ping_interval_ms,
+            self.ping_interval_ms.as_millis(),
             "use 50 to 60000 ms",
         )?;
         Ok(())
@@ -461,9 +479,9 @@ impl AuthSettings {
             "nobody could publish: configure auth.hs_secret or a public key file, or allow anonymous publishing",
         )?;
         check(
-            self.leeway_secs <= 600,
+            self.leeway_secs <= Duration::from_secs(600),
             "auth.leeway_secs",
-            self.leeway_secs,
+            self.leeway_secs.as_secs(),
             "use 0 to 600 seconds",
         )?;
         check(
@@ -506,7 +524,7 @@ mod tests {
     fn defaults_are_valid() {
         let s = Settings::defaults().unwrap();
         assert_eq!(s.server.port, 8080);
-        assert_eq!(s.sse.heartbeat_secs, 15);
+        assert_eq!(s.sse.heartbeat_secs, Duration::from_secs(15));
         assert!(s.cors.allowed_origins.is_empty());
     }
 

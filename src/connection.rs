@@ -83,7 +83,7 @@ impl Streams {
             engine,
             metrics,
             retry_ms: settings.sse.retry_ms,
-            heartbeat: settings.heartbeat(),
+            heartbeat: settings.sse.heartbeat_secs,
             page: PageBound {
                 count: settings.history.page_size,
                 bytes: settings.history.max_page_bytes,

@@ -81,9 +81,10 @@ impl Application {
                     .with_max_total_bytes(settings.history.max_total_bytes),
                 );
                 // Often enough that expired history goes within a quarter of its age, at most once a second.
-                memory.start_sweeper(Duration::from_secs(
-                    (settings.history.max_age_secs / 4).clamp(1, 60),
-                ));
+                memory.start_sweeper(
+                    (settings.history.max_age_secs / 4)
+                        .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+                );
                 memory
             }
             Some(idle) => RedisEngine::start(&settings, node, idle, Arc::clone(&metrics)).await?,
@@ -116,14 +117,14 @@ impl Application {
             settings: Arc::new(settings.clone()),
             metrics,
         });
-        let write_timeout = Duration::from_secs(settings.server.write_timeout_secs);
+        let write_timeout = settings.server.write_timeout_secs;
         let mut server =
             HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
                 // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
                 .disable_signals()
-                .shutdown_timeout(settings.server.shutdown_grace_secs)
+                .shutdown_timeout(settings.server.shutdown_grace_secs.as_secs())
                 // Slow-header clients are answered 408 and dropped.
-                .client_request_timeout(Duration::from_millis(settings.server.request_head_timeout_ms))
+                .client_request_timeout(settings.server.request_head_timeout_ms)
                 // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
                 // until the previous one is acknowledged (events are already coalesced per write).
                 .tcp_nodelay(true)

@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
@@ -123,15 +123,15 @@ impl MemoryEngine {
     pub fn new(
         node: Arc<dyn EngineEvents>,
         max_len: usize,
-        max_age_secs: u64,
-        idempotency_window_secs: u64,
+        max_age: Duration,
+        idempotency_window: Duration,
     ) -> Self {
         MemoryEngine {
             state: Mutex::new(State::default()),
             node,
             max_len,
-            max_age_ms: max_age_secs.saturating_mul(1000),
-            idempotency_window_ms: idempotency_window_secs.saturating_mul(1000),
+            max_age_ms: u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX),
+            idempotency_window_ms: u64::try_from(idempotency_window.as_millis()).unwrap_or(u64::MAX),
             max_total_bytes: 0,
         }
     }
@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn a_page_stops_at_its_byte_bound_but_holds_at_least_one_event() {
         let hub = Arc::new(NoSubscribers);
-        let engine = MemoryEngine::new(hub, 100, 0, 60);
+        let engine = MemoryEngine::new(hub, 100, Duration::ZERO, Duration::from_secs(60));
         let t = TopicName::parse("t", 8).unwrap();
         let big = "x".repeat(1000);
         for _ in 0..10 {
@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn retention_by_count_reports_truncation() {
         let hub = Arc::new(NoSubscribers);
-        let engine = MemoryEngine::new(hub, 3, 0, 60);
+        let engine = MemoryEngine::new(hub, 3, Duration::ZERO, Duration::from_secs(60));
         let t = TopicName::parse("t", 8).unwrap();
         let publish = |data: &str| {
             engine.publish_now(Publish {
@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn idempotency_key_answers_the_first_id_and_stores_once() {
         let hub = Arc::new(NoSubscribers);
-        let engine = MemoryEngine::new(hub, 10, 0, 60);
+        let engine = MemoryEngine::new(hub, 10, Duration::ZERO, Duration::from_secs(60));
         let (t, u) = (
             TopicName::parse("t", 8).unwrap(),
             TopicName::parse("u", 8).unwrap(),

@@ -35,7 +35,7 @@ pub async fn spawn_redis_node(redis: &crate::redis_server::RedisServer) -> TestA
     let url = redis.url();
     spawn_app_with(move |s| {
         s.redis.url = url;
-        s.redis.startup_wait_secs = 5;
+        s.redis.startup_wait_secs = Duration::from_secs(5);
     })
     .await
 }

@@ -264,7 +264,8 @@ async fn cors_allows_configured_origins_only() {
 /// still gets the gap notice.
 #[tokio::test]
 async fn expired_history_is_swept_from_memory_and_still_announced() {
-    let app = crate::helpers::spawn_app_with(|s| s.history.max_age_secs = 4).await;
+    let app =
+        crate::helpers::spawn_app_with(|s| s.history.max_age_secs = std::time::Duration::from_secs(4)).await;
     let mut first = None;
     for i in 0..1000 {
         let id = app.publish(&format!("t{i}"), &"x".repeat(1000)).await;
@@ -311,7 +312,7 @@ async fn redis_keys_of_idle_topics_expire_and_the_loss_is_announced() {
     let url = redis.url();
     let app = crate::helpers::spawn_app_with(move |s| {
         s.redis.url = url;
-        s.history.max_age_secs = 1;
+        s.history.max_age_secs = std::time::Duration::from_secs(1);
     })
     .await;
     let id = app.publish("idle", "soon gone").await;

@@ -92,7 +92,7 @@ async fn stream_headers_and_retry_are_sent_at_once() {
 
 #[tokio::test]
 async fn idle_streams_get_comment_heartbeats() {
-    let app = spawn_app_with(|s| s.sse.heartbeat_secs = 1).await;
+    let app = spawn_app_with(|s| s.sse.heartbeat_secs = std::time::Duration::from_secs(1)).await;
     let response = app.client.get(app.url("/events?topic=t")).send().await.unwrap();
     let mut body = response.bytes_stream();
     use futures_util::StreamExt;

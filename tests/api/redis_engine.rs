@@ -294,7 +294,7 @@ async fn a_publish_redis_did_not_confirm_is_504_and_a_retry_with_its_key_stores_
     let url = redis.url();
     let node = crate::helpers::spawn_app_with(move |s| {
         s.redis.url = url;
-        s.redis.command_timeout_ms = 300;
+        s.redis.command_timeout_ms = Duration::from_millis(300);
     })
     .await;
     let mut sub = node.subscribe(&["t"], None).await;
@@ -478,7 +478,7 @@ async fn redis_cli_event_names_follow_the_http_rule_and_settings_survive_flushal
     let url = redis.url();
     let node = crate::helpers::spawn_app_with(move |s| {
         s.redis.url = url;
-        s.redis.ping_interval_ms = 100;
+        s.redis.ping_interval_ms = Duration::from_millis(100);
         s.history.max_len = 7;
     })
     .await;

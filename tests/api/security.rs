@@ -32,7 +32,7 @@ async fn secured() -> TestApp {
         a.rsa_public_key_file = fixture("rsa_public.pem");
         a.ec_public_key_file = fixture("ec_public.pem");
         a.audience = AUDIENCE.into();
-        a.leeway_secs = 0;
+        a.leeway_secs = std::time::Duration::ZERO;
     })
     .await
 }
@@ -393,7 +393,7 @@ async fn oversized_and_malformed_requests() {
 
 #[tokio::test]
 async fn a_client_that_trickles_its_headers_is_cut_off() {
-    let app = spawn_app_with(|s| s.server.request_head_timeout_ms = 1000).await;
+    let app = spawn_app_with(|s| s.server.request_head_timeout_ms = Duration::from_millis(1000)).await;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
         .await
         .unwrap();

@@ -101,7 +101,7 @@ async fn a_client_that_never_reads_again_is_dropped_at_the_write_deadline() {
         s.sse.queue_capacity = CAPACITY;
         s.limits.max_body_bytes = 2 * MESSAGE;
         s.history.max_len = 10;
-        s.server.write_timeout_secs = 2;
+        s.server.write_timeout_secs = Duration::from_secs(2);
     })
     .await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

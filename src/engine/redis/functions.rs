@@ -27,8 +27,8 @@ impl FunctionSettings {
         FunctionSettings {
             args: [
                 s.history.max_len.to_string(),
-                s.history.max_age_secs.saturating_mul(1000).to_string(),
-                s.limits.idempotency_window_secs.saturating_mul(1000).to_string(),
+                s.history.max_age_secs.as_millis().to_string(),
+                s.limits.idempotency_window_secs.as_millis().to_string(),
                 s.limits.max_event_name_len.to_string(),
             ],
         }

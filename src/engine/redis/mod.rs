@@ -91,15 +91,15 @@ impl RedisEngine {
                 url: url.clone(),
                 source,
             })?;
-        let command_timeout = Duration::from_millis(settings.command_timeout_ms);
-        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let command_timeout = settings.command_timeout_ms;
+        let connect_timeout = settings.connect_timeout_ms;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(command_timeout));
         let io = IoThread::start().map_err(RedisStartError::Thread)?;
         let shared = Arc::new(Shared::new(client.clone(), config, io.handle.clone()));
 
-        let deadline = Instant::now() + Duration::from_secs(settings.startup_wait_secs);
+        let deadline = Instant::now() + settings.startup_wait_secs;
         let (_, mut conn) = loop {
             let last_error = match shared.get().await {
                 Ok(conn) => break conn,
@@ -108,7 +108,7 @@ impl RedisEngine {
             if Instant::now() >= deadline {
                 return Err(RedisStartError::Unreachable {
                     url,
-                    waited_secs: settings.startup_wait_secs,
+                    waited_secs: settings.startup_wait_secs.as_secs(),
                     last_error,
                 });
             }
@@ -177,7 +177,7 @@ impl RedisEngine {
             },
             command_timeout,
             connect_timeout,
-            ping_interval: Duration::from_millis(settings.ping_interval_ms),
+            ping_interval: settings.ping_interval_ms,
             max_topic_len,
             url: url.clone(),
         };
@@ -187,7 +187,7 @@ impl RedisEngine {
         if !up {
             return Err(RedisStartError::Unreachable {
                 url,
-                waited_secs: settings.startup_wait_secs,
+                waited_secs: settings.startup_wait_secs.as_secs(),
                 last_error: "the pub/sub connection did not come up".into(),
             });
         }
