@@ -49,20 +49,22 @@ pub async fn history(
     };
     let page = state.engine.history(&topic, after, bound).await?;
     // JSON escapes can make an event's text up to six times its bytes: the page is cut again by its
-    // encoded size, so the body stays within the bound too. Each event is encoded once, here.
-    let mut items: Vec<String> = Vec::with_capacity(page.events.len());
-    let mut size = 0usize;
-    let mut last = None;
-    let mut cut = false;
+    // encoded size, so the body stays within the bound too. Each event is encoded once, straight into
+    // the body (no list of encoded events beside it).
+    let mut body = format!(r#"{{"topic":{},"events":["#, json!(topic.as_str()));
+    let start = body.len();
+    let (mut last, mut cut) = (None, false);
     for e in &page.events {
         let (event, data) = e.fields();
         let item = json!({ "id": e.id.to_string(), "event": event, "data": data }).to_string();
-        if !items.is_empty() && size + item.len() > max_bytes {
+        if last.is_some() && body.len() - start + item.len() > max_bytes {
             cut = true;
             break;
         }
-        size += item.len() + 1;
-        items.push(item);
+        if last.is_some() {
+            body.push(',');
+        }
+        body.push_str(&item);
         last = Some(e.id);
     }
     // Pass `next_after` as `after` to read on, while it is set.
@@ -70,13 +72,11 @@ pub async fn history(
         .then_some(last)
         .flatten()
         .map(|id| id.to_string());
-    let body = format!(
-        r#"{{"topic":{},"events":[{}],"truncated":{},"first_retained":{},"next_after":{}}}"#,
-        json!(topic.as_str()),
-        items.join(","),
+    body.push_str(&format!(
+        r#"],"truncated":{},"first_retained":{},"next_after":{}}}"#,
         page.truncated,
         json!(page.first_retained.map(|id| id.to_string())),
         json!(next_after),
-    );
+    ));
     Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
 }
