@@ -93,6 +93,9 @@ pub struct CorsSettings {
 #[derive(Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
+    /// ACL user and password; each, when set, wins over the URL's.
+    pub username: String,
+    pub password: Secret,
     pub key_prefix: String,
     #[serde(deserialize_with = "millis")]
     pub connect_timeout_ms: Duration,
@@ -109,6 +112,8 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
@@ -511,6 +516,7 @@ mod tests {
         let mut s = Settings::defaults().unwrap();
         s.auth.hs_secret = Secret::from("a-very-secret-value-a-very-secret-value");
         s.redis.url = "redis://user:pa55word@host:6379/0".into();
+        s.redis.password = Secret::from("an0ther-pa55word");
         let shown = format!("{s:?}");
         assert!(
             !shown.contains("a-very-secret") && !shown.contains("pa55word"),

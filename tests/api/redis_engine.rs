@@ -511,3 +511,49 @@ async fn redis_cli_event_names_follow_the_http_rule_and_settings_survive_flushal
     }
     node.publish("t", "still works").await;
 }
+
+/// An ACL user: nodes authenticate every connection (commands and the pub/sub link) with
+/// `redis.username` / `redis.password`; a wrong password stops start-up with a message that says so and
+/// never shows the password.
+#[tokio::test]
+async fn an_acl_user_is_used_for_every_connection_and_a_wrong_password_is_named() {
+    let redis = RedisServer::start();
+    assert_eq!(
+        redis
+            .cli(&["ACL", "SETUSER", "hub", "on", ">s3cret-pass", "~*", "&*", "+@all"])
+            .as_deref(),
+        Some("OK")
+    );
+    let url = redis.url();
+    let node = crate::helpers::spawn_app_with({
+        let url = url.clone();
+        move |s| {
+            s.redis.url = url;
+            s.redis.username = "hub".into();
+            s.redis.password = "s3cret-pass".into();
+        }
+    })
+    .await;
+    let mut sub = node.subscribe(&["acl"], None).await;
+    let id = node.publish("acl", "through an ACL user").await;
+    assert_eq!(sub.next().await.id, id);
+    let clients = redis.cli(&["CLIENT", "LIST"]).unwrap();
+    let as_hub = clients.lines().filter(|l| l.contains("user=hub")).count();
+    assert!(
+        as_hub >= 2,
+        "the command connection and the link log in as hub:\n{clients}"
+    );
+
+    let mut settings = herald::config::Settings::defaults().unwrap();
+    settings.server.port = 0;
+    settings.redis.url = url;
+    settings.redis.username = "hub".into();
+    settings.redis.password = "wrong-pass-123".into();
+    settings.redis.startup_wait_secs = Duration::from_secs(1);
+    let error = match herald::startup::Application::build(settings).await {
+        Ok(_) => panic!("a node with a wrong password started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("redis.password"), "{error}");
+    assert!(!error.contains("wrong-pass-123"), "{error}");
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -51,6 +51,11 @@ pub enum RedisStartError {
         waited_secs: u64,
         last_error: String,
     },
+    #[error(
+        "Redis at {url} refused the credentials for {waited_secs} s: fix redis.username / \
+         redis.password (HERALD__REDIS__PASSWORD), or the user:password in redis.url, or the ACL user"
+    )]
+    Credentials { url: String, waited_secs: u64 },
     #[error(
         "Redis at {url} is version {version}; Herald needs Redis 7.0 or newer (it uses Redis Functions)"
     )]
@@ -86,11 +91,19 @@ impl RedisEngine {
         let max_topic_len = all.limits.max_topic_len;
         let function_settings = FunctionSettings::new(all);
         let url = redact(&settings.url);
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|source| RedisStartError::BadUrl {
-                url: url.clone(),
-                source,
-            })?;
+        let bad_url = |source| RedisStartError::BadUrl {
+            url: url.clone(),
+            source,
+        };
+        let info = settings.url.as_str().into_connection_info().map_err(bad_url)?;
+        let mut credentials = info.redis_settings().clone();
+        if !settings.username.is_empty() {
+            credentials = credentials.set_username(&settings.username);
+        }
+        if !settings.password.is_empty() {
+            credentials = credentials.set_password(settings.password.expose());
+        }
+        let client = redis::Client::open(info.set_redis_settings(credentials)).map_err(bad_url)?;
         let command_timeout = settings.command_timeout_ms;
         let connect_timeout = settings.connect_timeout_ms;
         let config = AsyncConnectionConfig::new()
@@ -101,11 +114,18 @@ impl RedisEngine {
 
         let deadline = Instant::now() + settings.startup_wait_secs;
         let (_, mut conn) = loop {
-            let last_error = match shared.get().await {
+            let (last_error, refused) = match shared.get().await {
                 Ok(conn) => break conn,
-                Err(e) => e.to_string(),
+                Err(e) => (e.to_string(), e.kind() == redis::ErrorKind::AuthenticationFailed),
             };
             if Instant::now() >= deadline {
+                if refused {
+                    // Kept waiting like any other failure: an ACL user may be created after Redis starts.
+                    return Err(RedisStartError::Credentials {
+                        url,
+                        waited_secs: settings.startup_wait_secs.as_secs(),
+                    });
+                }
                 return Err(RedisStartError::Unreachable {
                     url,
                     waited_secs: settings.startup_wait_secs.as_secs(),
