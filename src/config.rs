@@ -96,6 +96,10 @@ pub struct RedisSettings {
     /// ACL user and password; each, when set, wins over the URL's.
     pub username: String,
     pub password: Secret,
+    /// PEM files for TLS: CAs to trust (empty: the system's), and a client certificate and key.
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
     pub key_prefix: String,
     #[serde(deserialize_with = "millis")]
     pub connect_timeout_ms: Duration,
@@ -114,6 +118,9 @@ impl std::fmt::Debug for RedisSettings {
             .field("url", &redact_url(&self.url))
             .field("username", &self.username)
             .field("password", &self.password)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
@@ -426,7 +433,7 @@ impl RedisSettings {
         check(
             url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://"),
             "redis.url",
-            url,
+            redact_url(url),
             "use redis://host:port[/db] (or rediss:// for TLS), or leave it empty for the memory engine",
         )?;
         check(
@@ -461,6 +468,19 @@ impl RedisSettings {
             "redis.ping_interval_ms",
             self.ping_interval_ms.as_millis(),
             "use 50 to 60000 ms",
+        )?;
+        check(
+            self.tls_cert_file.is_empty() == self.tls_key_file.is_empty(),
+            "redis.tls_cert_file",
+            &self.tls_cert_file,
+            "give redis.tls_cert_file and redis.tls_key_file together (mutual TLS), or neither",
+        )?;
+        let tls_files = !(self.tls_ca_file.is_empty() && self.tls_cert_file.is_empty());
+        check(
+            !tls_files || self.url.starts_with("rediss://"),
+            "redis.url",
+            redact_url(&self.url),
+            "TLS files are set: use a rediss:// URL (or clear redis.tls_*)",
         )?;
         Ok(())
     }

@@ -557,3 +557,68 @@ async fn an_acl_user_is_used_for_every_connection_and_a_wrong_password_is_named(
     assert!(error.contains("redis.password"), "{error}");
     assert!(!error.contains("wrong-pass-123"), "{error}");
 }
+
+/// TLS to Redis (`rediss://`) with a CA the test makes: a node that trusts it publishes and subscribes
+/// (the command connection and the pub/sub link both over TLS); one that trusts another CA, or asks for
+/// another host name, stops with a message naming the host and the reason; with mutual TLS, a node
+/// without a client certificate is refused and one with it works.
+#[tokio::test]
+async fn redis_over_tls_and_mutual_tls_with_a_ca_the_test_made() {
+    let certs = tempfile::tempdir().unwrap();
+    crate::redis_server::make_certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let start = |url: String, ca: &str, client: bool| {
+        let mut s = herald::config::Settings::defaults().unwrap();
+        s.server.port = 0;
+        s.server.workers = 1;
+        s.redis.url = url;
+        s.redis.startup_wait_secs = Duration::from_secs(1);
+        s.redis.tls_ca_file = file(ca);
+        if client {
+            s.redis.tls_cert_file = file("client.crt");
+            s.redis.tls_key_file = file("client.key");
+        }
+        s
+    };
+    let failure = |settings: herald::config::Settings| async move {
+        match herald::startup::Application::build(settings).await {
+            Ok(_) => panic!("the node started"),
+            Err(e) => {
+                eprintln!("refused as it should be: {e}");
+                e.to_string()
+            }
+        }
+    };
+
+    let (_tls, port) = RedisServer::start_tls(certs.path(), false);
+    let url = format!("rediss://localhost:{port}");
+    let trusted = start(url.clone(), "ca.crt", false);
+    let node = crate::helpers::spawn_app_with(move |s| *s = trusted).await;
+    let mut sub = node.subscribe(&["tls"], None).await;
+    let id = node.publish("tls", "over TLS").await;
+    assert_eq!(sub.next().await.id, id);
+
+    let error = failure(start(url.clone(), "other-ca.crt", false)).await;
+    assert!(error.contains(&format!("localhost:{port}")), "{error}");
+    assert!(
+        error.contains("UnknownIssuer") || error.contains("certificate"),
+        "{error}"
+    );
+    // The certificate is for the name localhost, not for the address.
+    let error = failure(start(format!("rediss://127.0.0.1:{port}"), "ca.crt", false)).await;
+    assert!(error.contains("127.0.0.1"), "{error}");
+    assert!(
+        error.contains("NotValidForName") || error.contains("certificate"),
+        "{error}"
+    );
+
+    let (_mutual, port) = RedisServer::start_tls(certs.path(), true);
+    let url = format!("rediss://localhost:{port}");
+    let error = failure(start(url.clone(), "ca.crt", false)).await;
+    assert!(error.contains(&format!("localhost:{port}")), "{error}");
+    let with_cert = start(url, "ca.crt", true);
+    let node = crate::helpers::spawn_app_with(move |s| *s = with_cert).await;
+    let mut sub = node.subscribe(&["mtls"], None).await;
+    let id = node.publish("mtls", "over mutual TLS").await;
+    assert_eq!(sub.next().await.id, id);
+}

@@ -8,6 +8,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     aof: bool,
+    /// More `redis-server` arguments (TLS, say).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -28,6 +30,7 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             aof,
+            extra: Vec::new(),
             child: None,
         };
         server.launch();
@@ -49,6 +52,7 @@ impl RedisServer {
         .args(["--daemonize", "no", "--loglevel", "warning"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        cmd.args(&self.extra);
         if self.aof {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -67,6 +71,34 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A Redis that also listens with TLS on the returned port, with the certificates in `dir`
+    /// (`server.crt`, `server.key`, `ca.crt`: see [`make_certificates`]); with `mutual`, TLS clients must
+    /// show a certificate that CA signed. The plain port stays for `cli`.
+    pub fn start_tls(dir: &std::path::Path, mutual: bool) -> (Self, u16) {
+        let tls_port = free_port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            aof: false,
+            extra: vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                file("server.crt"),
+                "--tls-key-file".into(),
+                file("server.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.crt"),
+                "--tls-auth-clients".into(),
+                if mutual { "yes" } else { "no" }.into(),
+            ],
+            child: None,
+        };
+        server.launch();
+        (server, tls_port)
     }
 
     pub fn url(&self) -> String {
@@ -102,5 +134,71 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Makes a test CA and, signed by it, a server certificate for the name localhost (not for 127.0.0.1) and a client
+/// certificate; and a second, unrelated CA (`other-ca.crt`). Uses the real `openssl` command.
+pub fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for ca in ["ca", "other-ca"] {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=herald test {ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+        ]);
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    for (name, cn) in [("server", "localhost"), ("client", "herald-node")] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &format!("{name}.crt"),
+        ]);
     }
 }

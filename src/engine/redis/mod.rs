@@ -24,13 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError};
+use redis::{AsyncConnectionConfig, ClientTlsConfig, IntoConnectionInfo, RedisError, TlsCertificates};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout, Instant};
 
 use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::redact_url as redact;
-use crate::config::Settings;
+use crate::config::{RedisSettings, Settings};
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
 use connection::{IoThread, Shared};
@@ -44,7 +44,8 @@ pub enum RedisStartError {
     BadUrl { url: String, source: RedisError },
     #[error(
         "cannot reach Redis at {url} after {waited_secs} s ({last_error}); start redis-server, or fix \
-         redis.url (HERALD__REDIS__URL / --redis-url), or raise redis.startup_wait_secs"
+         redis.url (HERALD__REDIS__URL / --redis-url) or, for rediss://, redis.tls_ca_file / \
+         tls_cert_file / tls_key_file; or raise redis.startup_wait_secs"
     )]
     Unreachable {
         url: String,
@@ -62,8 +63,54 @@ pub enum RedisStartError {
     TooOld { url: String, version: String },
     #[error("Redis at {url} refused the Herald functions library: {source}")]
     Functions { url: String, source: RedisError },
+    #[error("{key}: cannot read {path}: {source}")]
+    TlsFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the Redis I/O thread: {0}")]
     Thread(std::io::Error),
+}
+
+enum TlsSetup {
+    File(RedisStartError),
+    Redis(RedisError),
+}
+
+/// A client for a `rediss://` URL: the configured CAs (else the system's roots) and, for mutual TLS, the
+/// client certificate and key. The server's name is checked against the URL's host.
+fn tls_client(settings: &RedisSettings, info: redis::ConnectionInfo) -> Result<redis::Client, TlsSetup> {
+    // One crypto provider for the process (ring); a second install attempt is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |key: &'static str, path: &str| {
+        std::fs::read(path).map_err(|source| {
+            TlsSetup::File(RedisStartError::TlsFile {
+                key,
+                path: path.to_string(),
+                source,
+            })
+        })
+    };
+    let root_cert = match settings.tls_ca_file.as_str() {
+        "" => None,
+        path => Some(read("redis.tls_ca_file", path)?),
+    };
+    let client_tls = match (settings.tls_cert_file.as_str(), settings.tls_key_file.as_str()) {
+        ("", _) | (_, "") => None,
+        (cert, key) => Some(ClientTlsConfig {
+            client_cert: read("redis.tls_cert_file", cert)?,
+            client_key: read("redis.tls_key_file", key)?,
+        }),
+    };
+    redis::Client::build_with_tls(
+        info,
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(TlsSetup::Redis)
 }
 
 pub struct RedisEngine {
@@ -103,7 +150,15 @@ impl RedisEngine {
         if !settings.password.is_empty() {
             credentials = credentials.set_password(settings.password.expose());
         }
-        let client = redis::Client::open(info.set_redis_settings(credentials)).map_err(bad_url)?;
+        let info = info.set_redis_settings(credentials);
+        let client = if settings.url.starts_with("rediss://") {
+            tls_client(settings, info).map_err(|e| match e {
+                TlsSetup::File(e) => e,
+                TlsSetup::Redis(source) => bad_url(source),
+            })?
+        } else {
+            redis::Client::open(info).map_err(bad_url)?
+        };
         let command_timeout = settings.command_timeout_ms;
         let connect_timeout = settings.connect_timeout_ms;
         let config = AsyncConnectionConfig::new()
