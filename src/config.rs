@@ -19,6 +19,13 @@ pub struct Settings {
     pub cors: CorsSettings,
     pub redis: RedisSettings,
     pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `text` (coloured only on a terminal) or `json` (one object per line).
+    pub format: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,7 +260,13 @@ impl Settings {
         self.limits.validate()?;
         self.cors.validate()?;
         self.redis.validate()?;
-        self.auth.validate()
+        self.auth.validate()?;
+        check(
+            ["text", "json"].contains(&self.log.format.as_str()),
+            "log.format",
+            &self.log.format,
+            "use text or json",
+        )
     }
 }
 

@@ -107,9 +107,9 @@ fn sources(
 
 #[actix_web::main]
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    telemetry::init_logs();
     let sources = sources(&cli.config, &cli.host, cli.port, &cli.redis_url);
     let settings = Settings::load(&sources).context("invalid configuration")?;
+    telemetry::init_logs(settings.log.format == "json");
     let host = settings.server.host.clone();
     let app = Application::build(settings).await.context("could not start")?;
     let url = format!("http://{}:{}", host, app.port());

@@ -3,15 +3,22 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Installs the log subscriber once; `RUST_LOG` filters (default `info`). Logs go to stderr.
-pub fn init_logs() {
+/// Installs the log subscriber once; `RUST_LOG` filters (default `info`). Logs go to stderr: as text
+/// (coloured only when stderr is a terminal, so files and pipes get no escape codes), or with `json` one
+/// JSON object per line (timestamp, level, target, fields) for log shippers.
+pub fn init_logs(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second call (tests) keeps the first subscriber: ignoring that error is the intent.
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber: ignoring that error is the intent.
+    let _ = if json {
+        logs.json().try_init()
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// Process-wide counters. Relaxed atomics: each is read alone, never used to order other memory.

@@ -43,7 +43,7 @@ pub async fn spawn_redis_node(redis: &crate::redis_server::RedisServer) -> TestA
 /// Starts a node on a free port with the default settings as changed by `change`.
 pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
-        herald::telemetry::init_logs();
+        herald::telemetry::init_logs(false);
     }
     let mut settings = Settings::defaults().expect("defaults load");
     settings.server.port = 0;

@@ -10,6 +10,7 @@ mod concurrency;
 mod deploy;
 mod fuzz;
 mod limits;
+mod logs;
 mod publish_subscribe;
 mod redis_engine;
 mod replay;
