@@ -144,7 +144,7 @@ impl MemoryEngine {
 
     /// Sweeps expired events and emptied topics every `every`, for as long as the engine lives: without
     /// it, a topic nobody publishes to or reads again would keep its expired events for ever.
-    pub fn start_sweeper(self: &Arc<Self>, every: std::time::Duration) {
+    pub fn start_sweeper(self: &Arc<Self>, every: Duration) {
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -21,14 +21,16 @@ pub async fn publish(
     state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let limits = &state.settings.limits;
-    // The cheapest refusal first, so floods (of bad tokens too) cost little.
+    // The cheapest refusal first, so floods (of bad tokens too) cost little: the query is read after.
+    let mut request = head(&req, &[]);
     state
         .per_ip
-        .publish(state.client_ip(&head(&req, &[])))
+        .publish(state.client_ip(&request))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let topic = TopicName::parse(&topic, limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
-    state.authorize(&head(&req, &pairs), Access::Write, std::slice::from_ref(&topic))?;
+    request.query = &pairs;
+    state.authorize(&request, Access::Write, std::slice::from_ref(&topic))?;
     let event = query_value(&pairs, "event")
         .map(|name| EventName::parse(name, limits.max_event_name_len))
         .transpose()?;
