@@ -116,6 +116,12 @@ pub struct RedisSettings {
     pub startup_wait_secs: Duration,
     #[serde(deserialize_with = "millis")]
     pub ping_interval_ms: Duration,
+    /// Sentinels to ask for the primary of `sentinel_master` (instead of `url`).
+    pub sentinels: Vec<String>,
+    pub sentinel_master: String,
+    pub sentinel_password: Secret,
+    /// Replicas that must have a publish before it is acknowledged (`WAIT`); 0 acknowledges on the primary.
+    pub min_replicas: u32,
 }
 
 /// The URL may carry a password: `Debug` shows it redacted.
@@ -133,6 +139,13 @@ impl std::fmt::Debug for RedisSettings {
             .field("command_timeout_ms", &self.command_timeout_ms)
             .field("startup_wait_secs", &self.startup_wait_secs)
             .field("ping_interval_ms", &self.ping_interval_ms)
+            .field(
+                "sentinels",
+                &self.sentinels.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("sentinel_master", &self.sentinel_master)
+            .field("sentinel_password", &self.sentinel_password)
+            .field("min_replicas", &self.min_replicas)
             .finish()
     }
 }
@@ -232,7 +245,8 @@ impl Settings {
                 .with_list_parse_key("cors.allowed_origins")
                 .with_list_parse_key("auth.private_topics")
                 .with_list_parse_key("auth.algorithms")
-                .with_list_parse_key("server.trusted_proxies"),
+                .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("redis.sentinels"),
         );
         for (key, value) in &sources.overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
@@ -441,6 +455,17 @@ impl CorsSettings {
 }
 
 impl RedisSettings {
+    /// Whether Herald runs on Redis (a URL or sentinels) rather than the memory engine.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty() || !self.sentinels.is_empty()
+    }
+
+    /// Whether data nodes are reached over TLS: a rediss:// URL, or rediss:// sentinels.
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+            || (!self.sentinels.is_empty() && self.sentinels.iter().all(|u| u.starts_with("rediss://")))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.url;
         check(
@@ -490,10 +515,44 @@ impl RedisSettings {
         )?;
         let tls_files = !(self.tls_ca_file.is_empty() && self.tls_cert_file.is_empty());
         check(
-            !tls_files || self.url.starts_with("rediss://"),
+            !tls_files || self.tls(),
             "redis.url",
             redact_url(&self.url),
-            "TLS files are set: use a rediss:// URL (or clear redis.tls_*)",
+            "TLS files are set: use a rediss:// URL or rediss:// sentinels (or clear redis.tls_*)",
+        )?;
+        check(
+            self.url.is_empty() || self.sentinels.is_empty(),
+            "redis.sentinels",
+            self.sentinels.len(),
+            "set either redis.url (one Redis) or redis.sentinels (Sentinel finds the primary), not both",
+        )?;
+        for sentinel in &self.sentinels {
+            check(
+                sentinel.starts_with("redis://") || sentinel.starts_with("rediss://"),
+                "redis.sentinels",
+                redact_url(sentinel),
+                "list sentinels as redis://host:port (or rediss:// for TLS to sentinels and data nodes)",
+            )?;
+        }
+        check(
+            self.sentinels.is_empty()
+                || self.sentinels.iter().all(|u| u.starts_with("rediss://"))
+                || self.sentinels.iter().all(|u| u.starts_with("redis://")),
+            "redis.sentinels",
+            self.sentinels.len(),
+            "use one scheme for every sentinel: redis:// (plain) or rediss:// (TLS everywhere)",
+        )?;
+        check(
+            self.sentinels.is_empty() || !self.sentinel_master.is_empty(),
+            "redis.sentinel_master",
+            &self.sentinel_master,
+            "name the master the sentinels monitor (its name in `sentinel monitor <name> ...`)",
+        )?;
+        check(
+            self.min_replicas <= 16,
+            "redis.min_replicas",
+            self.min_replicas,
+            "use 0 (acknowledge once the primary has it) to 16 replicas",
         )?;
         Ok(())
     }

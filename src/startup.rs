@@ -62,7 +62,7 @@ impl Application {
             Arc::clone(&metrics),
         );
         // The engines see the hub only as `EngineEvents`, and learn of idle topics through a channel.
-        let (hub, idle) = if settings.redis.url.is_empty() {
+        let (hub, idle) = if !settings.redis.enabled() {
             (Arc::new(hub), None)
         } else {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub gap_filled: AtomicU64,
     /// Messages on a stored-event channel that were malformed or named an id the stream does not have.
     pub redis_refused: AtomicU64,
+    /// Times this node found Redis behind the newest id it had seen (writes lost) and raised its clock.
+    pub redis_data_lost: AtomicU64,
     /// Events sitting in connection queues now (added per fan-out, removed per batch written).
     pub queued: AtomicU64,
 }
@@ -57,7 +59,7 @@ impl Metrics {
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self, g: &Gauges) -> String {
-        let rows: [(&str, &str, &str, u64); 14] = [
+        let rows: [(&str, &str, &str, u64); 15] = [
             (
                 "herald_connections",
                 "gauge",
@@ -141,6 +143,12 @@ impl Metrics {
                 "counter",
                 "stored-event channel messages dropped as malformed or not in the topic's stream",
                 self.redis_refused.load(Relaxed),
+            ),
+            (
+                "herald_redis_data_lost_total",
+                "counter",
+                "times Redis was found behind the newest id this node had seen (a failover or restart lost writes)",
+                self.redis_data_lost.load(Relaxed),
             ),
         ];
         let history = g.history.map(|(topics, bytes)| {

@@ -83,6 +83,15 @@ impl Subscriber {
         }
     }
 
+    /// The next event, or None once the stream ended; fails the test on a stream error.
+    pub async fn next_or_end(&mut self) -> Option<Event> {
+        match self.events.next().await {
+            Some(Ok(event)) => Some(event),
+            Some(Err(e)) => panic!("stream error: {e}"),
+            None => None,
+        }
+    }
+
     pub async fn take(&mut self, n: usize) -> Vec<Event> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {

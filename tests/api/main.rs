@@ -13,6 +13,7 @@ mod limits;
 mod logs;
 mod publish_subscribe;
 mod redis_engine;
+mod redis_failover;
 mod replay;
 mod shutdown;
 mod slow_consumer;

@@ -101,6 +101,19 @@ impl RedisServer {
         (server, tls_port)
     }
 
+    /// A Redis started with more arguments (`--replicaof`, say).
+    pub fn start_args(extra: &[String]) -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            aof: false,
+            extra: extra.to_vec(),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -200,5 +213,167 @@ pub fn make_certificates(dir: &std::path::Path) {
             "-out",
             &format!("{name}.crt"),
         ]);
+    }
+}
+
+/// One `redis-sentinel` process on a free loopback port, with its own config file (Sentinel rewrites it).
+pub struct Sentinel {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sentinel {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this sentinel; its trimmed output, or None if it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// The fields of `SENTINEL master herald`, as name → value.
+    fn master_fields(&self) -> std::collections::HashMap<String, String> {
+        let text = self.cli(&["SENTINEL", "master", "herald"]).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks_exact(2)
+            .map(|kv| (kv[0].to_string(), kv[1].to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A primary, its replicas and three sentinels watching it as master `herald` (quorum 2,
+/// `down-after-milliseconds` 1000), all real processes on free loopback ports.
+pub struct SentinelSetup {
+    pub primary: RedisServer,
+    pub replicas: Vec<RedisServer>,
+    pub sentinels: Vec<Sentinel>,
+}
+
+impl SentinelSetup {
+    /// Starts everything and waits until each sentinel knows every replica and the other sentinels,
+    /// and every replica is in sync.
+    pub fn start(replicas: usize) -> Self {
+        // Replication runs as its own ACL user, so a test can cut it off (see `cut_replicas`).
+        let user = ["--user", "repl", "on", ">replpass", "+@all", "~*", "&*"].map(String::from);
+        let primary = RedisServer::start_args(&user);
+        let mut replica_args = user.to_vec();
+        replica_args.extend([
+            "--replicaof".to_string(),
+            format!("127.0.0.1 {}", primary.port),
+            "--masteruser".into(),
+            "repl".into(),
+            "--masterauth".into(),
+            "replpass".into(),
+        ]);
+        let replicas: Vec<RedisServer> = (0..replicas)
+            .map(|_| RedisServer::start_args(&replica_args))
+            .collect();
+        // Sentinels learn replicas from the primary's INFO, asked every 10 s: start them once replicas are
+        // in sync, so the first INFO lists them all.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !replicas.iter().all(|r| {
+            r.cli(&["INFO", "replication"])
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        }) {
+            assert!(Instant::now() < deadline, "the replicas never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let sentinels = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let dir = tempfile::tempdir().expect("temp dir");
+                let conf = dir.path().join("sentinel.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                         sentinel monitor herald 127.0.0.1 {} 2\n\
+                         sentinel down-after-milliseconds herald 1000\n\
+                         sentinel failover-timeout herald 4000\n\
+                         sentinel parallel-syncs herald 1\n",
+                        dir.path().display(),
+                        primary.port
+                    ),
+                )
+                .expect("sentinel.conf written");
+                let child = Command::new("redis-sentinel")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-sentinel runs (install it: apt-get install redis-sentinel)");
+                Sentinel {
+                    port,
+                    _dir: dir,
+                    child,
+                }
+            })
+            .collect();
+        let setup = SentinelSetup {
+            primary,
+            replicas,
+            sentinels,
+        };
+        loop {
+            let sentinels_ready = setup.sentinels.iter().all(|s| {
+                let fields = s.master_fields();
+                fields.get("num-slaves").map(String::as_str) == Some(&setup.replicas.len().to_string())
+                    && fields.get("num-other-sentinels").map(String::as_str) == Some("2")
+            });
+            let replicas_ready = setup.replicas.iter().all(|r| {
+                r.cli(&["INFO", "replication"])
+                    .is_some_and(|info| info.contains("master_link_status:up"))
+            });
+            if sentinels_ready && replicas_ready {
+                return setup;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels never saw the whole setup"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Cuts the primary off its replicas (they cannot log in again): what it acknowledges from now on
+    /// reaches no replica.
+    pub fn cut_replicas(&self) {
+        assert_eq!(
+            self.primary.cli(&["ACL", "SETUSER", "repl", "off"]).as_deref(),
+            Some("OK")
+        );
+        assert!(self.primary.cli(&["CLIENT", "KILL", "TYPE", "replica"]).is_some());
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(Sentinel::url).collect()
+    }
+
+    /// The port of the primary the sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            s.cli(&["SENTINEL", "get-master-addr-by-name", "herald"])?
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 }

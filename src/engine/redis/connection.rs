@@ -2,10 +2,14 @@
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
+use std::sync::Arc;
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use super::functions::Seen;
+use super::primary::Primary;
 use crate::engine::EngineError;
 
 /// A thread of its own for every Redis socket (the shared connection, the pub/sub link and their
@@ -33,51 +37,82 @@ impl IoThread {
     }
 }
 
-/// The one connection every command shares. Redis runs commands one at a time, so one pipelined
-/// (multiplexed) socket serves any number of concurrent publishes and reads without a pool, and with no
-/// health-check round trip per call; a connection that failed is dropped and the next call reconnects.
+/// Which connection a call uses.
+#[derive(Clone, Copy)]
+pub(super) enum Lane {
+    /// Every call but replica-acknowledged publishes.
+    Commands = 0,
+    /// Publishes followed by `WAIT` (with `redis.min_replicas`): WAIT holds back every later command on
+    /// its connection until the replicas answer, which must not stall history reads and gap-fills.
+    Publishes = 1,
+}
+
+/// The connections every call shares: one per [`Lane`]. Redis runs commands one at a time, so one
+/// pipelined (multiplexed) socket serves any number of concurrent publishes and reads without a pool, and
+/// with no health-check round trip per call; a connection that failed is dropped and the next call
+/// reconnects.
 pub(super) struct Shared {
-    pub(super) client: redis::Client,
-    pub(super) config: AsyncConnectionConfig,
+    pub(super) primary: Arc<Primary>,
     pub(super) io: Handle,
-    pub(super) current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    lanes: [Slot; 2],
+    /// The newest id this node has seen: the floor of Redis' id clock.
+    pub(super) seen: Seen,
+    /// Bumped when the primary moved (`-READONLY`, or a sentinel's `+switch-master`): the link reconnects.
+    pub(super) failovers: watch::Sender<u64>,
+}
+
+struct Slot {
+    config: AsyncConnectionConfig,
+    current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
     /// Held while connecting, so concurrent callers wait for one attempt instead of each making one.
-    pub(super) connecting: tokio::sync::Mutex<Attempts>,
+    connecting: tokio::sync::Mutex<Attempts>,
 }
 
 #[derive(Default)]
-pub(super) struct Attempts {
+struct Attempts {
     /// Connections made so far; numbers them, so a failure retires only the one it happened on.
-    pub(super) made: u64,
+    made: u64,
     /// When the last attempt failed, and why: callers that waited for it fail with it, instead of
     /// queueing one connect timeout each behind an unreachable Redis.
-    pub(super) failed: Option<(Instant, String)>,
+    failed: Option<(Instant, String)>,
 }
 
-impl Shared {
-    pub(super) fn new(client: redis::Client, config: AsyncConnectionConfig, io: Handle) -> Self {
-        Shared {
-            client,
-            config,
-            io,
-            current: std::sync::Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(Attempts::default()),
-        }
-    }
-
-    pub(super) fn slot(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+impl Slot {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
         self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+impl Shared {
+    /// `configs`: the timeouts of the command and the publish connection.
+    pub(super) fn new(primary: Arc<Primary>, configs: [AsyncConnectionConfig; 2], io: Handle) -> Self {
+        Shared {
+            primary,
+            io,
+            lanes: configs.map(|config| Slot {
+                config,
+                current: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(Attempts::default()),
+            }),
+            seen: Seen::default(),
+            failovers: watch::channel(0).0,
+        }
+    }
 
     pub(super) async fn get(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
-        if let Some(current) = self.slot().clone() {
+        self.get_on(Lane::Commands).await
+    }
+
+    async fn get_on(&self, lane: Lane) -> Result<(u64, MultiplexedConnection), RedisError> {
+        let slot = &self.lanes[lane as usize];
+        if let Some(current) = slot.current().clone() {
             return Ok(current);
         }
         let asked = Instant::now();
-        let mut attempts = self.connecting.lock().await;
-        if let Some(current) = self.slot().clone() {
+        let mut attempts = slot.connecting.lock().await;
+        if let Some(current) = slot.current().clone() {
             return Ok(current);
         }
         if let Some((at, why)) = &attempts.failed {
@@ -85,11 +120,11 @@ impl Shared {
                 return Err(std::io::Error::other(why.clone()).into());
             }
         }
-        let (client, config) = (self.client.clone(), self.config.clone());
+        let (primary, config) = (Arc::clone(&self.primary), slot.config.clone());
         // Made on the I/O thread, so the connection's reader task lives there too.
         let made = self
             .io
-            .spawn(async move { client.get_multiplexed_async_connection_with_config(&config).await })
+            .spawn(async move { primary.connect(&config).await })
             .await
             .map_err(|e| std::io::Error::other(format!("the Redis I/O thread stopped: {e}")).into())
             .and_then(|made| made);
@@ -103,20 +138,29 @@ impl Shared {
         attempts.made += 1;
         attempts.failed = None;
         let current = (attempts.made, conn);
-        *self.slot() = Some(current.clone());
+        *slot.current() = Some(current.clone());
         Ok(current)
     }
 
-    /// Runs `f` on the shared connection; a broken connection is retired at once. A timeout alone keeps
-    /// it (Redis may be slow, or holding writes, and may still run the call): a connection that went
-    /// silent is retired when the link's ping notices (`Link::run`).
+    /// Runs `f` on the command connection; see [`Shared::run_on`].
     pub(super) async fn run<T, F, Fut>(&self, f: F) -> Result<T, EngineError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
+        self.run_on(Lane::Commands, f).await
+    }
+
+    /// Runs `f` on the lane's connection; a broken connection is retired at once. A timeout alone keeps
+    /// it (Redis may be slow, or holding writes, and may still run the call): a connection that went
+    /// silent is retired when the link's ping notices (`Link::run`).
+    pub(super) async fn run_on<T, F, Fut>(&self, lane: Lane, f: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
         let (generation, conn) = self
-            .get()
+            .get_on(lane)
             .await
             .map_err(|e| EngineError::Unavailable(format!("no Redis connection: {e}")))?;
         let result = f(conn).await;
@@ -124,21 +168,34 @@ impl Shared {
             // A timeout reads as an I/O error too, but it leaves the connection usable.
             let broken = e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error();
             if broken && !e.is_timeout() {
-                self.retire(Some(generation));
+                self.retire_on(lane, generation);
+            }
+            if e.code() == Some("READONLY") {
+                // The node we write to was demoted (a failover): find the new primary, link included.
+                tracing::warn!("Redis answered READONLY: the primary moved; following it");
+                self.retire(None);
+                self.failovers.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
         result.map_err(classify)
     }
 
-    /// Drops connection `generation` (any, if `None`) if it is still the current one; the next call
-    /// makes a new one.
-    pub(super) fn retire(&self, generation: Option<u64>) {
-        let mut current = self.slot();
-        if current
-            .as_ref()
-            .is_some_and(|(g, _)| generation.is_none_or(|want| *g == want))
-        {
+    fn retire_on(&self, lane: Lane, generation: u64) {
+        let mut current = self.lanes[lane as usize].current();
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
             *current = None;
+        }
+    }
+
+    /// Drops command connection `generation`, or with `None` every connection; the next call makes a new one.
+    pub(super) fn retire(&self, generation: Option<u64>) {
+        match generation {
+            Some(generation) => self.retire_on(Lane::Commands, generation),
+            None => {
+                for slot in &self.lanes {
+                    *slot.current() = None;
+                }
+            }
         }
     }
 }

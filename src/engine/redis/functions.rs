@@ -79,6 +79,26 @@ pub(super) async fn fcall<T: redis::FromRedisValue>(
     }
 }
 
+/// Runs the publish `FCALL` and, right behind it on the same connection, `WAIT replicas timeout`:
+/// returns the id and how many replicas confirmed they hold it (and everything written before it).
+pub(super) async fn fcall_replicated(
+    conn: &mut MultiplexedConnection,
+    cmd: redis::Cmd,
+    replicas: u32,
+    timeout_ms: u64,
+) -> Result<(String, u32), RedisError> {
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd).cmd("WAIT").arg(replicas).arg(timeout_ms);
+    match pipe.query_async(conn).await {
+        Err(e) if is_missing_function(&e) => {
+            tracing::warn!("the Herald functions were missing in Redis; loading them again");
+            load_functions(conn).await?;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
 /// Reads one page of a topic's history with the `herald_history` function.
 pub(super) async fn read_history(
     conn: &mut MultiplexedConnection,
@@ -127,4 +147,63 @@ pub(super) async fn read_history(
 pub(super) async fn last_id(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<EventId, RedisError> {
     let raw: Option<String> = redis::cmd("GET").arg(keys.seq()).query_async(conn).await?;
     Ok(raw.and_then(|s| s.parse().ok()).unwrap_or(EventId::ZERO))
+}
+
+/// The newest id this node has seen from Redis (answered to a publisher, received on the link, or read as
+/// the clock). Passed as a floor with every publish and on every ping, so that after a failover or a
+/// restart that lost writes, or a clock that went back, no new id is at or below one already handed out.
+#[derive(Default)]
+pub(super) struct Seen(std::sync::Mutex<EventId>);
+
+impl Seen {
+    pub(super) fn saw(&self, id: EventId) {
+        let mut newest = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if id > *newest {
+            *newest = id;
+        }
+    }
+
+    /// The floor argument: empty until something was seen, so a new Redis is not marked as having lost data.
+    pub(super) fn floor_arg(&self) -> String {
+        let newest = *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if newest == EventId::ZERO {
+            String::new()
+        } else {
+            newest.to_string()
+        }
+    }
+}
+
+/// What `herald_floor` found and did.
+pub(super) struct Clock {
+    /// Redis' clock after the raise: every id up to it is in Redis or was lost.
+    pub(super) seq: EventId,
+    /// The newest id some node had seen when it found Redis behind it (writes were lost); readers
+    /// resuming from before it are sent a gap.
+    pub(super) lost: Option<EventId>,
+    /// `P:config` was gone (a FLUSHALL) and was written again.
+    pub(super) restored: bool,
+}
+
+/// Raises Redis' id clock to what this node has seen (`herald_floor`), restoring `P:config` if it is gone.
+pub(super) async fn raise_clock(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    seen: &Seen,
+    settings: &FunctionSettings,
+) -> Result<Clock, RedisError> {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("herald_floor")
+        .arg(0)
+        .arg(&*keys.prefix)
+        .arg(seen.floor_arg())
+        .arg(&settings.args[..]);
+    let (seq, lost, restored): (String, String, String) = fcall(conn, cmd).await?;
+    let seq = seq.parse().unwrap_or(EventId::ZERO);
+    seen.saw(seq);
+    Ok(Clock {
+        seq,
+        lost: lost.parse().ok(),
+        restored: !restored.is_empty(),
+    })
 }

@@ -10,10 +10,12 @@
 --   P:{T}:trimmed the newest id retention removed from the log: readers after an older id missed events
 --   P:{T}:idem:K the id answered for Idempotency-Key K, for the idempotency window
 --   P:seq        the id clock "<ms>-<seq>" shared by all topics (standalone or Sentinel Redis only)
+--   P:lost       the newest id a node had seen when it found Redis behind it (a failover or restart lost
+--                writes, or a FLUSHALL): events up to it may be gone, so readers from before it get a gap
 --   P:config     hash: max_len, max_age_ms, idem_ttl_ms, max_event_len (written by the nodes, and restored
 --                by them after a FLUSHALL; defaults below). Nodes pass their settings with each call.
 
-local VERSION = '3'
+local VERSION = '4'
 
 -- KEYS[1] is "P:{T}": returns P and T, or raises an error a redis-cli user can act on.
 local function split_key(key)
@@ -104,6 +106,30 @@ local function is_newer(a, b)
   return am > bm or (am == bm and as > bs)
 end
 
+-- Raises the id clock to `floor`, the newest id a node has seen, when Redis is behind it (a failover or a
+-- restart lost writes, or a FLUSHALL): new ids then stay above every id handed out, and P:lost records
+-- that events up to `floor` may be gone. Returns true when it raised the clock.
+local function raise_clock(prefix, floor, max_age_ms)
+  if floor == nil or floor == '' or parse_id(floor) == nil or floor == '0-0' then
+    return false
+  end
+  local last = redis.call('GET', prefix .. ':seq')
+  if last and not is_newer(floor, last) then
+    return false
+  end
+  redis.call('SET', prefix .. ':seq', floor)
+  local lost = redis.call('GET', prefix .. ':lost')
+  if not lost or is_newer(floor, lost) then
+    if max_age_ms > 0 then
+      -- Once retention has passed, every event before it would be gone anyway: no need to warn then.
+      redis.call('SET', prefix .. ':lost', floor, 'PX', max_age_ms + 60000)
+    else
+      redis.call('SET', prefix .. ':lost', floor)
+    end
+  end
+  return true
+end
+
 -- Entries kept past max_len before a trim: trimming then runs once per this many publishes.
 local TRIM_SLACK = 100
 
@@ -142,7 +168,8 @@ local function now_ms()
 end
 
 -- FCALL herald_publish 1 P:{T} <data> [<event> [<idempotency-key>]]  →  the event id
--- (nodes add their max_len, max_age_ms, idem_ttl_ms and max_event_len after the idempotency key)
+-- (nodes add their max_len, max_age_ms, idem_ttl_ms and max_event_len after the idempotency key, then
+-- the newest id they have seen, as a floor for the clock)
 local function publish(keys, args)
   local key = keys[1]
   local prefix = split_key(key)
@@ -174,6 +201,7 @@ local function publish(keys, args)
     end
   end
 
+  raise_clock(prefix, args[8], max_age_ms)
   local now = now_ms()
   local ms, seq = 0, 0
   local last = redis.call('GET', prefix .. ':seq')
@@ -216,9 +244,13 @@ end
 local HISTORY_BATCH = 64
 
 local function history(keys, args)
-  split_key(keys[1])
+  local prefix = split_key(keys[1])
   local log = keys[1] .. ':log'
   local out = { redis.call('GET', keys[1] .. ':trimmed') or '', '', '' }
+  local lost = redis.call('GET', prefix .. ':lost')
+  if lost and parse_id(args[1]) ~= nil and is_newer(lost, args[1]) and (out[1] == '' or is_newer(lost, out[1])) then
+    out[1] = lost
+  end
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #first > 0 then
     out[2] = first[1][1]
@@ -272,6 +304,24 @@ local function history(keys, args)
   return out
 end
 
+-- FCALL herald_floor 0 <prefix> <floor> <max_len> <max_age_ms> <idem_ttl_ms> <max_event_len>
+--   → { the clock after raising it to floor (or ''), P:lost (or ''), '1' if P:config was restored }
+-- Nodes call it when their pub/sub link (re)connects and on every ping: it shares each node's newest id
+-- with the others and restores the settings a FLUSHALL removed, for redis-cli publishers.
+local function floor(_, args)
+  local prefix = args[1]
+  local max_age_ms = tonumber(args[4]) or 86400000
+  raise_clock(prefix, args[2], max_age_ms)
+  local restored = ''
+  if args[6] and redis.call('EXISTS', prefix .. ':config') == 0 then
+    redis.call('HSET', prefix .. ':config', 'max_len', args[3], 'max_age_ms', args[4], 'idem_ttl_ms', args[5],
+      'max_event_len', args[6])
+    restored = '1'
+  end
+  return { redis.call('GET', prefix .. ':seq') or '', redis.call('GET', prefix .. ':lost') or '', restored }
+end
+
 redis.register_function('herald_publish', publish)
+redis.register_function('herald_floor', floor)
 redis.register_function{ function_name = 'herald_history', callback = history, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'herald_version', callback = function() return VERSION end, flags = { 'no-writes' } }

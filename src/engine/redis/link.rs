@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 
 use super::connection::Shared;
-use super::functions::{last_id, load_functions, read_history, FunctionSettings};
+use super::functions::{load_functions, raise_clock, read_history, Clock, FunctionSettings};
 use super::keys::Keys;
 use crate::domain::{EventId, TopicName};
 use crate::engine::{EngineError, EngineEvents, PageBound};
@@ -46,6 +46,8 @@ pub(super) enum LinkError {
     Redis(#[from] RedisError),
     #[error("checking a message against its stream: {0}")]
     Check(EngineError),
+    #[error("the primary moved (a failover)")]
+    Failover,
 }
 
 pub(super) enum Command {
@@ -55,7 +57,6 @@ pub(super) enum Command {
 
 /// The node's pub/sub connection and everything it delivers to the hub.
 pub(super) struct Link {
-    pub(super) client: redis::Client,
     pub(super) shared: Arc<Shared>,
     pub(super) keys: Keys,
     /// This node, told of every event (the hub).
@@ -73,6 +74,8 @@ pub(super) struct Link {
     /// time far ahead) is checked against the topic's stream before it is trusted. Per topic, so one bad
     /// message cannot hold back other topics.
     pub(super) cursors: HashMap<TopicName, EventId>,
+    /// Redis' loss marker as last read (`None` before the first read): a newer one is reported once.
+    pub(super) lost: Option<Option<EventId>>,
     pub(super) function_settings: FunctionSettings,
     /// One read of a gap-fill: bounded like any history page, so a reconnect holds a page at a time.
     pub(super) gap_fill_bound: PageBound,
@@ -125,7 +128,13 @@ impl Link {
 
     /// One life of the link: connect, subscribe, gap-fill, then deliver until something fails.
     pub(super) async fn serve(&mut self) -> LinkError {
-        let pubsub = match timeout(self.connect_timeout, self.client.get_async_pubsub()).await {
+        let mut failovers = self.shared.failovers.subscribe();
+        failovers.borrow_and_update();
+        let client = match self.shared.primary.client().await {
+            Ok(client) => client,
+            Err(e) => return e.into(),
+        };
+        let pubsub = match timeout(self.connect_timeout, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => return e.into(),
             Err(_) => return LinkError::ConnectTimeout,
@@ -156,6 +165,7 @@ impl Link {
                                     batch.clear();
                                     match self.in_stream(&event).await {
                                         Ok(true) => {
+                                            self.shared.seen.saw(event.id);
                                             self.cursors.insert(event.topic().clone(), event.id);
                                             batch.push(event.event);
                                         }
@@ -201,11 +211,12 @@ impl Link {
                         }
                     }
                 }
+                _ = failovers.changed() => return LinkError::Failover,
                 _ = ping.tick() => {
                     if let Err(e) = self.call(sink.ping::<redis::Value>()).await {
                         return LinkError::Ping(Box::new(e));
                     }
-                    self.restore_config().await;
+                    self.raise_clock().await;
                 }
             }
         }
@@ -249,8 +260,11 @@ impl Link {
             self.call(sink.subscribe(channels)).await?;
         }
         self.subscribed = topics.iter().cloned().collect();
-        // Everything above `until` arrives on the new subscription; up to it comes from the streams.
-        let until = last_id(&mut conn, &self.keys).await?;
+        // Everything above `until` arrives on the new subscription; up to it comes from the streams. The
+        // clock is first raised to what this node has seen, in case Redis lost writes meanwhile.
+        let clock = raise_clock(&mut conn, &self.keys, &self.shared.seen, &self.function_settings).await?;
+        self.report(&clock);
+        let until = clock.seq;
         let Some(floor) = self.floor else {
             self.floor = Some(until);
             return Ok(());
@@ -325,6 +339,7 @@ impl Link {
             && id.ms <= now_ms().saturating_add(FUTURE_TOLERANCE_MS);
         let event = Stored::from_frame(id, topic, bytes::Bytes::copy_from_slice(payload));
         if expected {
+            self.shared.seen.saw(id);
             self.cursors.insert(event.topic().clone(), id);
             Decoded::Event(event.event)
         } else {
@@ -355,24 +370,38 @@ impl Link {
         tracing::warn!(%topic, "dropped a message on the topic's stored-event channel: {why}");
     }
 
-    /// Writes `P:config` again if it is gone (a FLUSHALL), for `redis-cli` publishers; best effort.
-    pub(super) async fn restore_config(&self) {
-        let (keys, settings) = (&self.keys, &self.function_settings);
-        let restored = self
+    /// Shares this node's newest id with Redis' clock (raising it if Redis lost writes) and restores
+    /// `P:config` after a FLUSHALL; best effort, once per ping.
+    pub(super) async fn raise_clock(&mut self) {
+        let (keys, settings, seen) = (&self.keys, &self.function_settings, &self.shared.seen);
+        let clock = self
             .shared
-            .run(|mut conn| async move {
-                let exists: bool = redis::cmd("EXISTS")
-                    .arg(keys.config())
-                    .query_async(&mut conn)
-                    .await?;
-                if !exists {
-                    settings.store(&mut conn, keys).await?;
-                }
-                Ok(!exists)
-            })
+            .run(|mut conn| async move { raise_clock(&mut conn, keys, seen, settings).await })
             .await;
-        if let Ok(true) = restored {
-            tracing::info!("restored {} (it was gone, as after a FLUSHALL)", keys.config());
+        if let Ok(clock) = clock {
+            self.report(&clock);
+        }
+    }
+
+    /// Logs and counts a loss of data once per node, whichever node found Redis behind.
+    pub(super) fn report(&mut self, clock: &Clock) {
+        let known = self.lost.replace(clock.lost);
+        if let (Some(known), Some(lost)) = (known, clock.lost) {
+            if known.is_none_or(|known| lost > known) {
+                self.metrics.redis_data_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "Redis at {} lost writes (a failover, a restart without persistence, or a FLUSHALL): \
+                     events up to {lost} may be gone. New ids continue above it, and readers resuming from \
+                     before it are sent herald.gap",
+                    self.url
+                );
+            }
+        }
+        if clock.restored {
+            tracing::info!(
+                "restored {} (it was gone, as after a FLUSHALL)",
+                self.keys.config()
+            );
         }
     }
 }

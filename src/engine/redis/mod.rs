@@ -13,34 +13,36 @@
 //! - [`connection`]: the I/O thread and the one multiplexed command connection every call shares;
 //! - [`keys`]: key and channel names;
 //! - [`functions`]: `herald.lua` and the Rust wrappers of its functions;
-//! - [`link`]: the pub/sub link that follows local interest, re-subscribes and gap-fills.
+//! - [`link`]: the pub/sub link that follows local interest, re-subscribes and gap-fills;
+//! - [`primary`]: where the primary is (one URL, or asked of the sentinels for every new connection).
 
 mod connection;
 mod functions;
 mod keys;
 mod link;
+mod primary;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::{AsyncConnectionConfig, ClientTlsConfig, IntoConnectionInfo, RedisError, TlsCertificates};
+use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout, Instant};
 
 use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
-use crate::config::redact_url as redact;
-use crate::config::{RedisSettings, Settings};
+use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
-use connection::{IoThread, Shared};
-use functions::{fcall, last_id, load_functions, read_history, FunctionSettings};
+use connection::{IoThread, Lane, Shared};
+use functions::{fcall, fcall_replicated, last_id, load_functions, read_history, FunctionSettings};
 use keys::Keys;
 use link::{Command, Link};
+use primary::Primary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisStartError {
-    #[error("redis.url {url} is not a Redis URL: {source}")]
+    #[error("{url} (redis.url or redis.sentinels) is not a Redis URL: {source}")]
     BadUrl { url: String, source: RedisError },
     #[error(
         "cannot reach Redis at {url} after {waited_secs} s ({last_error}); start redis-server, or fix \
@@ -58,6 +60,16 @@ pub enum RedisStartError {
     )]
     Credentials { url: String, waited_secs: u64 },
     #[error(
+        "cannot reach {url} after {waited_secs} s ({last_error}); start the sentinels and the primary, or \
+         fix redis.sentinels / redis.sentinel_master / redis.sentinel_password, or raise \
+         redis.startup_wait_secs"
+    )]
+    NoPrimary {
+        url: String,
+        waited_secs: u64,
+        last_error: String,
+    },
+    #[error(
         "Redis at {url} is version {version}; Herald needs Redis 7.0 or newer (it uses Redis Functions)"
     )]
     TooOld { url: String, version: String },
@@ -73,46 +85,6 @@ pub enum RedisStartError {
     Thread(std::io::Error),
 }
 
-enum TlsSetup {
-    File(RedisStartError),
-    Redis(RedisError),
-}
-
-/// A client for a `rediss://` URL: the configured CAs (else the system's roots) and, for mutual TLS, the
-/// client certificate and key. The server's name is checked against the URL's host.
-fn tls_client(settings: &RedisSettings, info: redis::ConnectionInfo) -> Result<redis::Client, TlsSetup> {
-    // One crypto provider for the process (ring); a second install attempt is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |key: &'static str, path: &str| {
-        std::fs::read(path).map_err(|source| {
-            TlsSetup::File(RedisStartError::TlsFile {
-                key,
-                path: path.to_string(),
-                source,
-            })
-        })
-    };
-    let root_cert = match settings.tls_ca_file.as_str() {
-        "" => None,
-        path => Some(read("redis.tls_ca_file", path)?),
-    };
-    let client_tls = match (settings.tls_cert_file.as_str(), settings.tls_key_file.as_str()) {
-        ("", _) | (_, "") => None,
-        (cert, key) => Some(ClientTlsConfig {
-            client_cert: read("redis.tls_cert_file", cert)?,
-            client_key: read("redis.tls_key_file", key)?,
-        }),
-    };
-    redis::Client::build_with_tls(
-        info,
-        TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(TlsSetup::Redis)
-}
-
 pub struct RedisEngine {
     shared: Arc<Shared>,
     keys: Keys,
@@ -121,6 +93,8 @@ pub struct RedisEngine {
     ready: watch::Receiver<bool>,
     commands: mpsc::UnboundedSender<Command>,
     command_timeout: Duration,
+    /// Replicas a publish must reach before it is acknowledged (`WAIT`).
+    min_replicas: u32,
     /// Stops the I/O thread (and with it the link) when the engine is dropped.
     _io: IoThread,
 }
@@ -137,35 +111,40 @@ impl RedisEngine {
         let settings = &all.redis;
         let max_topic_len = all.limits.max_topic_len;
         let function_settings = FunctionSettings::new(all);
-        let url = redact(&settings.url);
-        let bad_url = |source| RedisStartError::BadUrl {
-            url: url.clone(),
-            source,
-        };
-        let info = settings.url.as_str().into_connection_info().map_err(bad_url)?;
-        let mut credentials = info.redis_settings().clone();
-        if !settings.username.is_empty() {
-            credentials = credentials.set_username(&settings.username);
-        }
-        if !settings.password.is_empty() {
-            credentials = credentials.set_password(settings.password.expose());
-        }
-        let info = info.set_redis_settings(credentials);
-        let client = if settings.url.starts_with("rediss://") {
-            tls_client(settings, info).map_err(|e| match e {
-                TlsSetup::File(e) => e,
-                TlsSetup::Redis(source) => bad_url(source),
-            })?
-        } else {
-            redis::Client::open(info).map_err(bad_url)?
-        };
         let command_timeout = settings.command_timeout_ms;
         let connect_timeout = settings.connect_timeout_ms;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(command_timeout));
+        let primary = Arc::new(Primary::new(settings, config.clone())?);
+        let url = primary.shown(&settings.url);
+        let sentinel = !settings.sentinels.is_empty();
+        let unreachable = |last_error: String| {
+            let waited_secs = settings.startup_wait_secs.as_secs();
+            if sentinel {
+                RedisStartError::NoPrimary {
+                    url: url.clone(),
+                    waited_secs,
+                    last_error,
+                }
+            } else {
+                RedisStartError::Unreachable {
+                    url: url.clone(),
+                    waited_secs,
+                    last_error,
+                }
+            }
+        };
         let io = IoThread::start().map_err(RedisStartError::Thread)?;
-        let shared = Arc::new(Shared::new(client.clone(), config, io.handle.clone()));
+        // A publish with WAIT may take the command timeout twice: once to run, once for the replicas.
+        let publish_config = config
+            .clone()
+            .set_response_timeout(Some(command_timeout.saturating_mul(2)));
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&primary),
+            [config, publish_config],
+            io.handle.clone(),
+        ));
 
         let deadline = Instant::now() + settings.startup_wait_secs;
         let (_, mut conn) = loop {
@@ -181,11 +160,7 @@ impl RedisEngine {
                         waited_secs: settings.startup_wait_secs.as_secs(),
                     });
                 }
-                return Err(RedisStartError::Unreachable {
-                    url,
-                    waited_secs: settings.startup_wait_secs.as_secs(),
-                    last_error,
-                });
+                return Err(unreachable(last_error));
             }
             tracing::warn!("waiting for Redis at {url}: {last_error}");
             sleep(Duration::from_millis(250)).await;
@@ -234,7 +209,6 @@ impl RedisEngine {
         let (ready_tx, mut ready) = watch::channel(false);
         let (commands, command_rx) = mpsc::unbounded_channel();
         let link = Link {
-            client,
             shared: Arc::clone(&shared),
             keys: keys.clone(),
             node,
@@ -245,6 +219,7 @@ impl RedisEngine {
             subscribed: Default::default(),
             floor: None,
             cursors: Default::default(),
+            lost: None,
             function_settings: function_settings.clone(),
             gap_fill_bound: PageBound {
                 count: all.history.page_size,
@@ -257,14 +232,12 @@ impl RedisEngine {
             url: url.clone(),
         };
         io.handle.spawn(link.run());
+        io.handle
+            .spawn(Arc::clone(&primary).watch_switches(shared.failovers.clone()));
         let wait = deadline.saturating_duration_since(Instant::now());
         let up = matches!(timeout(wait, ready.wait_for(|up| *up)).await, Ok(Ok(_)));
         if !up {
-            return Err(RedisStartError::Unreachable {
-                url,
-                waited_secs: settings.startup_wait_secs.as_secs(),
-                last_error: "the pub/sub connection did not come up".into(),
-            });
+            return Err(unreachable("the pub/sub connection did not come up".into()));
         }
         Ok(Arc::new(RedisEngine {
             shared,
@@ -273,6 +246,7 @@ impl RedisEngine {
             ready,
             commands,
             command_timeout,
+            min_replicas: settings.min_replicas,
             _io: io,
         }))
     }
@@ -288,13 +262,37 @@ impl Engine for RedisEngine {
                 .arg(m.data)
                 .arg(m.event.map_or("", |e| e.as_str()))
                 .arg(m.idempotency_key.map_or("", |k| k.as_str()))
-                .arg(&self.function_settings.args[..]);
-            let id: String = self
-                .shared
-                .run(|mut conn| async move { fcall(&mut conn, cmd).await })
-                .await?;
-            id.parse()
-                .map_err(|_| EngineError::Unavailable(format!("Redis answered a malformed id `{id}`")))
+                .arg(&self.function_settings.args[..])
+                .arg(self.shared.seen.floor_arg());
+            let id: String = match self.min_replicas {
+                0 => {
+                    self.shared
+                        .run(|mut conn| async move { fcall(&mut conn, cmd).await })
+                        .await?
+                }
+                replicas => {
+                    let wait_ms = self.command_timeout.as_millis() as u64;
+                    let (id, confirmed) = self
+                        .shared
+                        .run_on(Lane::Publishes, |mut conn| async move {
+                            fcall_replicated(&mut conn, cmd, replicas, wait_ms).await
+                        })
+                        .await?;
+                    if confirmed < replicas {
+                        // Stored on the primary, maybe not on any replica: a failover could lose it.
+                        return Err(EngineError::Unknown(format!(
+                            "event {id} is on the primary, but only {confirmed} of the {replicas} replicas \
+                             redis.min_replicas asks for confirmed it within {wait_ms} ms"
+                        )));
+                    }
+                    id
+                }
+            };
+            let id = id
+                .parse()
+                .map_err(|_| EngineError::Unavailable(format!("Redis answered a malformed id `{id}`")))?;
+            self.shared.seen.saw(id);
+            Ok(id)
         }
         .boxed()
     }
@@ -328,6 +326,7 @@ impl Engine for RedisEngine {
             self.shared
                 .run(|mut conn| async move { last_id(&mut conn, &self.keys).await })
                 .await
+                .inspect(|id| self.shared.seen.saw(*id))
         }
         .boxed()
     }
