@@ -27,12 +27,14 @@ struct Args {
     /// A few hundred deliveries against herald-memory only: checks the tool works (CI).
     #[arg(long)]
     smoke: bool,
-    /// Systems, comma-separated (default: all): herald-memory, herald-redis, herald-redis-3nodes,
-    /// nchan-memory, nchan-redis, express.
+    /// Systems, comma-separated (default: all but the last two): herald-memory, herald-redis,
+    /// herald-redis-3nodes, nchan-memory, nchan-redis, express, herald-redis-replica (a primary and a
+    /// replica, min_replicas 0), herald-redis-wait1 (the same with min_replicas 1).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Scenarios, comma-separated (default: all): fanout, latency, idle, replay, growth (CPU per
-    /// delivery at 100 / 1,000 / 10,000 subscribers, and 10,000 topics), rss (idle memory at 1k-18k).
+    /// delivery at 100 / 1,000 / 10,000 subscribers, and 10,000 topics), rss (idle memory at 1k-18k),
+    /// publish (publish round trip and CPU per publish, 1 and 4 in flight).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Publishes kept in flight by the fan-out and growth scenarios (the "a few"). Herald writes
@@ -67,6 +69,9 @@ struct Row {
     failed_publishes: usize,
     rss_per_conn: Option<f64>,
     replay_ms: Option<f64>,
+    /// Publish round trips (request sent to answer read), µs.
+    publish_p50_us: u32,
+    publish_p99_us: u32,
     /// What went wrong, when the system could not do the whole scenario.
     note: Option<String>,
 }
@@ -250,8 +255,24 @@ async fn fanout(
         duplicated: t.duplicated,
         out_of_order: t.out_of_order,
         failed_publishes: failed,
+        publish_p50_us: pct(0.5),
+        publish_p99_us: pct(0.99),
         ..Row::default()
     })
+}
+
+/// Publishes through `in_flight` keep-alive connections to one topic with 10 subscribers: what one
+/// publish costs. In the row, p50/p99 are publish round trips and server CPU is per publish.
+async fn publish_cost(sys: &System, in_flight: usize) -> Result<Row> {
+    let (subscribers, messages) = (10, 5000);
+    let scenario = format!("publish {in_flight} in flight: p50/p99 = publish round trip, CPU per publish");
+    let mut row = fanout(sys, &scenario, 1, subscribers, messages, in_flight, None).await?;
+    row.server_cpu_us *= subscribers as f64;
+    row.bench_cpu_us *= subscribers as f64;
+    row.p50_ms = f64::from(row.publish_p50_us) / 1000.0;
+    row.p99_ms = f64::from(row.publish_p99_us) / 1000.0;
+    row.p999_ms = 0.0;
+    Ok(row)
 }
 
 /// `conns` idle subscribers over `topics` topics: server memory per connection.
@@ -515,7 +536,7 @@ async fn run(args: Args) -> Result<()> {
             .map(|s| Kind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown system {s}")))
             .collect::<Result<_>>()?
     };
-    let all = ["fanout", "latency", "idle", "replay", "growth", "rss"];
+    let all = ["fanout", "latency", "idle", "replay", "growth", "rss", "publish"];
     let scenarios: Vec<String> = if args.smoke {
         vec!["fanout".into(), "replay".into()]
     } else if args.scenarios.is_empty() {
@@ -601,6 +622,7 @@ async fn run(args: Args) -> Result<()> {
                     }
                     v
                 }
+                "publish" => vec![publish_cost(&sys, 1).await?, publish_cost(&sys, 4).await?],
                 other => bail!("unknown scenario {other}"),
             };
             for r in &new {

@@ -18,9 +18,16 @@ pub enum Kind {
     NchanMemory,
     NchanRedis,
     Express,
+    /// Herald on a primary with one replica, publishes acknowledged by the primary (min_replicas 0).
+    HeraldReplica,
+    /// The same, publishes acknowledged once the replica has them (min_replicas 1, WAIT).
+    HeraldWait,
 }
 
 impl Kind {
+    /// Systems run only when named (`--systems`): the replicated-publish comparison.
+    pub const EXTRA: [Kind; 2] = [Kind::HeraldReplica, Kind::HeraldWait];
+
     pub const ALL: [Kind; 6] = [
         Kind::HeraldMemory,
         Kind::HeraldRedis,
@@ -38,15 +45,27 @@ impl Kind {
             Kind::NchanMemory => "nchan-memory",
             Kind::NchanRedis => "nchan-redis",
             Kind::Express => "express",
+            Kind::HeraldReplica => "herald-redis-replica",
+            Kind::HeraldWait => "herald-redis-wait1",
         }
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::EXTRA)
+            .find(|k| k.name() == name)
     }
 
     pub fn is_herald(self) -> bool {
-        matches!(self, Kind::HeraldMemory | Kind::HeraldRedis | Kind::HeraldRedis3)
+        matches!(
+            self,
+            Kind::HeraldMemory
+                | Kind::HeraldRedis
+                | Kind::HeraldRedis3
+                | Kind::HeraldReplica
+                | Kind::HeraldWait
+        )
     }
 
     pub fn replays(self) -> bool {
@@ -61,6 +80,7 @@ pub struct System {
     pub pub_port: u16,
     servers: Vec<Child>,
     redis: Option<Child>,
+    replica: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -86,22 +106,25 @@ fn quiet(cmd: &mut Command) -> &mut Command {
         .kill_on_drop(true)
 }
 
-async fn start_redis(dir: &Path) -> Result<(Child, u16)> {
+async fn start_redis(dir: &Path, replica_of: Option<u16>) -> Result<(Child, u16)> {
     let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    if let Some(primary) = replica_of {
+        cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+    }
     let child = quiet(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir),
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir),
     )
     .spawn()
     .context("redis-server (apt-get install redis-server)")?;
@@ -109,7 +132,7 @@ async fn start_redis(dir: &Path) -> Result<(Child, u16)> {
     Ok((child, port))
 }
 
-async fn start_herald(bin: &Path, redis: Option<u16>) -> Result<(Child, u16)> {
+async fn start_herald(bin: &Path, redis: Option<u16>, min_replicas: u32) -> Result<(Child, u16)> {
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     cmd.args(["--port", &port.to_string()])
@@ -121,7 +144,8 @@ async fn start_herald(bin: &Path, redis: Option<u16>) -> Result<(Child, u16)> {
         .env("HERALD__LIMITS__MAX_CONNECTIONS", "30000")
         // A node notices a vanished client when it next writes; a 1 s heartbeat frees the previous
         // scenario's connections before the next one starts (actix does not report the peer's FIN).
-        .env("HERALD__SSE__HEARTBEAT_SECS", "1");
+        .env("HERALD__SSE__HEARTBEAT_SECS", "1")
+        .env("HERALD__REDIS__MIN_REPLICAS", min_replicas.to_string());
     if let Some(redis) = redis {
         cmd.args(["--redis-url", &format!("redis://127.0.0.1:{redis}")]);
     }
@@ -184,23 +208,45 @@ async fn start_express(repo: &Path) -> Result<(Child, u16)> {
 impl System {
     pub async fn start(kind: Kind, herald: &Path, repo: &Path) -> Result<System> {
         let dir = tempfile::tempdir()?;
-        let needs_redis = matches!(kind, Kind::HeraldRedis | Kind::HeraldRedis3 | Kind::NchanRedis);
+        let needs_redis = !matches!(kind, Kind::HeraldMemory | Kind::NchanMemory | Kind::Express);
         let (redis, redis_port) = if needs_redis {
-            let (child, port) = start_redis(dir.path()).await?;
+            let (child, port) = start_redis(dir.path(), None).await?;
             (Some(child), Some(port))
         } else {
             (None, None)
         };
+        let replica = if matches!(kind, Kind::HeraldReplica | Kind::HeraldWait) {
+            let replica_dir = dir.path().join("replica");
+            std::fs::create_dir_all(&replica_dir)?;
+            let (child, port) = start_redis(&replica_dir, redis_port).await?;
+            // In sync before the first publish (a WAIT would otherwise time out).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "INFO", "replication"])
+                    .output()
+                    .await?;
+                if String::from_utf8_lossy(&info.stdout).contains("master_link_status:up") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the replica on port {port} never synced");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some(child)
+        } else {
+            None
+        };
+        let min_replicas = u32::from(kind == Kind::HeraldWait);
         let mut servers = Vec::new();
         let mut ports = Vec::new();
         let nodes = if kind == Kind::HeraldRedis3 { 3 } else { 1 };
         for _ in 0..nodes {
             let (child, port) = match kind {
-                Kind::HeraldMemory | Kind::HeraldRedis | Kind::HeraldRedis3 => {
-                    start_herald(herald, redis_port).await?
-                }
+                k if k.is_herald() => start_herald(herald, redis_port, min_replicas).await?,
                 Kind::NchanMemory | Kind::NchanRedis => start_nchan(repo, dir.path(), redis_port).await?,
-                Kind::Express => start_express(repo).await?,
+                _ => start_express(repo).await?,
             };
             servers.push(child);
             ports.push(port);
@@ -211,6 +257,7 @@ impl System {
             sub_ports: ports,
             servers,
             redis,
+            replica,
             _dir: dir,
         })
     }
@@ -223,9 +270,7 @@ impl System {
             .filter_map(Child::id)
             .flat_map(procfs::with_children)
             .collect();
-        if let Some(redis) = self.redis.as_ref().and_then(Child::id) {
-            pids.push(redis);
-        }
+        pids.extend(self.redis.iter().chain(&self.replica).filter_map(Child::id));
         pids
     }
 

@@ -441,6 +441,38 @@ async fn all_sentinels_down_at_start_up_is_a_clear_error() {
     }
 }
 
+/// Sentinels that require a password: `redis.sentinel_password` is used to ask them; without it,
+/// start-up stops with an error that names the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_that_require_a_password_get_sentinel_password() {
+    let setup = SentinelSetup::start_with(0, Some("s3ntinel-pa55"));
+    let settings = |password: &str| {
+        let mut s = herald::config::Settings::defaults().expect("defaults");
+        s.server.port = 0;
+        s.redis.sentinels = setup.urls();
+        s.redis.sentinel_master = "herald".into();
+        s.redis.sentinel_password = password.into();
+        s.redis.startup_wait_secs = Duration::from_secs(1);
+        s
+    };
+    let Err(error) = herald::startup::Application::build(settings("")).await else {
+        panic!("a node asked password-protected sentinels without a password");
+    };
+    let message = error.to_string();
+    // The sentinel's own reason, and the setting to fix.
+    assert!(message.contains("Authentication required"), "{message}");
+    assert!(message.contains("redis.sentinel_password"), "{message}");
+    assert!(!message.contains("s3ntinel-pa55"), "{message}");
+    let urls = setup.urls();
+    let node = spawn_app_with(move |s| {
+        s.redis.sentinels = urls;
+        s.redis.sentinel_master = "herald".into();
+        s.redis.sentinel_password = "s3ntinel-pa55".into();
+    })
+    .await;
+    node.publish("t", "through the sentinels").await;
+}
+
 /// Sentinels up, primary down and no replica to promote: publishes are refused with 503 and `/readyz`
 /// says 503 until the primary is back; then the node recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,6 +219,7 @@ pub fn make_certificates(dir: &std::path::Path) {
 /// One `redis-sentinel` process on a free loopback port, with its own config file (Sentinel rewrites it).
 pub struct Sentinel {
     pub port: u16,
+    password: Option<String>,
     _dir: tempfile::TempDir,
     child: Child,
 }
@@ -230,11 +231,12 @@ impl Sentinel {
 
     /// Runs `redis-cli` against this sentinel; its trimmed output, or None if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(password) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", password]);
+        }
+        let out = cmd.args(args).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         (out.status.success() && !text.is_empty() && !text.starts_with("Could not connect")).then_some(text)
     }
@@ -269,6 +271,11 @@ impl SentinelSetup {
     /// Starts everything and waits until each sentinel knows every replica and the other sentinels,
     /// and every replica is in sync.
     pub fn start(replicas: usize) -> Self {
+        Self::start_with(replicas, None)
+    }
+
+    /// With `password`, the sentinels require it (`requirepass`, and use it among themselves).
+    pub fn start_with(replicas: usize, password: Option<&str>) -> Self {
         // Replication runs as its own ACL user, so a test can cut it off (see `cut_replicas`).
         let user = ["--user", "repl", "on", ">replpass", "+@all", "~*", "&*"].map(String::from);
         let primary = RedisServer::start_args(&user);
@@ -306,9 +313,12 @@ impl SentinelSetup {
                          sentinel monitor herald 127.0.0.1 {} 2\n\
                          sentinel down-after-milliseconds herald 1000\n\
                          sentinel failover-timeout herald 4000\n\
-                         sentinel parallel-syncs herald 1\n",
+                         sentinel parallel-syncs herald 1\n{}",
                         dir.path().display(),
-                        primary.port
+                        primary.port,
+                        password.map_or(String::new(), |p| format!(
+                            "requirepass {p}\nsentinel sentinel-pass {p}\n"
+                        )),
                     ),
                 )
                 .expect("sentinel.conf written");
@@ -320,6 +330,7 @@ impl SentinelSetup {
                     .expect("redis-sentinel runs (install it: apt-get install redis-sentinel)");
                 Sentinel {
                     port,
+                    password: password.map(String::from),
                     _dir: dir,
                     child,
                 }
