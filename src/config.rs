@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat};
+use config::{Config, Environment, File, FileFormat, Source};
 use serde::Deserialize;
 
 /// The shipped defaults, built in so the binary runs from any directory.
@@ -213,6 +213,13 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("the configuration file {path} was asked for with --config but does not exist")]
     MissingDir { path: PathBuf },
+    #[error("unknown setting {key} (from {origin}){hint}; a typo would otherwise be ignored silently")]
+    Unknown {
+        key: String,
+        origin: String,
+        /// ": did you mean …?" when a known key is close.
+        hint: String,
+    },
     #[error("{key} = {value}: {fix} (set it in config/*.toml, as {env}, or on the command line)")]
     Invalid {
         key: &'static str,
@@ -251,7 +258,9 @@ impl Settings {
         for (key, value) in &sources.overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let merged = builder.build()?;
+        refuse_unknown_keys(&merged)?;
+        let settings: Settings = merged.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -593,6 +602,87 @@ impl AuthSettings {
         )?;
         Ok(())
     }
+}
+
+/// Every key the built-in defaults name is a setting; any other key in a file, the environment or a flag is
+/// a mistake, refused with where it came from and the closest known key.
+fn refuse_unknown_keys(merged: &Config) -> Result<(), ConfigError> {
+    let known = Config::builder()
+        .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+        .build()?
+        .collect()?;
+    let known_keys: Vec<String> = known
+        .iter()
+        .flat_map(|(section, value)| match &value.kind {
+            config::ValueKind::Table(keys) => keys.keys().map(|k| format!("{section}.{k}")).collect(),
+            _ => vec![section.clone()],
+        })
+        .collect();
+    let unknown = |key: String, value: &config::Value| {
+        let origin = match value.origin() {
+            Some("the environment") => format!(
+                "the environment variable HERALD__{}",
+                key.replace('.', "__").to_uppercase()
+            ),
+            Some(path) => path.to_string(),
+            None => "the command line".to_string(),
+        };
+        let hint = closest(&key, &known_keys).map_or(String::new(), |k| format!(": did you mean {k}?"));
+        Err(ConfigError::Unknown { key, origin, hint })
+    };
+    let mut sections: Vec<_> = merged.collect()?.into_iter().collect();
+    sections.sort_by(|a, b| a.0.cmp(&b.0));
+    for (section, value) in sections {
+        let Some(known_section) = known.get(&section) else {
+            // A whole section nobody knows: name its first key, which says where it came from.
+            return match &value.kind {
+                config::ValueKind::Table(keys) => match keys.iter().min_by(|a, b| a.0.cmp(b.0)) {
+                    Some((k, v)) => unknown(format!("{section}.{k}"), v),
+                    None => unknown(section, &value),
+                },
+                _ => unknown(section, &value),
+            };
+        };
+        if let (config::ValueKind::Table(keys), config::ValueKind::Table(known_keys)) =
+            (&value.kind, &known_section.kind)
+        {
+            let mut keys: Vec<_> = keys.iter().collect();
+            keys.sort_by(|a, b| a.0.cmp(b.0));
+            for (key, v) in keys {
+                if !known_keys.contains_key(key) {
+                    return unknown(format!("{section}.{key}"), v);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The known key nearest to `key` (edit distance at most a third of its length, and at least 2 allowed).
+fn closest<'a>(key: &str, known: &'a [String]) -> Option<&'a String> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let next = (prev + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(row[j + 1] + 1);
+                prev = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    };
+    let allowed = (key.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|k| (distance(key, k), k))
+        .filter(|(d, _)| *d <= allowed)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 fn file(path: &Path) -> File<config::FileSourceFile, FileFormat> {

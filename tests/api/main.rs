@@ -7,6 +7,7 @@ mod security;
 
 mod browser;
 mod concurrency;
+mod config;
 mod deploy;
 mod fuzz;
 mod limits;
