@@ -46,6 +46,8 @@ pub struct Connection {
     phase: Phase,
     /// Live events with ids up to this one were (or will be) sent by the replay: skipped, never twice.
     skip_through: Option<EventId>,
+    /// `envelope=json`: each event's data wrapped with its topic (see `Event::frame_for`).
+    envelope: bool,
 }
 
 enum Phase {
@@ -99,6 +101,7 @@ impl Connection {
         resume: Option<Resume>,
         slot: ConnectionSlot,
         token_expires_at: Option<u64>,
+        envelope: bool,
     ) -> Self {
         let period = streams.heartbeat;
         let mut heartbeat = interval_at(Instant::now() + period, period);
@@ -122,6 +125,7 @@ impl Connection {
             page: streams.page,
             skip_through: resume.map(|r| r.until),
             phase: Phase::Hello(resume),
+            envelope,
         }
     }
 
@@ -221,7 +225,7 @@ impl Connection {
             let Some(event) = next.and_then(|c| c.buf.pop_front()) else {
                 break;
             };
-            out.extend_from_slice(event.frame());
+            out.extend_from_slice(event.event.frame_for(self.envelope));
             sent += 1;
         }
         self.metrics.replayed.fetch_add(sent, Ordering::Relaxed);
@@ -245,7 +249,7 @@ impl Connection {
                     if let [event] = events.as_slices().0 {
                         if events.len() == 1 && !self.already_sent(event) {
                             self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
-                            return event.frame.clone();
+                            return event.frame_for(self.envelope).clone();
                         }
                     }
                     let mut out = BytesMut::new();
@@ -254,7 +258,7 @@ impl Connection {
                         if self.already_sent(&event) {
                             continue;
                         }
-                        out.extend_from_slice(&event.frame);
+                        out.extend_from_slice(event.frame_for(self.envelope));
                         sent += 1;
                     }
                     self.metrics.delivered.fetch_add(sent, Ordering::Relaxed);
@@ -306,7 +310,7 @@ fn gap_notice(topic: &TopicName, after: EventId, first_retained: Option<EventId>
         "topic": topic.as_str(),
         "last_event_id": after.to_string(),
         "first_retained": first_retained.map(|id| id.to_string()),
-        "detail": "events after last_event_id are older than the retained history and were not replayed",
+        "detail": "events after last_event_id may be missing: they are older than the retained history, or the store lost them",
     });
     // No `id:`: the client's Last-Event-ID stays where it was.
     sse::encode_event(None, Some(GAP_EVENT), &data.to_string())

@@ -1,7 +1,7 @@
 //! What the engines carry and the hub fans out: an event with its SSE frame encoded once, below both
 //! (neither engines nor hub import each other for it).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -17,16 +17,37 @@ pub struct Event {
     pub id: Option<EventId>,
     pub topic: TopicName,
     pub frame: Bytes,
+    /// The same event for streams that asked for `envelope=json`: made on first use, then shared.
+    enveloped: OnceLock<Bytes>,
 }
 
 impl Event {
+    pub fn new(id: Option<EventId>, topic: TopicName, frame: Bytes) -> Self {
+        Event {
+            id,
+            topic,
+            frame,
+            enveloped: OnceLock::new(),
+        }
+    }
+
     /// A live-only message, framed as data only.
     pub fn live(topic: TopicName, data: &str) -> Self {
-        Event {
-            id: None,
-            topic,
-            frame: sse::encode_event(None, None, data),
+        Event::new(None, topic, sse::encode_event(None, None, data))
+    }
+
+    /// The frame a stream sends: as published, or with `envelope` its data wrapped as
+    /// `{"topic": …, "data": …}` (same id and event type), so one `EventSource` on several topics can tell
+    /// them apart. Each form is encoded once per node and shared by every connection that sends it.
+    pub fn frame_for(&self, envelope: bool) -> &Bytes {
+        if !envelope {
+            return &self.frame;
         }
+        self.enveloped.get_or_init(|| {
+            let (event, data) = sse::decode_event(&self.frame);
+            let json = serde_json::json!({ "topic": self.topic.as_str(), "data": data });
+            sse::encode_event(self.id, event.as_deref(), &json.to_string())
+        })
     }
 }
 
@@ -46,11 +67,7 @@ impl Stored {
     pub fn from_frame(id: EventId, topic: TopicName, frame: Bytes) -> Self {
         Stored {
             id,
-            event: Arc::new(Event {
-                id: Some(id),
-                topic,
-                frame,
-            }),
+            event: Arc::new(Event::new(Some(id), topic, frame)),
         }
     }
 

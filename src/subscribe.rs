@@ -46,6 +46,16 @@ pub(crate) async fn open(
         ));
     }
     let last_event_id = last_event_id(head)?;
+    let envelope = match query_value(head.query, "envelope") {
+        None | Some("") | Some("none") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "envelope={other} is not a known envelope; use envelope=json to get each event's data as \
+                 {{\"topic\": …, \"data\": …}}, or leave it out"
+            )))
+        }
+    };
     let grant = node.authorize(head, Access::Read, &topics)?;
     if let Open::Check = open {
         return Ok(None);
@@ -72,6 +82,7 @@ pub(crate) async fn open(
         resume,
         slot,
         grant.and_then(|g| g.expires_at()),
+        envelope,
     )))
 }
 

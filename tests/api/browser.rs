@@ -228,6 +228,35 @@ async fn the_demo_page_shows_events_published_over_http_from_its_form_and_from_r
     browser.close().await;
 }
 
+/// One native `EventSource` on two topics with `envelope=json` (as the demo page opens it): the page
+/// tells which topic each event is from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_says_which_topic_each_event_of_a_multi_topic_stream_is_from() {
+    let browser = Browser::start().await;
+    let app = spawn_app().await;
+    browser.open_demo(&app, "prices,news").await;
+    let news = app.publish("news", "a headline").await;
+    let price = app.publish("prices", "{\"eur\": 1.08}").await;
+    assert_eq!(
+        browser.wait_events(2).await,
+        vec![
+            (news, "a headline".to_string()),
+            (price, "{\n  \"eur\": 1.08\n}".to_string())
+        ]
+    );
+    let shown = browser
+        .js(
+            "return Array.from(document.querySelectorAll('#log li.event')).reverse()
+               .map(li => [li.dataset.topic, li.querySelector('.meta').textContent]);",
+        )
+        .await;
+    let shown: Vec<(String, String)> = serde_json::from_value(shown).expect("pairs");
+    assert_eq!(shown[0].0, "news");
+    assert_eq!(shown[1].0, "prices");
+    assert!(shown[1].1.contains(" · prices · "), "{shown:?}");
+    browser.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_reconnects_by_itself_after_its_node_restarts_and_misses_nothing() {
     let browser = Browser::start().await;

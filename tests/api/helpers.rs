@@ -158,7 +158,12 @@ impl TestApp {
 
     pub async fn subscribe(&self, topics: &[&str], last_event_id: Option<&str>) -> Subscriber {
         let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
-        let mut request = self.client.get(self.url(&format!("/events?{}", query.join("&"))));
+        self.subscribe_query(&query.join("&"), last_event_id).await
+    }
+
+    /// Subscribes with a query string of its own (`topic=a&envelope=json`, say).
+    pub async fn subscribe_query(&self, query: &str, last_event_id: Option<&str>) -> Subscriber {
+        let mut request = self.client.get(self.url(&format!("/events?{query}")));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

@@ -150,3 +150,70 @@ async fn demo_page_is_served() {
         "the page subscribes with EventSource"
     );
 }
+
+/// `envelope=json`: one stream on several topics says which topic each event is from, live and in
+/// replay, on both engines; the id and event type stay; other streams of the same topics are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_says_which_topic_each_event_is_from_on_both_engines() {
+    let redis = crate::redis_server::RedisServer::start();
+    for app in [spawn_app().await, crate::helpers::spawn_redis_node(&redis).await] {
+        let mut both = app.subscribe_query("topic=a&topic=b&envelope=json", None).await;
+        let mut plain = app.subscribe(&["a"], None).await;
+        let first = app
+            .client
+            .post(app.url("/topics/a?event=price"))
+            .body("line 1\nline 2")
+            .send()
+            .await
+            .expect("publish");
+        let first: serde_json::Value = first.json().await.expect("json");
+        let second = app.publish("b", "{\"x\":1}").await;
+
+        let got = both.take(2).await;
+        assert_eq!(got[0].id, first["id"].as_str().expect("id"));
+        assert_eq!(got[0].event, "price");
+        let envelope: serde_json::Value = serde_json::from_str(&got[0].data).expect("JSON data");
+        assert_eq!(
+            envelope,
+            serde_json::json!({"topic": "a", "data": "line 1\nline 2"})
+        );
+        assert_eq!(got[1].id, second);
+        assert_eq!(got[1].event, "message");
+        let envelope: serde_json::Value = serde_json::from_str(&got[1].data).expect("JSON data");
+        assert_eq!(envelope, serde_json::json!({"topic": "b", "data": "{\"x\":1}"}));
+        assert_eq!(
+            plain.next().await.data,
+            "line 1\nline 2",
+            "other streams get the data as published"
+        );
+
+        // Replay is wrapped the same way.
+        let mut resumed = app
+            .subscribe_query("topic=a&topic=b&envelope=json", Some("0-0"))
+            .await;
+        let replayed = resumed.take(2).await;
+        assert_eq!(
+            replayed
+                .iter()
+                .map(|e| (e.id.clone(), e.data.clone()))
+                .collect::<Vec<_>>(),
+            got.iter()
+                .map(|e| (e.id.clone(), e.data.clone()))
+                .collect::<Vec<_>>()
+        );
+        let refused = app
+            .client
+            .get(app.url("/events?topic=a&envelope=xml"))
+            .send()
+            .await
+            .expect("get");
+        let problem = crate::helpers::assert_problem(refused, 400, "bad-request").await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("envelope=json"),
+            "{problem}"
+        );
+    }
+}
