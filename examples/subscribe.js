@@ -1,19 +1,22 @@
 // Plain JS: subscribe to Herald topics in any page (no library, no build step).
 // The browser reconnects by itself with Last-Event-ID; this only adds a reopen when the hub refused a
-// reconnect (the browser then stops trying), resuming from the last id seen.
+// reconnect (the browser then stops trying), resuming from the last id seen. With several topics it asks
+// for envelope=json, so onData is told which topic each event is from.
 function subscribe(hub, topics, onData) {
   let lastId = null;
   let source = null;
   const open = () => {
     const params = new URLSearchParams();
     topics.forEach((t) => params.append("topic", t));
+    params.set("envelope", "json");
     if (lastId) params.set("lastEventId", lastId);
     source = new EventSource(`${hub}/events?${params}`);
     source.onmessage = (e) => {
       lastId = e.lastEventId || lastId;
-      let data = e.data; // always a string
-      try { data = JSON.parse(e.data); } catch { /* plain text */ }
-      onData(data, e.lastEventId);
+      const { topic, data: text } = JSON.parse(e.data); // the envelope; text is the published string
+      let data = text;
+      try { data = JSON.parse(text); } catch { /* plain text */ }
+      onData(data, e.lastEventId, topic);
     };
     source.addEventListener("herald.gap", (e) => console.warn("history gap", JSON.parse(e.data)));
     source.onerror = () => {
@@ -24,4 +27,4 @@ function subscribe(hub, topics, onData) {
   return () => source.close(); // call to unsubscribe
 }
 
-// Example: subscribe("http://127.0.0.1:8080", ["news"], (data, id) => console.log(id, data));
+// Example: subscribe("http://127.0.0.1:8080", ["news", "prices"], (data, id, topic) => console.log(topic, id, data));

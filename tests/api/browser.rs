@@ -254,6 +254,26 @@ async fn the_demo_page_says_which_topic_each_event_of_a_multi_topic_stream_is_fr
     assert_eq!(shown[0].0, "news");
     assert_eq!(shown[1].0, "prices");
     assert!(shown[1].1.contains(" · prices · "), "{shown:?}");
+
+    // examples/subscribe.js, run as a page would: told the topic, and the data parsed as JSON.
+    let script = format!(
+        "{}\nwindow.got = []; subscribe(location.origin, ['prices', 'news'], \
+         (data, id, topic) => window.got.push([topic, id, JSON.stringify(data)])); return 1;",
+        include_str!("../../examples/subscribe.js")
+    );
+    browser.js(&script).await;
+    let deadline = Instant::now() + PATIENCE;
+    while app.metric("herald_connections").await < 2 {
+        assert!(Instant::now() < deadline, "the example's stream never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = app.publish("prices", "{\"eur\": 1.09}").await;
+    browser
+        .wait_for("the example's callback", "return window.got.length >= 1")
+        .await;
+    let got: Vec<(String, String, String)> =
+        serde_json::from_value(browser.js("return window.got").await).expect("triples");
+    assert_eq!(got, vec![("prices".into(), id, "{\"eur\":1.09}".into())]);
     browser.close().await;
 }
 
