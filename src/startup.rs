@@ -1,10 +1,12 @@
 //! Builds a node: settings → metrics, hub, engine, HTTP server bound to its listener.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::http::ConnectionType;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::{Auth, AuthConfigError};
@@ -43,13 +45,55 @@ pub struct Application {
 pub struct Shutdown {
     hub: Arc<Hub>,
     server: ServerHandle,
+    /// The listening socket (a second handle to it): shut down first, so new connections are refused.
+    listener: Arc<TcpListener>,
+    /// Connections open now (see `OpenConnection`).
+    open: Arc<AtomicUsize>,
+    grace: Duration,
 }
 
 impl Shutdown {
+    /// Stops accepting (new connections are refused, so a client knows nothing was sent), then answers
+    /// every request with `Connection: close` and ends every stream, waits until every connection has
+    /// closed (an idle keep-alive one closes at actix's keep-alive timeout, 5 s) or the grace period ends,
+    /// and only then stops the workers.
     pub async fn run(&self) {
-        let stopped = self.server.stop(true);
+        let started = tokio::time::Instant::now();
+        self.server.pause().await;
+        // The accept thread takes the pause asynchronously; shut the socket after it has let go of it, or
+        // it would log a failed accept.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Read) {
+            tracing::warn!("cannot close the listening socket early ({e}); it closes when the workers stop");
+        }
         self.hub.shutdown();
-        stopped.await;
+        let deadline = started + self.grace;
+        while self.open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.open.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!("{left} connections still open after the grace period; closing them");
+        }
+        self.server.stop(true).await;
+    }
+}
+
+/// Counts a connection while it is open: actix keeps it with the connection's data and drops it when the
+/// connection ends. (actix's own graceful stop does not wait for idle keep-alive connections, and cut
+/// requests arriving on them.)
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(Arc::clone(open))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -96,6 +140,9 @@ impl Application {
         };
         let listener = TcpListener::bind(&addr).map_err(bind)?;
         let port = listener.local_addr().map_err(bind)?.port();
+        let listening = Arc::new(listener.try_clone().map_err(bind)?);
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&open);
         let engine_name = engine.name();
         let limits = &settings.limits;
         let state = web::Data::new(Node {
@@ -118,26 +165,49 @@ impl Application {
             metrics,
         });
         let write_timeout = settings.server.write_timeout_secs;
-        let mut server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
-                // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
-                .disable_signals()
-                .shutdown_timeout(settings.server.shutdown_grace_secs.as_secs())
-                // Slow-header clients are answered 408 and dropped.
-                .client_request_timeout(settings.server.request_head_timeout_ms)
-                // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
-                // until the previous one is acknowledged (events are already coalesced per write).
-                .tcp_nodelay(true)
-                .on_connect(move |conn, _| {
-                    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                        // The write deadline, kept by the kernel (it also covers zero-window probing).
-                        if let Err(e) =
-                            socket2::SockRef::from(stream).set_tcp_user_timeout(Some(write_timeout))
-                        {
-                            tracing::warn!("cannot set the write deadline on a connection: {e}");
+        let settings_grace = settings.server.shutdown_grace_secs;
+        let closing = Arc::clone(&hub);
+        let mut server = HttpServer::new(move || {
+            let closing = Arc::clone(&closing);
+            App::new()
+                .app_data(state.clone())
+                // Once the node is stopping, every answer closes its connection: a client looping over
+                // a keep-alive connection then opens a new one (refused: the listener is closed, so it
+                // knows nothing was sent) instead of sending a request the node would cut at the end of
+                // the grace period.
+                .wrap_fn(move |req, service| {
+                    let answer = service.call(req);
+                    let closing = Arc::clone(&closing);
+                    async move {
+                        let mut answer = answer.await?;
+                        if closing.is_shutting_down() {
+                            answer
+                                .response_mut()
+                                .head_mut()
+                                .set_connection_type(ConnectionType::Close);
                         }
+                        Ok(answer)
                     }
-                });
+                })
+                .configure(http::configure)
+        })
+        // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
+        .disable_signals()
+        .shutdown_timeout(1) // `Shutdown::run` has already waited for connections
+        // Slow-header clients are answered 408 and dropped.
+        .client_request_timeout(settings.server.request_head_timeout_ms)
+        // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
+        // until the previous one is acknowledged (events are already coalesced per write).
+        .tcp_nodelay(true)
+        .on_connect(move |conn, data| {
+            data.insert(OpenConnection::new(&counted));
+            if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                // The write deadline, kept by the kernel (it also covers zero-window probing).
+                if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(write_timeout)) {
+                    tracing::warn!("cannot set the write deadline on a connection: {e}");
+                }
+            }
+        });
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
@@ -145,6 +215,9 @@ impl Application {
         let shutdown = Shutdown {
             hub,
             server: server.handle(),
+            listener: listening,
+            open,
+            grace: settings_grace,
         };
         Ok(Application {
             port,

@@ -108,3 +108,99 @@ async fn shutdown_ends_every_stream_and_refuses_new_subscribers() {
         "the listener is closed"
     );
 }
+
+/// Starts the binary on a free port; answers it, the address it listens on, and its later log lines.
+async fn start_binary() -> (
+    tokio::process::Child,
+    String,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--port", "0"])
+        .env("HERALD__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the herald binary starts");
+    let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let address = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                return rest.split_whitespace().next().map(String::from);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the binary logs its address")
+    .expect("the binary says where it listens");
+    // Keep reading, so the node never blocks on a full pipe.
+    let lines = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Ok(Some(line)) = log.next_line().await {
+            lines.push(line);
+        }
+        lines
+    });
+    (child, address, lines)
+}
+
+/// Publishers in a tight loop over keep-alive connections while the node gets SIGTERM: every publish
+/// the node received is answered; the loops end only when connecting is refused (nothing sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_publish_in_flight_is_answered_when_the_node_stops() {
+    let (mut child, address, log) = start_binary().await;
+    let loops: Vec<_> = (0..4)
+        .map(|n| {
+            let address = address.clone();
+            tokio::spawn(async move {
+                // One client each: its pool keeps one keep-alive connection busy.
+                let client = reqwest::Client::new();
+                let mut answered = 0u32;
+                loop {
+                    let sent = client
+                        .post(format!("{address}/topics/t{n}"))
+                        .body(format!("m{answered}"))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) => {
+                            assert_eq!(response.status(), 200, "a publish was refused");
+                            // Read to the end, so the connection is kept alive for the next publish.
+                            response.text().await.expect("the whole answer");
+                            answered += 1;
+                        }
+                        // The listener is gone: this request never reached the node.
+                        Err(e) if e.is_connect() => return answered,
+                        Err(e) => panic!("publish {answered} of loop {n} was cut: {e:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = i32::try_from(child.id().expect("running")).expect("pid");
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    let mut total = 0;
+    for l in loops {
+        let answered = tokio::time::timeout(Duration::from_secs(GRACE_SECS + 5), l)
+            .await
+            .expect("the loop ends once the node is gone")
+            .expect("every publish in flight was answered");
+        assert!(answered > 0);
+        total += answered;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(GRACE_SECS + 2), child.wait())
+        .await
+        .expect("the process exits")
+        .expect("exit status");
+    assert!(status.success(), "exit status {status}");
+    let log = log.await.expect("log lines");
+    assert!(
+        !log.iter().any(|l| l.contains("ERROR") || l.contains("WARN")),
+        "a clean stop logs no error or warning: {log:?}"
+    );
+    println!("{total} publishes answered, none cut");
+}
