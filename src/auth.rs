@@ -41,6 +41,9 @@ pub enum Access {
     Read,
     /// Publishing: a token allowing the topic, unless anonymous publishing is on.
     Write,
+    /// Seeing the node's status (`/status.json`, which names topics): a publisher's token (one that may
+    /// publish to some topic), unless anonymous publishing is on.
+    Status,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -74,6 +77,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("the token does not allow {action} on topic `{topic}`")]
     Forbidden { action: &'static str, topic: String },
+    #[error("the token allows no publishing; the node's status is shown to publishers only")]
+    NotPublisher,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +256,20 @@ impl Auth {
                 let grant = self.verify(token)?;
                 for topic in topics {
                     self.check_write(&grant, topic)?;
+                }
+                Ok(Some(grant))
+            }
+            Access::Status => {
+                let Some(token) = token else {
+                    return if self.anonymous_publish {
+                        Ok(None)
+                    } else {
+                        Err(AuthError::Missing("the node's status"))
+                    };
+                };
+                let grant = self.verify(token)?;
+                if grant.claims.mercure.publish.is_empty() {
+                    return Err(AuthError::NotPublisher);
                 }
                 Ok(Some(grant))
             }

@@ -62,6 +62,7 @@ impl ApiError {
             ApiError::Auth(AuthError::Missing(_)) => "token-missing",
             ApiError::Auth(AuthError::Invalid(_)) => "token-invalid",
             ApiError::Auth(AuthError::Forbidden { .. }) => "forbidden",
+            ApiError::Auth(AuthError::NotPublisher) => "not-a-publisher",
             ApiError::RateLimited { .. } => "rate-limited",
             ApiError::TooManyStreams(_) => "too-many-streams",
             ApiError::ForeignOrigin(_) => "origin-not-allowed",

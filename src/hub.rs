@@ -285,6 +285,20 @@ impl Hub {
         self.read().keys().cloned().collect()
     }
 
+    /// The `n` topics with the most local subscribers, busiest first (ties by name).
+    pub fn busiest(&self, n: usize) -> Vec<(TopicName, usize)> {
+        let map = self.read();
+        let mut all: Vec<(TopicName, usize)> = map.iter().map(|(t, c)| (t.clone(), c.len())).collect();
+        let order =
+            |a: &(TopicName, usize), b: &(TopicName, usize)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+        if all.len() > n {
+            all.select_nth_unstable_by(n, order);
+            all.truncate(n);
+        }
+        all.sort_by(order);
+        all
+    }
+
     pub fn gauges(&self, ready: bool) -> Gauges {
         let map = self.read();
         Gauges {

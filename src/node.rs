@@ -13,7 +13,7 @@ use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::limits::{self, PerIp};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Recent};
 
 /// What the request logic reads of a request; the HTTP layer fills it from its own types.
 pub(crate) struct RequestHead<'a> {
@@ -44,6 +44,10 @@ pub struct Node {
     pub auth: Auth,
     pub per_ip: PerIp,
     pub trusted_proxies: Vec<IpAddr>,
+    /// Counts of the last minute, for the status page.
+    pub recent: Arc<Recent>,
+    /// This node among others: the host name (a container's id under Docker) and the process id.
+    pub node_id: String,
 }
 
 impl Node {
@@ -87,7 +91,7 @@ impl Node {
             })
         });
         let allowed = match &origin {
-            None => access == Access::Read,
+            None => access != Access::Write,
             Some(origin) => {
                 let own = origin
                     .split_once("://")

@@ -19,7 +19,7 @@ use crate::http;
 use crate::hub::Hub;
 use crate::limits::PerIp;
 use crate::node::Node;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Recent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -162,6 +162,18 @@ impl Application {
                 .filter_map(|p| p.parse().ok())
                 .collect(),
             settings: Arc::new(settings.clone()),
+            recent: {
+                let recent = Arc::new(Recent::new());
+                Recent::start(&recent, Arc::clone(&metrics));
+                recent
+            },
+            node_id: format!(
+                "{}/{}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "herald".into()),
+                std::process::id()
+            ),
             metrics,
         });
         let write_timeout = settings.server.write_timeout_secs;

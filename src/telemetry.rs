@@ -42,6 +42,107 @@ pub struct Metrics {
     pub queued: AtomicU64,
 }
 
+/// The counters the status page shows as rates and recent counts.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Counts {
+    pub published: u64,
+    pub delivered: u64,
+    pub reconnects: u64,
+    pub gaps: u64,
+    pub lag_closes: u64,
+    pub rejected_connections: u64,
+}
+
+impl Metrics {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            published: self.published.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            gaps: self.gaps.load(Relaxed),
+            lag_closes: self.closed_for_lag.load(Relaxed),
+            rejected_connections: self.rejected_connections.load(Relaxed),
+        }
+    }
+}
+
+/// Samples of [`Counts`] over the last minute, for rates: one every [`Recent::EVERY`], so a status
+/// request costs no more than reading them.
+#[derive(Debug)]
+pub struct Recent {
+    samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, Counts)>>,
+    pub started: std::time::Instant,
+}
+
+impl Recent {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    /// 60 s of samples plus the one the window starts from.
+    const KEEP: usize = 13;
+
+    pub fn new() -> Self {
+        Recent {
+            samples: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn sample(&self, counts: Counts) {
+        let mut samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        samples.push_back((std::time::Instant::now(), counts));
+        while samples.len() > Self::KEEP {
+            samples.pop_front();
+        }
+    }
+
+    /// How much each count grew from the oldest sample (at most about a minute old) to `now`, and over
+    /// how many seconds.
+    pub fn since_oldest(&self, now: Counts) -> (f64, Counts) {
+        let samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((at, then)) = samples.front().copied() else {
+            return (0.0, Counts::default());
+        };
+        let grew = |a: u64, b: u64| a.saturating_sub(b);
+        (
+            at.elapsed().as_secs_f64(),
+            Counts {
+                published: grew(now.published, then.published),
+                delivered: grew(now.delivered, then.delivered),
+                reconnects: grew(now.reconnects, then.reconnects),
+                gaps: grew(now.gaps, then.gaps),
+                lag_closes: grew(now.lag_closes, then.lag_closes),
+                rejected_connections: grew(now.rejected_connections, then.rejected_connections),
+            },
+        )
+    }
+
+    /// Samples `metrics` every [`Recent::EVERY`] until `recent` is dropped.
+    pub fn start(recent: &std::sync::Arc<Recent>, metrics: std::sync::Arc<Metrics>) {
+        let recent = std::sync::Arc::downgrade(recent);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Self::EVERY);
+            loop {
+                tick.tick().await;
+                let Some(recent) = recent.upgrade() else {
+                    return;
+                };
+                recent.sample(metrics.counts());
+            }
+        });
+    }
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Gauges the hub computes when asked.
 pub struct Gauges {
     pub connections: u64,

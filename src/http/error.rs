@@ -24,7 +24,8 @@ impl ResponseError for ApiError {
             // The publisher must be able to tell "maybe stored" from "refused": retry with the same
             // Idempotency-Key to find out.
             ApiError::Engine(EngineError::Unknown(_)) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Auth(AuthError::Forbidden { .. }) | ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::Forbidden { .. } | AuthError::NotPublisher)
+            | ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,

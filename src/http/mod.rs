@@ -6,6 +6,7 @@ pub mod error;
 mod health;
 mod history;
 mod publish;
+mod status;
 mod subscribe;
 
 use actix_web::http::{header, StatusCode};
@@ -25,6 +26,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(get("/healthz", health::healthz))
             .service(get("/readyz", health::readyz))
             .service(get("/metrics", health::metrics))
+            .service(get("/status", status::page))
+            .service(get("/status.json", status::json))
             .service(get("/openapi.yaml", demo::openapi))
             .service(get("/events", subscribe::subscribe))
             .service(resource("/topics/{topic}", "POST").route(web::post().to(publish::publish)))

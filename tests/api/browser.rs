@@ -426,3 +426,97 @@ async fn screenshots_of_the_demo_page_at_desktop_and_phone_widths() {
     }
     browser.close().await;
 }
+
+/// The status page, reached from the demo page's link, shows the node's numbers as they change; with
+/// auth on it asks for a publisher's token and shows the status once given one. Saves a screenshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_node_live_and_asks_for_a_token_when_auth_is_on() {
+    let browser = Browser::start().await;
+    let app = spawn_app().await;
+    let mut subs = Vec::new();
+    for (topic, n) in [("prices", 5), ("news", 3), ("alerts", 1)] {
+        for _ in 0..n {
+            subs.push(app.subscribe(&[topic], None).await);
+        }
+    }
+    browser.client.goto(&app.url("/")).await.unwrap();
+    browser
+        .client
+        .find(Locator::Id("status-link"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // 9, or 10 until the node notices that the demo page's own stream (on `news`) went away with it.
+    browser
+        .wait_for(
+            "the status page with its connections",
+            "return Number(document.getElementById('connections')?.textContent) >= 9",
+        )
+        .await;
+    let rows = browser
+        .js("return Array.from(document.querySelectorAll('#busiest tr')).map(r => r.textContent)")
+        .await;
+    let rows: Vec<String> = serde_json::from_value(rows).unwrap();
+    assert_eq!(rows[0], "prices5", "{rows:?}");
+    assert!(rows[1] == "news3" || rows[1] == "news4", "{rows:?}");
+    assert_eq!(rows[2], "alerts1", "{rows:?}");
+    for n in 0..20 {
+        app.publish("prices", &format!("{n}")).await;
+    }
+    browser
+        .wait_for(
+            "publishes counted",
+            "return Number(document.getElementById('publishes').textContent) > 0",
+        )
+        .await;
+    assert_eq!(browser.state().await, "ready");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    browser.client.set_window_size(1280, 720).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let png = browser.client.screenshot().await.unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let path = dir.join("status-desktop.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+
+    // With auth on: the page asks for a token, and shows the status with a publisher's.
+    let secret = "status-secret-status-secret-status-42";
+    let secured = spawn_app_with(move |s| {
+        s.auth.anonymous_publish = false;
+        s.auth.hs_secret = secret.into();
+    })
+    .await;
+    browser.client.goto(&secured.url("/status")).await.unwrap();
+    browser
+        .wait_for(
+            "the token form",
+            "return document.getElementById('auth').className === 'shown'",
+        )
+        .await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"mercure": {"publish": ["*"]}, "exp": 4_000_000_000u64}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let input = browser.client.find(Locator::Id("token")).await.unwrap();
+    input.send_keys(&token).await.unwrap();
+    browser
+        .client
+        .find(Locator::Id("use-token"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the status behind the token",
+            "return document.getElementById('engine').textContent === 'memory'",
+        )
+        .await;
+    browser.close().await;
+}

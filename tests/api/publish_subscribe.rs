@@ -217,3 +217,37 @@ async fn an_envelope_says_which_topic_each_event_is_from_on_both_engines() {
         );
     }
 }
+
+/// `/status.json`: node, version, engine, connections, the busiest topics by subscribers, and counts.
+#[tokio::test]
+async fn the_status_json_shows_connections_busiest_topics_and_counts() {
+    let app = spawn_app().await;
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(app.subscribe(&["busy"], None).await);
+    }
+    let _quiet = app.subscribe(&["quiet", "busy"], None).await;
+    for i in 0..5 {
+        app.publish("busy", &format!("m{i}")).await;
+    }
+    for sub in &mut busy {
+        sub.take(5).await;
+    }
+    let status = app.get_json("/status.json").await;
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["engine"], "memory");
+    assert_eq!(status["engine_ready"], true);
+    assert!(
+        status["node"].as_str().is_some_and(|n| n.contains('/')),
+        "{status}"
+    );
+    assert_eq!(status["connections"], 4);
+    assert_eq!(status["subscriptions"], 5);
+    assert_eq!(
+        status["busiest_topics"],
+        serde_json::json!([{"topic": "busy", "subscribers": 4}, {"topic": "quiet", "subscribers": 1}])
+    );
+    assert_eq!(status["totals"]["published"], 5);
+    assert_eq!(status["last_minute"]["published"], 5, "{status}");
+    assert!(status["totals"]["delivered"].as_u64() >= Some(15), "{status}");
+}

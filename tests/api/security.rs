@@ -761,3 +761,39 @@ async fn history_pages_are_bounded_in_bytes_and_page_through_everything() {
         assert!(pages >= 14, "{pages} pages (redis: {on_redis})");
     }
 }
+
+/// `/status.json` names topics: with auth on, it needs a publisher's token (the same gate as every
+/// route, `Access::Status`); a subscriber's token or none is refused with problem+json.
+#[tokio::test]
+async fn the_status_json_is_for_publishers_when_auth_is_on() {
+    let app = secured().await;
+    let get = |token: Option<String>| {
+        let mut request = app.client.get(app.url("/status.json"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_problem(get(None).await.unwrap(), 401, "token-missing").await;
+    assert_problem(
+        get(Some(hs(&claims(&[], &["*"])))).await.unwrap(),
+        403,
+        "not-a-publisher",
+    )
+    .await;
+    assert_problem(
+        get(Some(hs(&claims(&["*"], &[]))[1..].to_string()))
+            .await
+            .unwrap(),
+        401,
+        "token-invalid",
+    )
+    .await;
+    let ok = get(Some(hs(&claims(&["news"], &[])))).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let status: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(status["engine"], "memory");
+    // The page itself holds no data: it is served to anyone, and asks for a token when it needs one.
+    let page = app.client.get(app.url("/status")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+}

@@ -1,0 +1,56 @@
+//! `GET /status`: a live page of this node's state, fed by `GET /status.json` (node, version, engine and
+//! link, connections, the busiest topics, rates over the last minute, recent reconnects, gaps and lag
+//! closes). The page holds no data; the JSON names topics, so it is shown to publishers only when auth
+//! is on (`Access::Status`).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{head, query_pairs};
+use crate::auth::Access;
+use crate::node::Node;
+
+const PAGE: &str = include_str!("../../static/status.html");
+
+/// Topics listed by subscriber count.
+const BUSIEST: usize = 10;
+
+pub async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
+}
+
+pub async fn json(req: HttpRequest, state: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let pairs = query_pairs(req.query_string())?;
+    state.authorize(&head(&req, &pairs), Access::Status, &[])?;
+    let ready = state.engine.is_ready();
+    let gauges = state.hub.gauges(ready);
+    let now = state.metrics.counts();
+    let (secs, last_minute) = state.recent.since_oldest(now);
+    let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let busiest: Vec<_> = state
+        .hub
+        .busiest(BUSIEST)
+        .into_iter()
+        .map(|(topic, subscribers)| json!({ "topic": topic.as_str(), "subscribers": subscribers }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "node": state.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "engine": state.engine.name(),
+        "engine_ready": ready,
+        "shutting_down": state.hub.is_shutting_down(),
+        "uptime_secs": state.recent.started.elapsed().as_secs(),
+        "connections": gauges.connections,
+        "subscriptions": gauges.subscriptions,
+        "topics": gauges.topics,
+        "busiest_topics": busiest,
+        "window_secs": secs.round(),
+        "publishes_per_sec": per_sec(last_minute.published),
+        "deliveries_per_sec": per_sec(last_minute.delivered),
+        "last_minute": last_minute,
+        "totals": now,
+    })))
+}
