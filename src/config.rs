@@ -55,6 +55,9 @@ pub struct ServerSettings {
     #[serde(deserialize_with = "seconds")]
     pub write_timeout_secs: Duration,
     pub trusted_proxies: Vec<String>,
+    /// HTTPS (with HTTP/2): a PEM certificate chain and its private key, read again on SIGHUP.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +312,12 @@ fn check(ok: bool, key: &'static str, value: impl ToString, fix: &'static str) -
 
 impl ServerSettings {
     fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self.tls_cert_file.is_empty() == self.tls_key_file.is_empty(),
+            "server.tls_cert_file",
+            &self.tls_cert_file,
+            "give server.tls_cert_file and server.tls_key_file together (HTTPS), or neither (plain HTTP)",
+        )?;
         check(
             !self.host.is_empty(),
             "server.host",

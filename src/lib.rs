@@ -32,6 +32,7 @@
 //! - `limits`: per-client-IP publish rate and connection caps, and who the client is behind proxies.
 //! - [`probe`]: the tiny HTTP client behind `herald check` (container health checks).
 //! - [`startup`]: [`startup::Application`] builds a node on a listener and runs it until shut down.
+//! - [`tls`]: HTTPS with HTTP/2: the certificate pair, read again on SIGHUP.
 
 pub mod auth;
 pub mod config;
@@ -49,3 +50,4 @@ pub(crate) mod sse;
 pub mod startup;
 pub(crate) mod subscribe;
 pub mod telemetry;
+pub mod tls;

@@ -112,7 +112,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logs(settings.log.format == "json");
     let host = settings.server.host.clone();
     let app = Application::build(settings).await.context("could not start")?;
-    let url = format!("http://{}:{}", host, app.port());
+    let scheme = if app.certificates().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}:{}", host, app.port());
     tracing::info!("herald listening on {url} (demo page at {url}/)");
     if app.engine_name() == "memory" {
         tracing::info!(
@@ -121,6 +126,22 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         );
     } else {
         tracing::info!("engine: redis (nodes sharing this Redis serve the same topics)");
+    }
+    if let Some(certificates) = app.certificates() {
+        tracing::info!("serving HTTPS with HTTP/2; SIGHUP reads the certificate and key again");
+        actix_rt::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot listen for SIGHUP; certificates will not be reloaded");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match certificates.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: certificate reloaded; new connections use it"),
+                    Err(e) => tracing::error!("SIGHUP: {e}; still using the previous certificate"),
+                }
+            }
+        });
     }
     let shutdown = app.shutdown_handle();
     actix_rt::spawn(async move {

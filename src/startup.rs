@@ -20,6 +20,7 @@ use crate::hub::Hub;
 use crate::limits::PerIp;
 use crate::node::Node;
 use crate::telemetry::{Metrics, Recent};
+use crate::tls::{Certificates, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -29,6 +30,8 @@ pub enum StartupError {
     Redis(#[from] RedisStartError),
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A built node, listening but not yet serving until [`Application::run_until_stopped`].
@@ -37,6 +40,8 @@ pub struct Application {
     server: Server,
     shutdown: Shutdown,
     engine_name: &'static str,
+    /// With HTTPS: the certificate pair, to read again on SIGHUP.
+    certificates: Option<Arc<Certificates>>,
 }
 
 /// Ends a node gracefully: stop accepting, end every SSE stream, wait for in-flight requests (bounded by
@@ -140,6 +145,15 @@ impl Application {
         };
         let listener = TcpListener::bind(&addr).map_err(bind)?;
         let port = listener.local_addr().map_err(bind)?.port();
+        // The write deadline, kept by the kernel (it also covers zero-window probing); accepted sockets
+        // inherit it from the listener, over plain TCP and TLS alike.
+        socket2::SockRef::from(&listener)
+            .set_tcp_user_timeout(Some(settings.server.write_timeout_secs))
+            .map_err(bind)?;
+        let certificates = match (&settings.server.tls_cert_file, &settings.server.tls_key_file) {
+            (cert, key) if !cert.is_empty() && !key.is_empty() => Some(Certificates::load(cert, key)?),
+            _ => None,
+        };
         let listening = Arc::new(listener.try_clone().map_err(bind)?);
         let open = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&open);
@@ -176,7 +190,6 @@ impl Application {
             ),
             metrics,
         });
-        let write_timeout = settings.server.write_timeout_secs;
         let settings_grace = settings.server.shutdown_grace_secs;
         let closing = Arc::clone(&hub);
         let mut server = HttpServer::new(move || {
@@ -211,19 +224,18 @@ impl Application {
         // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
         // until the previous one is acknowledged (events are already coalesced per write).
         .tcp_nodelay(true)
-        .on_connect(move |conn, data| {
+        .on_connect(move |_, data| {
             data.insert(OpenConnection::new(&counted));
-            if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                // The write deadline, kept by the kernel (it also covers zero-window probing).
-                if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(write_timeout)) {
-                    tracing::warn!("cannot set the write deadline on a connection: {e}");
-                }
-            }
         });
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        let server = server.listen(listener).map_err(bind)?.run();
+        let server = match &certificates {
+            Some(certificates) => server.listen_rustls_0_23(listener, certificates.server_config()?),
+            None => server.listen(listener),
+        }
+        .map_err(bind)?
+        .run();
         let shutdown = Shutdown {
             hub,
             server: server.handle(),
@@ -236,11 +248,17 @@ impl Application {
             server,
             shutdown,
             engine_name,
+            certificates,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// With HTTPS, the certificate pair (its `reload` reads the files again).
+    pub fn certificates(&self) -> Option<Arc<Certificates>> {
+        self.certificates.clone()
     }
 
     pub fn engine_name(&self) -> &'static str {

@@ -21,15 +21,20 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 static BROWSERS: Semaphore = Semaphore::const_new(2);
 
 /// A headless Chromium session; `close` ends it, and dropping kills chromedriver's process group.
-struct Browser {
-    client: Client,
+pub struct Browser {
+    pub client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
     _permit: SemaphorePermit<'static>,
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub async fn start() -> Browser {
+        Self::start_with(&[]).await
+    }
+
+    /// With more Chromium arguments (a certificate to trust, say).
+    pub async fn start_with(extra: &[String]) -> Browser {
         for path in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(path).exists(),
@@ -51,18 +56,31 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let profile = tempfile::tempdir().unwrap();
+        let args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            "--window-size=1280,900",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("--user-data-dir={}", profile.path().display())])
+        .chain(extra.iter().cloned())
+        .collect();
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": CHROMIUM,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                    "--force-device-scale-factor=1", "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
+                "args": args,
             }),
         );
         let deadline = Instant::now() + PATIENCE;
@@ -91,16 +109,16 @@ impl Browser {
         }
     }
 
-    async fn close(self) {
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.expect("script runs")
     }
 
     /// Polls `script` until it returns true.
-    async fn wait_for(&self, what: &str, script: &str) {
+    pub async fn wait_for(&self, what: &str, script: &str) {
         let deadline = Instant::now() + PATIENCE;
         while self.js(script).await != Value::Bool(true) {
             assert!(Instant::now() < deadline, "the page never showed {what}");
@@ -108,7 +126,7 @@ impl Browser {
         }
     }
 
-    async fn state(&self) -> String {
+    pub async fn state(&self) -> String {
         self.js("return document.getElementById('state').textContent")
             .await
             .as_str()
@@ -117,7 +135,7 @@ impl Browser {
     }
 
     /// The events the demo page shows, oldest first: (id, text).
-    async fn events(&self) -> Vec<(String, String)> {
+    pub async fn events(&self) -> Vec<(String, String)> {
         let list = self
             .js(
                 "return Array.from(document.querySelectorAll('#log li.event')).reverse()
@@ -127,7 +145,7 @@ impl Browser {
         serde_json::from_value(list).expect("pairs")
     }
 
-    async fn wait_events(&self, n: usize) -> Vec<(String, String)> {
+    pub async fn wait_events(&self, n: usize) -> Vec<(String, String)> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let events = self.events().await;
@@ -143,7 +161,7 @@ impl Browser {
         }
     }
 
-    async fn open_demo(&self, app: &TestApp, topics: &str) {
+    pub async fn open_demo(&self, app: &TestApp, topics: &str) {
         self.client
             .goto(&app.url(&format!("/?topics={topics}")))
             .await

@@ -10,6 +10,7 @@ mod concurrency;
 mod config;
 mod deploy;
 mod fuzz;
+mod https;
 mod limits;
 mod logs;
 mod publish_subscribe;

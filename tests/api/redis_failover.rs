@@ -36,6 +36,23 @@ async fn publish_when_ready(node: &TestApp, topic: &str, data: &str) -> String {
     }
 }
 
+/// Waits until the node's `/readyz` says 200 (its pub/sub link is up again).
+async fn wait_ready(node: &TestApp) {
+    let deadline = Instant::now() + PATIENCE;
+    while node
+        .client
+        .get(node.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "/readyz never said 200 again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A Redis that comes back empty, with a clock behind the ids already handed out (here: the lost
 /// primary's clock ran 10 minutes ahead): new ids still go up, on every node (also one that only heard
 /// of the newest id through Redis), connected streams go on, and a reader resuming from before the
@@ -70,6 +87,7 @@ async fn ids_never_go_backwards_and_lost_history_is_announced_after_redis_comes_
     );
 
     // A reader that last saw `before` missed `lost`, which Redis no longer has: it is told.
+    wait_ready(&b).await;
     let mut resumed = b.subscribe(&["t"], Some(&before)).await;
     let gap = resumed.next().await;
     assert_eq!(gap.event, "herald.gap", "{gap:?}");
@@ -306,6 +324,9 @@ async fn failover_run(replicas: usize, min_replicas: u32) {
 
     // A reader resuming from the last event the replicas surely had (acknowledged before their links
     // were cut) gets every acknowledged event after it, or is told it may have missed some.
+    for node in nodes.iter() {
+        wait_ready(node).await;
+    }
     let mut announced = 0;
     let mut lost_history = 0;
     for topic in 0..TOPICS {
