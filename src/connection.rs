@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
@@ -48,6 +49,9 @@ pub struct Connection {
     skip_through: Option<EventId>,
     /// `envelope=json`: each event's data wrapped with its topic (see `Event::frame_for`).
     envelope: bool,
+    /// Resolves when the client went away (see `http::peer`): the stream ends at once, not at the next
+    /// write.
+    peer_gone: Option<BoxFuture<'static, ()>>,
 }
 
 enum Phase {
@@ -126,7 +130,13 @@ impl Connection {
             skip_through: resume.map(|r| r.until),
             phase: Phase::Hello(resume),
             envelope,
+            peer_gone: None,
         }
+    }
+
+    /// Ends the stream as soon as `gone` resolves (the client closed or reset its connection).
+    pub fn end_when(&mut self, gone: BoxFuture<'static, ()>) {
+        self.peer_gone = Some(gone);
     }
 
     /// The body stream; dropping it (client gone) drops the membership and frees the queue.
@@ -283,6 +293,12 @@ impl Connection {
                             None => std::future::pending().await,
                         }
                     };
+                    let peer_gone = async {
+                        match self.peer_gone.as_mut() {
+                            Some(gone) => gone.await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = self.membership.conn().changed() => {
                             // Let the other connections on this thread run (twice) first: events that
@@ -296,6 +312,12 @@ impl Connection {
                         _ = expiry => {
                             self.phase = Phase::Done;
                             return sse::comment("herald: the token expired; reconnect with a fresh one");
+                        }
+                        _ = peer_gone => {
+                            // Nobody reads this: writing it makes actix see the closed socket and drop
+                            // the stream (and with it the slot, queue and Redis interest) now.
+                            self.phase = Phase::Done;
+                            return sse::comment("herald: the client went away");
                         }
                     }
                 }

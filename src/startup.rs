@@ -67,7 +67,7 @@ impl Shutdown {
         self.server.pause().await;
         // The accept thread takes the pause asynchronously; shut the socket after it has let go of it, or
         // it would log a failed accept.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         if let Err(e) = socket2::SockRef::from(&*self.listener).shutdown(std::net::Shutdown::Read) {
             tracing::warn!("cannot close the listening socket early ({e}); it closes when the workers stop");
         }
@@ -224,8 +224,9 @@ impl Application {
         // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
         // until the previous one is acknowledged (events are already coalesced per write).
         .tcp_nodelay(true)
-        .on_connect(move |_, data| {
+        .on_connect(move |conn, data| {
             data.insert(OpenConnection::new(&counted));
+            http::peer::on_connect(conn, data);
         });
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

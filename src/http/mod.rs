@@ -5,6 +5,7 @@ mod demo;
 pub mod error;
 mod health;
 mod history;
+pub(crate) mod peer;
 mod publish;
 mod status;
 mod subscribe;

@@ -158,6 +158,16 @@ async fn rolling_restart_through_nginx_loses_nothing() {
             .map(|o| o.status)
             .collect::<Vec<_>>()
     );
+    if acked.len() < 300 {
+        // What nginx saw first, to tell a node's error from a topology-wide "no live upstreams".
+        let log = std::fs::read_to_string(topology._state.path().join("nginx-error.log")).unwrap_or_default();
+        let first: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("no live upstreams"))
+            .take(20)
+            .collect();
+        eprintln!("nginx's first errors:\n{}", first.join("\n"));
+    }
     assert!(
         acked.len() >= 300,
         "most publishes went through while nodes restarted"

@@ -251,3 +251,49 @@ async fn the_status_json_shows_connections_busiest_topics_and_counts() {
     assert_eq!(status["last_minute"]["published"], 5, "{status}");
     assert!(status["totals"]["delivered"].as_u64() >= Some(15), "{status}");
 }
+
+/// A client that closes (FIN) or resets (RST) its connection on an idle stream is freed without waiting
+/// for the next write: the heartbeat here is 60 s, the test gives up after 10 s, and nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_or_resets_an_idle_stream_is_freed_without_a_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app =
+        crate::helpers::spawn_app_with(|s| s.sse.heartbeat_secs = std::time::Duration::from_secs(60)).await;
+    for reset in [false, true] {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .unwrap();
+        socket
+            .write_all(b"GET /events?topic=idle HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("retry:") {
+            let mut buf = [0u8; 1024];
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream opened");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(app.metric("herald_connections").await, 1);
+        if reset {
+            socket2::SockRef::from(&socket)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+        }
+        let closed = std::time::Instant::now();
+        drop(socket);
+        while app.metric("herald_connections").await != 0 {
+            assert!(
+                closed.elapsed() < crate::helpers::PATIENCE,
+                "the gone client was never freed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(app.metric("herald_subscriptions").await, 0);
+        println!(
+            "freed {:?} after the client's {}",
+            closed.elapsed(),
+            if reset { "RST" } else { "FIN" }
+        );
+    }
+}
