@@ -52,6 +52,8 @@ pub struct Connection {
     /// Resolves when the client went away (see `http::peer`): the stream ends at once, not at the next
     /// write.
     peer_gone: Option<BoxFuture<'static, ()>>,
+    /// `poll=1`: end the stream once the replay is sent (for scripts catching up, not browsers).
+    poll: bool,
 }
 
 enum Phase {
@@ -131,7 +133,13 @@ impl Connection {
             phase: Phase::Hello(resume),
             envelope,
             peer_gone: None,
+            poll: false,
         }
+    }
+
+    /// Ends the stream after the replay instead of going live (`poll=1`).
+    pub fn poll_only(&mut self) {
+        self.poll = true;
     }
 
     /// Ends the stream as soon as `gone` resolves (the client closed or reset its connection).
@@ -177,7 +185,9 @@ impl Connection {
                     match self.replay_step(&mut cursors).await {
                         Ok(chunk) => {
                             let finished = cursors.iter().all(|c| c.exhausted && c.buf.is_empty());
-                            self.phase = if finished {
+                            self.phase = if finished && self.poll {
+                                Phase::Done
+                            } else if finished {
                                 Phase::Live
                             } else {
                                 Phase::Replay(cursors)

@@ -45,7 +45,24 @@ pub(crate) async fn open(
             "name at least one topic, as in /events?topic=news (repeat topic= for more)".into(),
         ));
     }
-    let last_event_id = last_event_id(head)?;
+    let last_event_id = match last_event_id(head)? {
+        Some(id) => Some(id),
+        None => since(head)?,
+    };
+    let poll =
+        match query_value(head.query, "poll") {
+            None | Some("") | Some("0") => false,
+            Some("1") if last_event_id.is_some() => true,
+            Some("1") => return Err(ApiError::BadRequest(
+                "poll=1 replays and ends: say from where, with lastEventId=<id> or since=10m (or since=all)"
+                    .into(),
+            )),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "poll={other}: use poll=1 to get the replay and end the stream, or leave it out"
+                )))
+            }
+        };
     let envelope = match query_value(head.query, "envelope") {
         None | Some("") | Some("none") => false,
         Some("json") => true,
@@ -76,14 +93,54 @@ pub(crate) async fn open(
         }),
         None => None,
     };
-    Ok(Some(Connection::new(
+    let mut connection = Connection::new(
         &node.streams,
         membership,
         resume,
         slot,
         grant.and_then(|g| g.expires_at()),
         envelope,
-    )))
+    );
+    if poll {
+        connection.poll_only();
+    }
+    Ok(Some(connection))
+}
+
+/// `since=30s|10m|2h|1d|all` (as ntfy has it): where to resume when no event id is given, as the id just
+/// before that moment. Ids are milliseconds since the epoch, so a time maps onto them directly.
+fn since(head: &RequestHead<'_>) -> Result<Option<EventId>, ApiError> {
+    let raw = match query_value(head.query, "since") {
+        None | Some("") => return Ok(None),
+        Some("all") => return Ok(Some(EventId::ZERO)),
+        Some(raw) => raw,
+    };
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "since={raw}: use a number and a unit (30s, 10m, 2h, 7d), or all"
+        ))
+    };
+    let split = raw.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit_ms: u64 = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let back = number.checked_mul(unit_ms).ok_or_else(bad)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Some(match now.checked_sub(back).and_then(|t| t.checked_sub(1)) {
+        Some(before) => EventId {
+            ms: before,
+            seq: u64::MAX,
+        },
+        None => EventId::ZERO,
+    }))
 }
 
 /// The `Last-Event-ID` header (what a browser sends when it reconnects) wins over the `lastEventId` query

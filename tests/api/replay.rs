@@ -235,3 +235,57 @@ async fn history_endpoint_pages_through_a_topic() {
     assert_eq!(rest["events"].as_array().unwrap().len(), 2);
     assert_eq!(rest["next_after"], serde_json::Value::Null);
 }
+
+/// `since=10m|all` resumes from a moment when no event id is known, and `poll=1` ends the stream once
+/// the replay is sent (for scripts catching up); on both engines. A `Last-Event-ID` wins over `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_and_poll_replay_from_a_moment_and_end_on_both_engines() {
+    let redis = crate::redis_server::RedisServer::start();
+    for app in [
+        crate::helpers::spawn_app().await,
+        crate::helpers::spawn_redis_node(&redis).await,
+    ] {
+        let ids = [
+            app.publish("p", "one").await,
+            app.publish("p", "two").await,
+            app.publish("p", "three").await,
+        ];
+        for query in ["topic=p&since=all&poll=1", "topic=p&since=10m&poll=1"] {
+            let got = app.subscribe_query(query, None).await.until_end().await;
+            assert_eq!(
+                got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+                ["one", "two", "three"],
+                "{query}"
+            );
+        }
+        let got = app
+            .subscribe_query("topic=p&since=all&poll=1", Some(&ids[1]))
+            .await
+            .until_end()
+            .await;
+        assert_eq!(got.len(), 1, "Last-Event-ID wins over since");
+        assert_eq!(got[0].id, ids[2]);
+        // A moment in the future: nothing yet; without poll the stream stays open for live events.
+        let mut live = app.subscribe_query("topic=p&since=0s", None).await;
+        let four = app.publish("p", "four").await;
+        assert_eq!(live.next().await.id, four);
+        for (query, why) in [
+            ("topic=p&since=10x", "since=10x"),
+            ("topic=p&since=m", "since=m"),
+            ("topic=p&poll=1", "poll=1 replays and ends"),
+            ("topic=p&since=all&poll=yes", "poll=yes"),
+        ] {
+            let response = app
+                .client
+                .get(app.url(&format!("/events?{query}")))
+                .send()
+                .await
+                .unwrap();
+            let problem = crate::helpers::assert_problem(response, 400, "bad-request").await;
+            assert!(
+                problem["detail"].as_str().unwrap_or_default().contains(why),
+                "{query}: {problem}"
+            );
+        }
+    }
+}
