@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
@@ -49,9 +48,6 @@ pub struct Connection {
     skip_through: Option<EventId>,
     /// `envelope=json`: each event's data wrapped with its topic (see `Event::frame_for`).
     envelope: bool,
-    /// Resolves when the client went away (see `http::peer`): the stream ends at once, not at the next
-    /// write.
-    peer_gone: Option<BoxFuture<'static, ()>>,
     /// `poll=1`: end the stream once the replay is sent (for scripts catching up, not browsers).
     poll: bool,
 }
@@ -132,7 +128,6 @@ impl Connection {
             skip_through: resume.map(|r| r.until),
             phase: Phase::Hello(resume),
             envelope,
-            peer_gone: None,
             poll: false,
         }
     }
@@ -140,11 +135,6 @@ impl Connection {
     /// Ends the stream after the replay instead of going live (`poll=1`).
     pub fn poll_only(&mut self) {
         self.poll = true;
-    }
-
-    /// Ends the stream as soon as `gone` resolves (the client closed or reset its connection).
-    pub fn end_when(&mut self, gone: BoxFuture<'static, ()>) {
-        self.peer_gone = Some(gone);
     }
 
     /// The body stream; dropping it (client gone) drops the membership and frees the queue.
@@ -303,12 +293,6 @@ impl Connection {
                             None => std::future::pending().await,
                         }
                     };
-                    let peer_gone = async {
-                        match self.peer_gone.as_mut() {
-                            Some(gone) => gone.await,
-                            None => std::future::pending().await,
-                        }
-                    };
                     tokio::select! {
                         _ = self.membership.conn().changed() => {
                             // Let the other connections on this thread run (twice) first: events that
@@ -322,12 +306,6 @@ impl Connection {
                         _ = expiry => {
                             self.phase = Phase::Done;
                             return sse::comment("herald: the token expired; reconnect with a fresh one");
-                        }
-                        _ = peer_gone => {
-                            // Nobody reads this: writing it makes actix see the closed socket and drop
-                            // the stream (and with it the slot, queue and Redis interest) now.
-                            self.phase = Phase::Done;
-                            return sse::comment("herald: the client went away");
                         }
                     }
                 }

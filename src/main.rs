@@ -112,6 +112,15 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logs(settings.log.format == "json");
     let host = settings.server.host.clone();
     let app = Application::build(settings).await.context("could not start")?;
+    // Registered before the node says it listens, so a SIGTERM right after that line stops it cleanly.
+    let stop_signals = StopSignals::register().context("cannot listen for SIGTERM and SIGINT")?;
+    let reload_signal = match app.certificates() {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot listen for SIGHUP (certificate reloads)")?,
+        ),
+        None => None,
+    };
     let scheme = if app.certificates().is_some() {
         "https"
     } else {
@@ -127,14 +136,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     } else {
         tracing::info!("engine: redis (nodes sharing this Redis serve the same topics)");
     }
-    if let Some(certificates) = app.certificates() {
+    if let (Some(certificates), Some(mut hup)) = (app.certificates(), reload_signal) {
         tracing::info!("serving HTTPS with HTTP/2; SIGHUP reads the certificate and key again");
         actix_rt::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                tracing::error!("cannot listen for SIGHUP; certificates will not be reloaded");
-                return;
-            };
             while hup.recv().await.is_some() {
                 match certificates.reload() {
                     Ok(()) => tracing::info!("SIGHUP: certificate reloaded; new connections use it"),
@@ -145,10 +149,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     let shutdown = app.shutdown_handle();
     actix_rt::spawn(async move {
-        match wait_for_signal().await {
-            Ok(name) => tracing::info!("{name} received: closing streams and shutting down"),
-            Err(e) => tracing::error!("cannot listen for signals ({e}); shutting down"),
-        }
+        let name = stop_signals.recv().await;
+        tracing::info!("{name} received: closing streams and shutting down");
         shutdown.run().await;
     });
     app.run_until_stopped().await.context("server failed")?;
@@ -156,12 +158,25 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, both of which stop the node gracefully.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

@@ -224,9 +224,12 @@ impl Application {
         // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
         // until the previous one is acknowledged (events are already coalesced per write).
         .tcp_nodelay(true)
-        .on_connect(move |conn, data| {
+        // A client that closes (FIN) or resets its connection is dropped at once, freeing its stream's
+        // slot, queue and Redis interest, instead of at the next heartbeat write. A client must not
+        // half-close its side while waiting for an answer (no browser or common HTTP client does).
+        .h1_allow_half_closed(false)
+        .on_connect(move |_, data| {
             data.insert(OpenConnection::new(&counted));
-            http::peer::on_connect(conn, data);
         });
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

@@ -12,7 +12,11 @@ pub fn init_logs(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed, a full or broken pipe) is dropped. Reporting
+        // it would go to stderr with `eprintln!`, which panics there: that panic killed the task that
+        // handles SIGTERM, and the node no longer stopped.
+        .log_internal_errors(false);
     // A second call (tests) keeps the first subscriber: ignoring that error is the intent.
     let _ = if json {
         logs.json().try_init()

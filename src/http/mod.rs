@@ -5,7 +5,6 @@ mod demo;
 pub mod error;
 mod health;
 mod history;
-pub(crate) mod peer;
 mod publish;
 mod status;
 mod subscribe;

@@ -5,7 +5,7 @@ use actix_web::http::header::{self, CacheDirective};
 use actix_web::http::{Method, Version};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 
-use super::{head, peer, query_pairs};
+use super::{head, query_pairs};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::subscribe::{open, Open};
@@ -17,13 +17,10 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     } else {
         Open::Stream
     };
-    let Some(mut connection) = open(&node, &head(&req, &pairs), asked).await? else {
+    let Some(connection) = open(&node, &head(&req, &pairs), asked).await? else {
         // What a GET would answer, without opening a stream (no slot, no hub membership).
         return Ok(stream_head(&mut HttpResponse::Ok()).finish());
     };
-    if let Some(gone) = peer::gone(&req) {
-        connection.end_when(gone);
-    }
     let mut response = stream_head(&mut HttpResponse::Ok()).streaming(connection.into_stream());
     if req.version() < Version::HTTP_11 {
         // HTTP/1.0 has no chunked encoding: the stream runs until the connection closes.

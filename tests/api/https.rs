@@ -127,6 +127,16 @@ fn s_client(port: u16, alpn: &str, request: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A child process killed when the test ends, also when it fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The binary on HTTPS: ALPN offers h2; SIGHUP makes new handshakes use a renewed certificate (here
 /// from another CA) while a stream opened before it keeps delivering.
 #[test]
@@ -138,16 +148,18 @@ fn sighup_reloads_the_certificate_without_dropping_streams() {
     let (cert, key) = (live.path().join("server.crt"), live.path().join("server.key"));
     std::fs::copy(first.path().join("server.crt"), &cert).unwrap();
     std::fs::copy(first.path().join("server.key"), &key).unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["--port", "0"])
-        .env("HERALD__SERVER__TLS_CERT_FILE", &cert)
-        .env("HERALD__SERVER__TLS_KEY_FILE", &key)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the herald binary runs");
-    let mut log = BufReader::new(node.stderr.take().unwrap()).lines();
+    let mut node = Killed(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--port", "0"])
+            .env("HERALD__SERVER__TLS_CERT_FILE", &cert)
+            .env("HERALD__SERVER__TLS_KEY_FILE", &key)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the herald binary runs"),
+    );
+    let mut log = BufReader::new(node.0.stderr.take().unwrap()).lines();
     let port: u16 = loop {
         let line = log.next().expect("a log line").expect("UTF-8");
         if let Some(rest) = line.split("listening on https://").nth(1) {
@@ -177,26 +189,28 @@ fn sighup_reloads_the_certificate_without_dropping_streams() {
     assert_eq!(shown(&before), file(first.path()), "the first certificate");
 
     // A stream opened before the reload (HTTP/1.1 over TLS through s_client).
-    let mut stream = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-            "-servername",
-            "localhost",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl runs");
-    let mut stream_in = stream.stdin.take().unwrap();
+    let mut stream = Killed(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                "localhost",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl runs"),
+    );
+    let mut stream_in = stream.0.stdin.take().unwrap();
     stream_in
         .write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stream_out = BufReader::new(stream.stdout.take().unwrap());
+    let stream_out = BufReader::new(stream.0.stdout.take().unwrap());
     std::thread::spawn(move || {
         for line in stream_out.lines().map_while(Result::ok) {
             if lines_tx.send(line).is_err() {
@@ -232,7 +246,7 @@ fn sighup_reloads_the_certificate_without_dropping_streams() {
 
     std::fs::copy(second.path().join("server.crt"), &cert).unwrap();
     std::fs::copy(second.path().join("server.key"), &key).unwrap();
-    let pid = i32::try_from(node.id()).unwrap();
+    let pid = i32::try_from(node.0.id()).unwrap();
     kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -251,10 +265,8 @@ fn sighup_reloads_the_certificate_without_dropping_streams() {
     publish("after the reload");
     wait_for("data: after the reload");
 
-    let _ = stream.kill();
-    let _ = stream.wait();
-    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    let _ = node.wait();
+    drop(stream);
+    drop(node);
 }
 
 /// A certificate file that is not PEM, or a key that does not match it, stops start-up naming the file.

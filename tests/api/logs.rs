@@ -62,3 +62,38 @@ fn an_unknown_log_format_is_refused_with_the_fix() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("log.format = xml: use text or json"), "{text}");
 }
+
+/// A node whose log pipe broke (a log shipper that went away) still stops on SIGTERM: a log line that
+/// cannot be written is dropped, where reporting it used to panic the task that handles the signal.
+#[test]
+fn a_broken_log_pipe_does_not_stop_the_node_from_stopping() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--port", "0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the herald binary runs");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line.expect("log lines are UTF-8").contains("listening on") {
+            break;
+        }
+    }
+    drop(lines); // the pipe's reading end closes: every later log write fails
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node ignored SIGTERM once its log pipe broke");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+}
