@@ -494,6 +494,49 @@ async fn sentinels_that_require_a_password_get_sentinel_password() {
     node.publish("t", "through the sentinels").await;
 }
 
+/// Behind Sentinel, the ACL user and password apply to every connection to the data nodes (commands and
+/// the pub/sub link), and a wrong password is named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_data_nodes_are_reached_as_the_acl_user() {
+    let setup = SentinelSetup::start(0);
+    let node_as = |password: &str| {
+        let mut s = herald::config::Settings::defaults().expect("defaults");
+        s.server.port = 0;
+        s.redis.sentinels = setup.urls();
+        s.redis.sentinel_master = "herald".into();
+        s.redis.username = "hub".into();
+        s.redis.password = password.into();
+        s.redis.startup_wait_secs = Duration::from_secs(1);
+        s
+    };
+    let Err(error) = herald::startup::Application::build(node_as("wrong")).await else {
+        panic!("a node started with a wrong password");
+    };
+    let message = error.to_string();
+    assert!(message.contains("refused the credentials"), "{message}");
+    assert!(
+        !message.contains("wrong"),
+        "the password is never shown: {message}"
+    );
+    let urls = setup.urls();
+    let node = spawn_app_with(move |s| {
+        s.redis.sentinels = urls;
+        s.redis.sentinel_master = "herald".into();
+        s.redis.username = "hub".into();
+        s.redis.password = "hubpass".into();
+    })
+    .await;
+    let mut sub = node.subscribe(&["t"], None).await;
+    let id = node.publish("t", "as hub").await;
+    assert_eq!(sub.next().await.id, id);
+    let clients = setup.primary.cli(&["CLIENT", "LIST"]).unwrap_or_default();
+    let as_hub = clients.lines().filter(|l| l.contains(" user=hub ")).count();
+    assert!(
+        as_hub >= 2,
+        "commands and the pub/sub link log in as hub:\n{clients}"
+    );
+}
+
 /// Sentinels up, primary down and no replica to promote: publishes are refused with 503 and `/readyz`
 /// says 503 until the primary is back; then the node recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

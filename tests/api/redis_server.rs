@@ -276,10 +276,14 @@ impl SentinelSetup {
 
     /// With `password`, the sentinels require it (`requirepass`, and use it among themselves).
     pub fn start_with(replicas: usize, password: Option<&str>) -> Self {
-        // Replication runs as its own ACL user, so a test can cut it off (see `cut_replicas`).
-        let user = ["--user", "repl", "on", ">replpass", "+@all", "~*", "&*"].map(String::from);
+        // Replication runs as its own ACL user, so a test can cut it off (see `cut_replicas`); `hub` is
+        // an ACL user for Herald nodes, on every data node.
+        let mut user: Vec<String> = ["--user", "repl", "on", ">replpass", "+@all", "~*", "&*"]
+            .map(String::from)
+            .to_vec();
+        user.extend(["--user", "hub", "on", ">hubpass", "+@all", "~*", "&*"].map(String::from));
         let primary = RedisServer::start_args(&user);
-        let mut replica_args = user.to_vec();
+        let mut replica_args = user.clone();
         replica_args.extend([
             "--replicaof".to_string(),
             format!("127.0.0.1 {}", primary.port),
