@@ -246,33 +246,33 @@ impl Auth {
         match access {
             Access::Read => self.authorize_read(token, topics),
             Access::Write => {
-                let Some(token) = token else {
-                    return if self.anonymous_publish {
-                        Ok(None)
-                    } else {
-                        Err(AuthError::Missing("publishing"))
-                    };
+                let Some(grant) = self.publisher(token, "publishing")? else {
+                    return Ok(None);
                 };
-                let grant = self.verify(token)?;
                 for topic in topics {
                     self.check_write(&grant, topic)?;
                 }
                 Ok(Some(grant))
             }
             Access::Status => {
-                let Some(token) = token else {
-                    return if self.anonymous_publish {
-                        Ok(None)
-                    } else {
-                        Err(AuthError::Missing("the node's status"))
-                    };
-                };
-                let grant = self.verify(token)?;
-                if grant.claims.mercure.publish.is_empty() {
+                let grant = self.publisher(token, "the node's status")?;
+                if grant
+                    .as_ref()
+                    .is_some_and(|g| g.claims.mercure.publish.is_empty())
+                {
                     return Err(AuthError::NotPublisher);
                 }
-                Ok(Some(grant))
+                Ok(grant)
             }
+        }
+    }
+
+    /// A publisher's verified token; none is needed (`Ok(None)`) only with anonymous publishing on.
+    fn publisher(&self, token: Option<&str>, what: &'static str) -> Result<Option<Grant>, AuthError> {
+        match token {
+            Some(token) => Ok(Some(self.verify(token)?)),
+            None if self.anonymous_publish => Ok(None),
+            None => Err(AuthError::Missing(what)),
         }
     }
 

@@ -13,33 +13,7 @@ const GRACE_SECS: u64 = 5;
 
 #[tokio::test]
 async fn the_binary_ends_streams_cleanly_on_sigterm_within_the_grace_period() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["--port", "0"])
-        .env("HERALD__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the herald binary starts");
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("the binary exited without saying where it listens");
-    })
-    .await
-    .expect("the binary logs its address");
-    let log_task = tokio::spawn(async move {
-        let mut lines = Vec::new();
-        while let Ok(Some(line)) = log.next_line().await {
-            lines.push(line);
-        }
-        lines
-    });
+    let (mut child, address, log_task) = start_binary().await;
 
     let client = reqwest::Client::new();
     let response = client
