@@ -149,6 +149,13 @@ pub struct EventId {
 )]
 pub struct EventIdError(pub String);
 
+/// Milliseconds since the Unix epoch: the time part of event ids.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl EventId {
     pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
 

@@ -6,7 +6,7 @@
 
 use crate::auth::Access;
 use crate::connection::{Connection, Resume};
-use crate::domain::{EventId, TopicName};
+use crate::domain::{now_ms, EventId, TopicName};
 use crate::error::ApiError;
 use crate::node::{query_value, Node, RequestHead};
 
@@ -131,16 +131,15 @@ fn since(head: &RequestHead<'_>) -> Result<Option<EventId>, ApiError> {
         _ => return Err(bad()),
     };
     let back = number.checked_mul(unit_ms).ok_or_else(bad)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Ok(Some(match now.checked_sub(back).and_then(|t| t.checked_sub(1)) {
-        Some(before) => EventId {
-            ms: before,
-            seq: u64::MAX,
+    Ok(Some(
+        match now_ms().checked_sub(back).and_then(|t| t.checked_sub(1)) {
+            Some(before) => EventId {
+                ms: before,
+                seq: u64::MAX,
+            },
+            None => EventId::ZERO,
         },
-        None => EventId::ZERO,
-    }))
+    ))
 }
 
 /// The `Last-Event-ID` header (what a browser sends when it reconnects) wins over the `lastEventId` query

@@ -6,12 +6,12 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
 use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
-use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
+use crate::domain::{now_ms, EventId, EventName, IdempotencyKey, TopicName};
 use crate::event::Stored;
 
 pub struct MemoryEngine {
@@ -111,12 +111,6 @@ impl State {
             keep
         });
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl MemoryEngine {

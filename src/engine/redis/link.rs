@@ -17,7 +17,7 @@ use tokio::time::{timeout, Instant};
 use super::connection::Shared;
 use super::functions::{load_functions, raise_clock, read_history, Clock, FunctionSettings};
 use super::keys::Keys;
-use crate::domain::{EventId, TopicName};
+use crate::domain::{now_ms, EventId, TopicName};
 use crate::engine::{EngineError, EngineEvents, PageBound};
 use crate::event::{Event, Stored};
 use crate::sse;
@@ -418,12 +418,6 @@ pub(super) enum Decoded {
 
 /// How far ahead of this node's clock an id's time may be before it is checked against the stream.
 pub(super) const FUTURE_TOLERANCE_MS: u64 = 60_000;
-
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 pub(super) fn backoff(failures: u32) -> Duration {
     let full = BACKOFF_FIRST

@@ -49,7 +49,6 @@ impl Primary {
         } else {
             None
         };
-        let mut credentials = RedisConnectionInfo::default();
         if settings.sentinels.is_empty() {
             let url = redact_url(&settings.url);
             let bad_url = |source| RedisStartError::BadUrl {
@@ -57,8 +56,7 @@ impl Primary {
                 source,
             };
             let info = settings.url.as_str().into_connection_info().map_err(bad_url)?;
-            credentials = info.redis_settings().clone();
-            credentials = with_credentials(credentials, settings);
+            let credentials = with_credentials(info.redis_settings().clone(), settings);
             let info = info.set_redis_settings(credentials);
             return Ok(Primary::Fixed(open(info, tls.as_ref()).map_err(bad_url)?));
         }
@@ -88,7 +86,8 @@ impl Primary {
         Ok(Primary::Sentinel(Sentinels {
             sentinels,
             master: settings.sentinel_master.clone(),
-            credentials: with_credentials(credentials, settings),
+            // Data nodes come from the sentinels' answers, so only the settings give credentials.
+            credentials: with_credentials(RedisConnectionInfo::default(), settings),
             tls,
             config,
             last: std::sync::Mutex::new(None),
