@@ -117,6 +117,17 @@ impl Browser {
         self.client.execute(script, vec![]).await.expect("script runs")
     }
 
+    /// Clicks the element with this id.
+    pub async fn click(&self, id: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no element #{id}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("#{id} cannot be clicked: {e}"));
+    }
+
     /// Polls `script` until it returns true.
     pub async fn wait_for(&self, what: &str, script: &str) {
         let deadline = Instant::now() + PATIENCE;
@@ -212,14 +223,7 @@ async fn the_demo_page_shows_events_published_over_http_from_its_form_and_from_r
         .select_by_value("json")
         .await
         .unwrap();
-    browser
-        .client
-        .find(Locator::Id("send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("send").await;
     let events = browser.wait_events(2).await;
     assert_eq!(
         events[1].1, "{\n  \"from\": \"the form\"\n}",
@@ -458,14 +462,7 @@ async fn the_status_page_shows_the_node_live_and_asks_for_a_token_when_auth_is_o
         }
     }
     browser.client.goto(&app.url("/")).await.unwrap();
-    browser
-        .client
-        .find(Locator::Id("status-link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("status-link").await;
     // 9, or 10 until the node notices that the demo page's own stream (on `news`) went away with it.
     browser
         .wait_for(
@@ -522,14 +519,7 @@ async fn the_status_page_shows_the_node_live_and_asks_for_a_token_when_auth_is_o
     .unwrap();
     let input = browser.client.find(Locator::Id("token")).await.unwrap();
     input.send_keys(&token).await.unwrap();
-    browser
-        .client
-        .find(Locator::Id("use-token"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("use-token").await;
     browser
         .wait_for(
             "the status behind the token",

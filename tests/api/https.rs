@@ -170,23 +170,20 @@ fn sighup_reloads_the_certificate_without_dropping_streams() {
                 .expect("a port");
         }
     };
-    // The certificate the node showed, as PEM, and the one in a file.
-    let shown = |out: &str| {
-        let start = out
-            .find("-----BEGIN CERTIFICATE-----")
-            .expect("a certificate in the handshake");
-        let end = out[start..].find("-----END CERTIFICATE-----").expect("its end") + start;
-        out[start..end].split_whitespace().collect::<String>()
+    // The first PEM certificate in some text (the handshake summary, or a file), without whitespace.
+    let first_certificate = |text: &str| {
+        let start = text.find("-----BEGIN CERTIFICATE-----").expect("a certificate");
+        let end = text[start..].find("-----END CERTIFICATE-----").expect("its end") + start;
+        text[start..end].split_whitespace().collect::<String>()
     };
-    let file = |dir: &Path| {
-        let pem = std::fs::read_to_string(dir.join("server.crt")).unwrap();
-        let start = pem.find("-----BEGIN CERTIFICATE-----").unwrap();
-        let end = pem.find("-----END CERTIFICATE-----").unwrap();
-        pem[start..end].split_whitespace().collect::<String>()
-    };
+    let file = |dir: &Path| first_certificate(&std::fs::read_to_string(dir.join("server.crt")).unwrap());
     let before = s_client(port, "h2,http/1.1", "");
     assert!(before.contains("ALPN protocol: h2"), "{before}");
-    assert_eq!(shown(&before), file(first.path()), "the first certificate");
+    assert_eq!(
+        first_certificate(&before),
+        file(first.path()),
+        "the first certificate"
+    );
 
     // A stream opened before the reload (HTTP/1.1 over TLS through s_client).
     let mut stream = Killed(
@@ -258,7 +255,7 @@ fn sighup_reloads_the_certificate_without_dropping_streams() {
     }
     let after = s_client(port, "h2,http/1.1", "");
     assert_eq!(
-        shown(&after),
+        first_certificate(&after),
         file(second.path()),
         "new handshakes use the new certificate"
     );
