@@ -58,6 +58,8 @@ pub struct ServerSettings {
     /// HTTPS (with HTTP/2): a PEM certificate chain and its private key, read again on SIGHUP.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// Plain HTTP: serve SSE streams on the lean path (`http::front`) instead of through actix-web.
+    pub lean_streams: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

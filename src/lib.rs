@@ -10,6 +10,8 @@
 //! `engine::EngineEvents`. Only `http` knows actix.
 //! - `http` (crate-private): the routes (one file each), CORS, and the mapping of every error to
 //!   problem+json; it turns actix requests into `node::RequestHead`s and answers into responses.
+//!   `http::front` is the front door of plain-HTTP listeners: it answers bad request heads itself, serves
+//!   SSE streams on a lean path (no buffers per idle connection) and hands everything else to actix-web.
 //! - `subscribe`: opening a stream (topics, `Last-Event-ID`, the gate, per-IP slots, hub, replay bound),
 //!   free of HTTP-stack types, so another HTTP path can drive it.
 //! - `node`: what a node's requests share (`Node`), `RequestHead`, and the one gate every topic route

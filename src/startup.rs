@@ -5,8 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle, Service};
+use std::rc::Rc;
+
+use actix_http::HttpService;
+use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
+use actix_web::dev::{AppConfig, Server, ServerHandle, Service};
 use actix_web::http::ConnectionType;
+use actix_web::rt::net::TcpStream;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::{Auth, AuthConfigError};
@@ -16,6 +21,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisStartError};
 use crate::engine::{Engine, EngineEvents};
 use crate::http;
+use crate::http::front::{self, Front, OpenConnection};
 use crate::hub::Hub;
 use crate::limits::PerIp;
 use crate::node::Node;
@@ -81,24 +87,6 @@ impl Shutdown {
             tracing::warn!("{left} connections still open after the grace period; closing them");
         }
         self.server.stop(true).await;
-    }
-}
-
-/// Counts a connection while it is open: actix keeps it with the connection's data and drops it when the
-/// connection ends. (actix's own graceful stop does not wait for idle keep-alive connections, and cut
-/// requests arriving on them.)
-struct OpenConnection(Arc<AtomicUsize>);
-
-impl OpenConnection {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::AcqRel);
-        OpenConnection(Arc::clone(open))
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -192,10 +180,11 @@ impl Application {
         });
         let settings_grace = settings.server.shutdown_grace_secs;
         let closing = Arc::clone(&hub);
-        let mut server = HttpServer::new(move || {
+        let app_state = state.clone();
+        let app = move || {
             let closing = Arc::clone(&closing);
             App::new()
-                .app_data(state.clone())
+                .app_data(app_state.clone())
                 // Once the node is stopping, every answer closes its connection: a client looping over
                 // a keep-alive connection then opens a new one (refused: the listener is closed, so it
                 // knows nothing was sent) instead of sending a request the node would cut at the end of
@@ -215,31 +204,74 @@ impl Application {
                     }
                 })
                 .configure(http::configure)
-        })
-        // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
-        .disable_signals()
-        .shutdown_timeout(1) // `Shutdown::run` has already waited for connections
-        // Slow-header clients are answered 408 and dropped.
-        .client_request_timeout(settings.server.request_head_timeout_ms)
-        // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
-        // until the previous one is acknowledged (events are already coalesced per write).
-        .tcp_nodelay(true)
-        // A client that closes (FIN) or resets its connection is dropped at once, freeing its stream's
-        // slot, queue and Redis interest, instead of at the next heartbeat write. A client must not
-        // half-close its side while waiting for an answer (no browser or common HTTP client does).
-        .h1_allow_half_closed(false)
-        .on_connect(move |_, data| {
-            data.insert(OpenConnection::new(&counted));
-        });
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        };
+        let head_timeout = settings.server.request_head_timeout_ms;
         let server = match &certificates {
-            Some(certificates) => server.listen_rustls_0_23(listener, certificates.server_config()?),
-            None => server.listen(listener),
-        }
-        .map_err(bind)?
-        .run();
+            Some(certificates) => {
+                let mut server = HttpServer::new(app)
+                    // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
+                    .disable_signals()
+                    .shutdown_timeout(1) // `Shutdown::run` has already waited for connections
+                    // Slow-header clients are answered 408 and dropped.
+                    .client_request_timeout(head_timeout)
+                    // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
+                    // until the previous one is acknowledged (events are already coalesced per write).
+                    .tcp_nodelay(true)
+                    // As on the lean path: a client that closes (FIN) or resets its connection is dropped
+                    // at once, freeing its stream's slot, queue and Redis interest, instead of at the next
+                    // heartbeat write. A client must not half-close its side while waiting for an answer
+                    // (no browser or common HTTP client does).
+                    .h1_allow_half_closed(false)
+                    .on_connect(move |_, data| {
+                        data.insert(OpenConnection::new(&counted));
+                    });
+                if settings.server.workers > 0 {
+                    server = server.workers(settings.server.workers);
+                }
+                server
+                    .listen_rustls_0_23(listener, certificates.server_config()?)
+                    .map_err(bind)?
+                    .run()
+            }
+            None => {
+                // Plain HTTP: every connection passes the front door first (`http::front`), which serves
+                // streams itself and hands the rest to actix-web's HTTP/1 service, configured as above.
+                let front = Arc::new(Front {
+                    node: state,
+                    lean: settings.server.lean_streams,
+                    head_timeout,
+                    write_timeout: settings.server.write_timeout_secs,
+                    open: counted,
+                });
+                let mut server = actix_server::Server::build()
+                    .disable_signals()
+                    .shutdown_timeout(1);
+                if settings.server.workers > 0 {
+                    server = server.workers(settings.server.workers);
+                }
+                server
+                    .listen("herald", listener, move || {
+                        let http = HttpService::build()
+                            .client_request_timeout(head_timeout)
+                            .client_disconnect_timeout(Duration::from_secs(1))
+                            .h1_allow_half_closed(false)
+                            .finish(map_config(app(), |_| AppConfig::default()));
+                        let front = Arc::clone(&front);
+                        fn_factory(move || {
+                            let handler = http.new_service(());
+                            let front = Arc::clone(&front);
+                            async move {
+                                let handler = Rc::new(handler.await.map_err(|_| ())?);
+                                Ok::<_, ()>(fn_service(move |io: TcpStream| {
+                                    front::serve(io, Rc::clone(&handler), Arc::clone(&front))
+                                }))
+                            }
+                        })
+                    })
+                    .map_err(bind)?
+                    .run()
+            }
+        };
         let shutdown = Shutdown {
             hub,
             server: server.handle(),

@@ -27,9 +27,10 @@ struct Args {
     /// A few hundred deliveries against herald-memory only: checks the tool works (CI).
     #[arg(long)]
     smoke: bool,
-    /// Systems, comma-separated (default: all but the last two): herald-memory, herald-redis,
+    /// Systems, comma-separated (default: all but the last four): herald-memory, herald-redis,
     /// herald-redis-3nodes, nchan-memory, nchan-redis, express, herald-redis-replica (a primary and a
-    /// replica, min_replicas 0), herald-redis-wait1 (the same with min_replicas 1).
+    /// replica, min_replicas 0), herald-redis-wait1 (the same with min_replicas 1), herald-memory-actix and
+    /// herald-redis-actix (streams served through actix-web instead of the lean path).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Scenarios, comma-separated (default: all): fanout, latency, idle, replay, growth (CPU per
@@ -465,6 +466,8 @@ fn ratios(rows: &[Row]) -> String {
             ("herald-memory", "nchan-memory"),
             ("herald-redis", "nchan-redis"),
             ("herald-memory", "express"),
+            ("herald-memory", "herald-memory-actix"),
+            ("herald-redis", "herald-redis-actix"),
         ] {
             let (Some(h), Some(p)) = (find(scenario, herald), find(scenario, peer)) else {
                 continue;

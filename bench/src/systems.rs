@@ -22,11 +22,21 @@ pub enum Kind {
     HeraldReplica,
     /// The same, publishes acknowledged once the replica has them (min_replicas 1, WAIT).
     HeraldWait,
+    /// Herald with its SSE streams served through actix-web (`server.lean_streams = false`), memory engine.
+    HeraldMemoryActix,
+    /// The same on Redis.
+    HeraldRedisActix,
 }
 
 impl Kind {
     /// Systems run only when named (`--systems`): the replicated-publish comparison.
-    pub const EXTRA: [Kind; 2] = [Kind::HeraldReplica, Kind::HeraldWait];
+    /// And the lean stream path against actix-web's, in one run.
+    pub const EXTRA: [Kind; 4] = [
+        Kind::HeraldReplica,
+        Kind::HeraldWait,
+        Kind::HeraldMemoryActix,
+        Kind::HeraldRedisActix,
+    ];
 
     pub const ALL: [Kind; 6] = [
         Kind::HeraldMemory,
@@ -47,6 +57,8 @@ impl Kind {
             Kind::Express => "express",
             Kind::HeraldReplica => "herald-redis-replica",
             Kind::HeraldWait => "herald-redis-wait1",
+            Kind::HeraldMemoryActix => "herald-memory-actix",
+            Kind::HeraldRedisActix => "herald-redis-actix",
         }
     }
 
@@ -65,6 +77,8 @@ impl Kind {
                 | Kind::HeraldRedis3
                 | Kind::HeraldReplica
                 | Kind::HeraldWait
+                | Kind::HeraldMemoryActix
+                | Kind::HeraldRedisActix
         )
     }
 
@@ -132,7 +146,7 @@ async fn start_redis(dir: &Path, replica_of: Option<u16>) -> Result<(Child, u16)
     Ok((child, port))
 }
 
-async fn start_herald(bin: &Path, redis: Option<u16>, min_replicas: u32) -> Result<(Child, u16)> {
+async fn start_herald(bin: &Path, redis: Option<u16>, min_replicas: u32, lean: bool) -> Result<(Child, u16)> {
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     cmd.args(["--port", &port.to_string()])
@@ -142,9 +156,10 @@ async fn start_herald(bin: &Path, redis: Option<u16>, min_replicas: u32) -> Resu
         .env("HERALD__SSE__QUEUE_CAPACITY", "4096")
         .env("HERALD__HISTORY__MAX_LEN", "5000")
         .env("HERALD__LIMITS__MAX_CONNECTIONS", "30000")
-        // A node notices a vanished client when it next writes; a 1 s heartbeat frees the previous
-        // scenario's connections before the next one starts (actix does not report the peer's FIN).
+        // A node on the actix path may notice a vanished client only when it next writes; a 1 s
+        // heartbeat frees the previous scenario's connections before the next one starts.
         .env("HERALD__SSE__HEARTBEAT_SECS", "1")
+        .env("HERALD__SERVER__LEAN_STREAMS", lean.to_string())
         .env("HERALD__REDIS__MIN_REPLICAS", min_replicas.to_string());
     if let Some(redis) = redis {
         cmd.args(["--redis-url", &format!("redis://127.0.0.1:{redis}")]);
@@ -208,7 +223,10 @@ async fn start_express(repo: &Path) -> Result<(Child, u16)> {
 impl System {
     pub async fn start(kind: Kind, herald: &Path, repo: &Path) -> Result<System> {
         let dir = tempfile::tempdir()?;
-        let needs_redis = !matches!(kind, Kind::HeraldMemory | Kind::NchanMemory | Kind::Express);
+        let needs_redis = !matches!(
+            kind,
+            Kind::HeraldMemory | Kind::HeraldMemoryActix | Kind::NchanMemory | Kind::Express
+        );
         let (redis, redis_port) = if needs_redis {
             let (child, port) = start_redis(dir.path(), None).await?;
             (Some(child), Some(port))
@@ -244,7 +262,10 @@ impl System {
         let nodes = if kind == Kind::HeraldRedis3 { 3 } else { 1 };
         for _ in 0..nodes {
             let (child, port) = match kind {
-                k if k.is_herald() => start_herald(herald, redis_port, min_replicas).await?,
+                k if k.is_herald() => {
+                    let lean = !matches!(k, Kind::HeraldMemoryActix | Kind::HeraldRedisActix);
+                    start_herald(herald, redis_port, min_replicas, lean).await?
+                }
                 Kind::NchanMemory | Kind::NchanRedis => start_nchan(repo, dir.path(), redis_port).await?,
                 _ => start_express(repo).await?,
             };

@@ -9,6 +9,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpResponse};
 
 use super::error::problem;
+use crate::config::Settings;
 use crate::node::Node;
 
 pub async fn cors(
@@ -17,10 +18,7 @@ pub async fn cors(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let allowed = match (&origin, req.app_data::<web::Data<Node>>()) {
-        (Some(origin), Some(state)) => {
-            let list = &state.settings.cors.allowed_origins;
-            list.iter().any(|o| o == "*" || o.as_bytes() == origin.as_bytes())
-        }
+        (Some(origin), Some(state)) => allowed(&state.settings, origin.as_bytes()),
         _ => false,
     };
     let preflight =
@@ -51,6 +49,13 @@ pub async fn cors(
         allow(res.headers_mut(), origin);
     }
     Ok(res)
+}
+
+/// Whether pages from `origin` may read the hub's answers (`cors.allowed_origins`); the lean stream path
+/// asks the same.
+pub(crate) fn allowed(settings: &Settings, origin: &[u8]) -> bool {
+    let list = &settings.cors.allowed_origins;
+    list.iter().any(|o| o == "*" || o.as_bytes() == origin)
 }
 
 fn allow(headers: &mut header::HeaderMap, origin: Option<HeaderValue>) {

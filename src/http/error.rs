@@ -70,16 +70,21 @@ impl ResponseError for ApiError {
 
 /// A problem+json response: `type` is `about:blank` (the status says it all), `code` tells machines apart.
 pub fn problem(status: StatusCode, code: &str, detail: &str) -> HttpResponse {
-    HttpResponse::build(status).content_type(PROBLEM_JSON).body(
-        json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "code": code,
-            "detail": detail,
-        })
-        .to_string(),
-    )
+    HttpResponse::build(status)
+        .content_type(PROBLEM_JSON)
+        .body(problem_body(status, code, detail))
+}
+
+/// The body of every problem+json answer, also of those the front door makes before any route.
+pub(crate) fn problem_body(status: StatusCode, code: &str, detail: &str) -> String {
+    json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "code": code,
+        "detail": detail,
+    })
+    .to_string()
 }
 
 /// Turns any error response that is not problem+json yet (unknown route, wrong method, extractor

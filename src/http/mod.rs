@@ -3,6 +3,7 @@
 mod cors;
 mod demo;
 pub mod error;
+pub(crate) mod front;
 mod health;
 mod history;
 mod publish;

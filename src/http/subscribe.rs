@@ -22,8 +22,10 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
         return Ok(stream_head(&mut HttpResponse::Ok()).finish());
     };
     let mut response = stream_head(&mut HttpResponse::Ok()).streaming(connection.into_stream());
-    if req.version() < Version::HTTP_11 {
-        // HTTP/1.0 has no chunked encoding: the stream runs until the connection closes.
+    if req.version() <= Version::HTTP_11 {
+        // The stream runs until the connection closes, which delimits the body: no chunked encoding (HTTP/1.0
+        // has none), so the bytes on the wire are the events themselves, as on the lean path
+        // (`http::front`).
         response.head_mut().no_chunking(true);
     }
     Ok(response)

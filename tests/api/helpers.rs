@@ -48,6 +48,7 @@ pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::defaults().expect("defaults load");
     settings.server.port = 0;
     settings.server.workers = 2;
+    settings.server.lean_streams = crate::LEAN_STREAMS;
     change(&mut settings);
     settings.validate().expect("test settings are valid");
     let app = Application::build(settings).await.expect("node builds");

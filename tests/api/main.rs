@@ -1,6 +1,10 @@
 //! Integration tests: real nodes on port 0, real HTTP, SSE parsed by an independent parser crate.
 //! Logs are printed only with `TEST_LOG=1`.
 
+/// Streams over plain HTTP take the lean path here; `tests/actix_streams` runs the stream tests again
+/// through actix-web.
+pub const LEAN_STREAMS: bool = true;
+
 mod helpers;
 mod redis_server;
 mod security;
@@ -9,6 +13,7 @@ mod browser;
 mod concurrency;
 mod config;
 mod deploy;
+mod front;
 mod fuzz;
 mod https;
 mod limits;

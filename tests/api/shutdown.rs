@@ -92,6 +92,7 @@ async fn start_binary() -> (
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["--port", "0"])
         .env("HERALD__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
+        .env("HERALD__SERVER__LEAN_STREAMS", crate::LEAN_STREAMS.to_string())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -1,0 +1,564 @@
+//! The front door of a plain-HTTP listener. It reads each connection's first request head without taking
+//! it off the socket (`peek`), and then:
+//! - answers a malformed, oversized or slow head itself, with problem+json (actix would answer a bare
+//!   400/408/431);
+//! - serves an SSE `GET /events` itself on the lean path: after the response head, the connection holds
+//!   no read or write buffer, only the stream's state, and a client that closes or resets is noticed at
+//!   once because the read side is watched;
+//! - hands every other connection to actix-web untouched (nothing was read), and a connection on which a
+//!   refused stream request is followed by another request.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix_http::Protocol;
+use actix_service::Service;
+use actix_web::http::StatusCode;
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, ResponseError};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
+
+use super::cors;
+use super::error::problem_body;
+use crate::error::ApiError;
+use crate::node::{query_pairs, Node, RequestHead};
+use crate::subscribe::{open, Open};
+
+/// The largest request head accepted (as actix-http's own limit); a longer one is answered 431.
+pub(crate) const MAX_HEAD: usize = 32 * 1024;
+/// Most heads fit in the first peek; a longer one is peeked again with room for `MAX_HEAD` + 1 bytes.
+const FIRST_PEEK: usize = 2048;
+/// Headers per request (as actix-http's own limit); more are answered 431.
+const MAX_HEADERS: usize = 96;
+/// A stream being closed gets this long to take its closing comment, then the socket is dropped anyway.
+const CLOSING_WRITE: Duration = Duration::from_secs(1);
+
+/// What the front door needs of the node, shared by every connection of every worker.
+pub(crate) struct Front {
+    pub node: web::Data<Node>,
+    /// `server.lean_streams`: serve SSE GETs here (true) or pass them to actix-web like everything else.
+    pub lean: bool,
+    /// `server.request_head_timeout_ms`: a head that is not complete by then is answered 408.
+    pub head_timeout: Duration,
+    /// `server.write_timeout_secs`: a write to a stream that takes longer ends it.
+    pub write_timeout: Duration,
+    /// Connections open now, for the graceful stop (see `startup::Shutdown`).
+    pub open: Arc<AtomicUsize>,
+}
+
+/// Counts a connection while it is open.
+pub(crate) struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    pub(crate) fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(Arc::clone(open))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How a connection's first head reads.
+enum First {
+    /// Anything for actix-web.
+    Pass,
+    /// A `GET /events` for the lean path: the head's length and what the stream logic reads of it.
+    Stream(usize, Box<OwnedHead>),
+    /// A head no route will see: answered here, then the connection is closed.
+    Refuse(StatusCode, &'static str, String),
+    /// The client left, or sent nothing before the head timeout.
+    Gone,
+}
+
+/// One plain-HTTP connection, from accept to close.
+pub(crate) async fn serve<S>(io: TcpStream, http: Rc<S>, front: Arc<Front>) -> Result<(), ()>
+where
+    S: Service<(TcpStream, Protocol, Option<SocketAddr>), Response = ()>,
+{
+    let _open = OpenConnection::new(&front.open);
+    // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame until the
+    // previous one is acknowledged (events are already coalesced per write).
+    let _ = io.set_nodelay(true);
+    let peer = io.peer_addr().ok();
+    match first_head(&io, front.head_timeout, front.lean).await {
+        First::Gone => Ok(()),
+        First::Refuse(status, code, detail) => {
+            refuse(io, status, code, &detail).await;
+            Ok(())
+        }
+        First::Stream(len, head) => match lean_stream(io, len, head, peer, &front).await {
+            Some(io) => pass(&*http, io, peer).await,
+            None => Ok(()),
+        },
+        First::Pass => pass(&*http, io, peer).await,
+    }
+}
+
+/// Hands a connection to actix-web. Its connection state is boxed, so that it does not size this whole
+/// future: a lean stream's task then stays as small as the stream itself.
+async fn pass<S>(http: &S, io: TcpStream, peer: Option<SocketAddr>) -> Result<(), ()>
+where
+    S: Service<(TcpStream, Protocol, Option<SocketAddr>), Response = ()>,
+{
+    Box::pin(http.call((io, Protocol::Http1, peer)))
+        .await
+        .map_err(|_| ())
+}
+
+/// Peeks until the first head is complete (or is refused), without consuming a byte.
+async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> First {
+    let deadline = Instant::now() + limit;
+    let mut buf = vec![0u8; FIRST_PEEK];
+    // `peek` answers at once while any byte is waiting, so an incomplete head is peeked again at a
+    // growing interval (heads almost always arrive in one segment; a slow one is rare and cheap to poll).
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = match timeout_at(deadline, io.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return First::Gone,
+            Ok(Ok(n)) => n,
+        };
+        match read_head(&buf[..n], lean) {
+            Some(first) => return first,
+            None if n == buf.len() => {
+                if buf.len() > MAX_HEAD {
+                    return head_too_large();
+                }
+                buf.resize(MAX_HEAD + 1, 0);
+            }
+            None => {
+                if Instant::now() + pause >= deadline {
+                    return First::Refuse(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request-timeout",
+                        format!(
+                            "the request head did not arrive within {} ms; send it whole, then wait for the answer",
+                            limit.as_millis()
+                        ),
+                    );
+                }
+                sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// What a complete (or broken) head says, or `None` while it is incomplete. Not async: the parser's
+/// header array (3 KiB) lives on the stack for the call only, never in a connection's future.
+fn read_head(bytes: &[u8], lean: bool) -> Option<First> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    Some(match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => match check_framing(&req) {
+            Err(refusal) => refusal,
+            Ok(()) => match lean.then(|| OwnedHead::for_stream(&req)).flatten() {
+                Some(head) => First::Stream(len, Box::new(head)),
+                None => First::Pass,
+            },
+        },
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => First::Refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!("the request has more than {MAX_HEADERS} header fields; send fewer"),
+        ),
+        Err(httparse::Error::Version) if !names_another_version(bytes) => {
+            malformed("the request line must be: method, one space, target, one space, HTTP/1.1")
+        }
+        Err(httparse::Error::Version) => First::Refuse(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "http-version-not-supported",
+            "this listener speaks HTTP/1.0 and HTTP/1.1 (HTTP/2 is offered over HTTPS, by ALPN)".into(),
+        ),
+        Err(e) => malformed(&format!("{e}; check the request line and header syntax")),
+    })
+}
+
+/// The checks actix-web's parser makes of a complete head, which it would answer with a bare 400: a bad
+/// target, a missing or repeated `Host`, and message framing a request could be smuggled through.
+fn check_framing(req: &httparse::Request<'_, '_>) -> Result<(), First> {
+    let bad = |code: &'static str, detail: &str| {
+        Err(First::Refuse(StatusCode::BAD_REQUEST, code, detail.to_string()))
+    };
+    let target = req.path.unwrap_or("");
+    if actix_web::http::Uri::try_from(target).is_err() {
+        return bad(
+            "bad-target",
+            "the request target is not a valid URI; percent-encode reserved characters (a topic in a path as %2F for /)",
+        );
+    }
+    let http11 = req.version == Some(1);
+    let count = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    match count("host") {
+        0 if http11 => return bad("missing-host", "an HTTP/1.1 request must carry a Host header"),
+        0 | 1 => {}
+        _ => return bad("bad-host", "the request has more than one Host header; send one"),
+    }
+    let value = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let content_length = value("content-length");
+    if count("content-length") > 1
+        || content_length
+            .as_deref()
+            .is_some_and(|v| v.starts_with('+') || v.parse::<u64>().is_err())
+    {
+        return bad(
+            "bad-content-length",
+            "Content-Length must appear once, as a decimal number of bytes",
+        );
+    }
+    if let Some(coding) = value("transfer-encoding") {
+        if !http11 {
+            return bad(
+                "bad-transfer-encoding",
+                "HTTP/1.0 has no Transfer-Encoding; send Content-Length",
+            );
+        }
+        if count("transfer-encoding") > 1
+            || !(coding.eq_ignore_ascii_case("chunked") || coding.eq_ignore_ascii_case("identity"))
+        {
+            return bad(
+                "bad-transfer-encoding",
+                "Transfer-Encoding must appear once, as chunked; or send Content-Length instead",
+            );
+        }
+        if content_length.is_some() {
+            return bad(
+                "bad-transfer-encoding",
+                "send Content-Length or Transfer-Encoding, not both",
+            );
+        }
+    }
+    if !http11 && req.method == Some("POST") && content_length.is_none() {
+        return Err(First::Refuse(
+            StatusCode::LENGTH_REQUIRED,
+            "length-required",
+            "an HTTP/1.0 POST must say its body's length in Content-Length".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn malformed(why: &str) -> First {
+    First::Refuse(
+        StatusCode::BAD_REQUEST,
+        "malformed-request",
+        format!("the request head is not valid HTTP/1.1: {why}"),
+    )
+}
+
+/// Whether a request line is well formed but for its version (`GET / HTTP/2.0`): that is 505, while a
+/// line that merely fails to end in a version (a space in the target) is malformed.
+fn names_another_version(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or(&[]);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts.as_slice() {
+        [_, _, version] => version
+            .strip_prefix(b"HTTP/")
+            .is_some_and(|v| !v.is_empty() && v.iter().all(|b| b.is_ascii_digit() || *b == b'.')),
+        _ => false,
+    }
+}
+
+fn head_too_large() -> First {
+    First::Refuse(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers-too-large",
+        format!(
+            "the request head is over {} KiB; send shorter headers (a long token belongs in a cookie or the body, not in many headers)",
+            MAX_HEAD / 1024
+        ),
+    )
+}
+
+/// Answers a refused head and closes the connection.
+async fn refuse(mut io: TcpStream, status: StatusCode, code: &str, detail: &str) {
+    let body = problem_body(status, code, detail);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        super::error::PROBLEM_JSON,
+        body.len(),
+        httpdate::fmt_http_date(SystemTime::now()),
+    );
+    let answer = async {
+        io.write_all(head.as_bytes()).await?;
+        io.write_all(body.as_bytes()).await?;
+        io.shutdown().await?;
+        // Closing with unread bytes would reset the connection, and a reset can destroy the answer before
+        // the client reads it: take (and drop) what the client still sends, for a moment.
+        let mut sink = [0u8; 1024];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = timeout(CLOSING_WRITE, answer).await;
+}
+
+/// What the stream logic reads of a head, copied out of the peek buffer (which is then freed).
+struct OwnedHead {
+    query: String,
+    authorization: Option<String>,
+    cookies: Vec<String>,
+    origin: Option<String>,
+    referer: Option<String>,
+    host: Option<String>,
+    last_event_id: Option<Option<String>>,
+    forwarded_for: Option<String>,
+    http10: bool,
+    /// Whether the client keeps the connection for another request (HTTP/1.1 unless `close`; HTTP/1.0
+    /// only with `keep-alive`).
+    keep_alive: bool,
+}
+
+impl OwnedHead {
+    /// The head of a plain `GET /events` (origin or absolute form) the lean path can serve; `None` for
+    /// anything else, which actix-web then serves or refuses.
+    fn for_stream(req: &httparse::Request<'_, '_>) -> Option<Self> {
+        if req.method != Some("GET") {
+            return None;
+        }
+        let target = req.path?;
+        // Absolute form (`GET http://host/events?…`), as a proxy sends it: the path starts after the
+        // authority.
+        let target = match target.split_once("://") {
+            Some((_, rest)) => &rest[rest.find('/')?..],
+            None => target,
+        };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if path != "/events" {
+            return None;
+        }
+        let headers = req.headers.iter();
+        let mut head = OwnedHead {
+            query: query.to_string(),
+            authorization: None,
+            cookies: Vec::new(),
+            origin: None,
+            referer: None,
+            host: None,
+            last_event_id: None,
+            forwarded_for: None,
+            http10: req.version == Some(0),
+            keep_alive: req.version != Some(0),
+        };
+        for header in headers {
+            // Read as actix reads a header value: text only when it is all visible ASCII (or tab).
+            let text = std::str::from_utf8(header.value)
+                .ok()
+                .filter(|v| v.bytes().all(|b| b == b'\t' || (32..127).contains(&b)))
+                .map(|v| v.trim_matches([' ', '\t']).to_string());
+            let name = header.name;
+            let first = |slot: &mut Option<String>| {
+                if slot.is_none() {
+                    *slot = text.clone();
+                }
+            };
+            if name.eq_ignore_ascii_case("authorization") {
+                if head.authorization.is_none() {
+                    head.authorization = Some(text.clone().unwrap_or_default());
+                }
+            } else if name.eq_ignore_ascii_case("cookie") {
+                head.cookies.extend(text.clone());
+            } else if name.eq_ignore_ascii_case("origin") {
+                first(&mut head.origin);
+            } else if name.eq_ignore_ascii_case("referer") {
+                first(&mut head.referer);
+            } else if name.eq_ignore_ascii_case("host") {
+                first(&mut head.host);
+            } else if name.eq_ignore_ascii_case("last-event-id") {
+                if head.last_event_id.is_none() {
+                    head.last_event_id = Some(text.clone());
+                }
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                first(&mut head.forwarded_for);
+            } else if name.eq_ignore_ascii_case("connection") {
+                for option in text.as_deref().unwrap_or("").split(',').map(str::trim) {
+                    if option.eq_ignore_ascii_case("close") {
+                        head.keep_alive = false;
+                    } else if option.eq_ignore_ascii_case("keep-alive") {
+                        head.keep_alive = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("expect")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+                || (name.eq_ignore_ascii_case("content-length") && text.as_deref() != Some("0"))
+            {
+                // A GET with a body, or asking to switch protocols: not a plain stream request.
+                return None;
+            }
+        }
+        Some(head)
+    }
+}
+
+/// Opens and runs a stream on the lean path, or answers why not; gives the connection back when another
+/// request may follow on it (after a refusal, as actix-web keeps a connection alive after an error).
+async fn lean_stream(
+    mut io: TcpStream,
+    len: usize,
+    owned: Box<OwnedHead>,
+    peer: Option<SocketAddr>,
+    front: &Front,
+) -> Option<TcpStream> {
+    let node = &front.node;
+    let allowed_origin = owned
+        .origin
+        .clone()
+        .filter(|o| cors::allowed(&node.settings, o.as_bytes()));
+    let opened = match query_pairs(&owned.query) {
+        Ok(query) => {
+            let head = RequestHead {
+                query: &query,
+                authorization: owned.authorization.as_deref(),
+                cookies: owned.cookies.iter().map(String::as_str).collect(),
+                origin: owned.origin.as_deref(),
+                referer: owned.referer.as_deref(),
+                host: owned.host.as_deref(),
+                last_event_id: owned.last_event_id.as_ref().map(Option::as_deref),
+                peer: peer.map(|p| p.ip()),
+                forwarded_for: owned.forwarded_for.as_deref(),
+            };
+            open(node, &head, Open::Stream).await
+        }
+        Err(e) => Err(e),
+    };
+    // The head was only peeked: take it off the socket now (it is all there).
+    let mut consumed = vec![0u8; len];
+    if io.read_exact(&mut consumed).await.is_err() {
+        return None;
+    }
+    drop(consumed);
+    let connection = match opened {
+        Ok(Some(connection)) => connection,
+        // `Open::Stream` always opens one.
+        Ok(None) => return None,
+        Err(e) => {
+            let answer = refusal(e, &owned, allowed_origin.as_deref()).await;
+            if !write(&mut io, answer, front.write_timeout).await {
+                return None;
+            }
+            // Any next request on the connection is actix-web's.
+            return owned.keep_alive.then_some(io);
+        }
+    };
+    let mut response = String::with_capacity(256);
+    // HTTP/1.0 closes after the answer by default: no `connection` header, as actix-web answers it.
+    response.push_str(if owned.http10 {
+        "HTTP/1.0 200 OK\r\n"
+    } else {
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n"
+    });
+    response.push_str(STREAM_HEADERS);
+    if let Some(origin) = &allowed_origin {
+        response.push_str("access-control-allow-origin: ");
+        response.push_str(origin);
+        response.push_str("\r\nvary: Origin\r\n");
+    }
+    response.push_str("date: ");
+    response.push_str(&httpdate::fmt_http_date(SystemTime::now()));
+    response.push_str("\r\n\r\n");
+    // What the head said is not needed any more while the stream runs.
+    drop(owned);
+    drop(allowed_origin);
+    let stream = connection.into_stream();
+    tokio::pin!(stream);
+    if !write(&mut io, Bytes::from(response), front.write_timeout).await {
+        return None;
+    }
+    // A client sends nothing more on a stream: a read that ends (FIN) or fails (RST) means it is gone,
+    // and anything else it sends (a pipelined request) is dropped, as the response says `close`.
+    let mut scratch = [0u8; 64];
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            ready = io.readable() => {
+                if ready.is_err() {
+                    return None;
+                }
+                match io.try_read(&mut scratch) {
+                    Ok(0) => return None,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return None,
+                }
+            }
+        };
+        let Some(Ok(chunk)) = next else {
+            let _ = timeout(CLOSING_WRITE, io.shutdown()).await;
+            return None;
+        };
+        if !write(&mut io, chunk, front.write_timeout).await {
+            return None;
+        }
+    }
+}
+
+/// The headers of every SSE answer, after the status line; the route's (`http::subscribe`) are the same.
+const STREAM_HEADERS: &str =
+    "content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n";
+
+/// A refused stream request's answer, as actix-web answers it: the error's one rendering
+/// (`ApiError::error_response`), with the CORS headers and the connection handling of every answer.
+async fn refusal(error: ApiError, owned: &OwnedHead, allowed_origin: Option<&str>) -> Bytes {
+    let response = error.error_response();
+    let status = response.status();
+    let mut head = format!(
+        "{} {} {}\r\n",
+        if owned.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    for (name, value) in response.headers() {
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        head.push_str("\r\n");
+    }
+    if let Some(origin) = allowed_origin {
+        head.push_str("access-control-allow-origin: ");
+        head.push_str(origin);
+        head.push_str("\r\nvary: Origin\r\n");
+    }
+    match (owned.http10, owned.keep_alive) {
+        (false, false) => head.push_str("connection: close\r\n"),
+        (true, true) => head.push_str("connection: keep-alive\r\n"),
+        _ => {}
+    }
+    let body = actix_web::body::to_bytes(response.into_body())
+        .await
+        .unwrap_or_default();
+    head.push_str(&format!(
+        "content-length: {}\r\ndate: {}\r\n\r\n",
+        body.len(),
+        httpdate::fmt_http_date(SystemTime::now())
+    ));
+    let mut answer = head.into_bytes();
+    answer.extend_from_slice(&body);
+    Bytes::from(answer)
+}
+
+/// Writes one chunk within `limit`; false when the client is gone or too slow.
+async fn write(io: &mut TcpStream, chunk: Bytes, limit: Duration) -> bool {
+    matches!(timeout(limit, io.write_all(&chunk)).await, Ok(Ok(())))
+}
