@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde_json::json;
-use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName, GAP_EVENT};
@@ -38,8 +39,8 @@ pub struct Connection {
     /// The client IP's connection slot, given back when the stream ends.
     _slot: ConnectionSlot,
     /// When the subscriber's token expires: the stream ends then, and the client must come back with a
-    /// fresh token.
-    expires: Option<Instant>,
+    /// fresh token. Boxed, and only for tokens that expire: an idle stream's future stays small.
+    expiry: Option<Pin<Box<Sleep>>>,
     heartbeat: Interval,
     retry_ms: u64,
     page: PageBound,
@@ -121,7 +122,7 @@ impl Connection {
             metrics: Arc::clone(&streams.metrics),
             membership,
             _slot: slot,
-            expires,
+            expiry: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
             heartbeat,
             retry_ms: streams.retry_ms,
             page: streams.page,
@@ -172,7 +173,8 @@ impl Connection {
                 }
                 Phase::Replay(cursors) => {
                     let mut cursors = std::mem::take(cursors);
-                    match self.replay_step(&mut cursors).await {
+                    // Boxed: a replay is short, and its reads should not size every idle stream.
+                    match Box::pin(self.replay_step(&mut cursors)).await {
                         Ok(chunk) => {
                             let finished = cursors.iter().all(|c| c.exhausted && c.buf.is_empty());
                             self.phase = if finished && self.poll {
@@ -286,15 +288,19 @@ impl Connection {
                     });
                 }
                 Take::Empty => {
-                    let expires = self.expires;
-                    let expiry = async move {
-                        match expires {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
+                    let Connection {
+                        membership,
+                        heartbeat,
+                        expiry,
+                        ..
+                    } = &mut *self;
+                    let woke = tokio::select! {
+                        _ = membership.conn().changed() => Woke::Changed,
+                        _ = heartbeat.tick() => Woke::Heartbeat,
+                        _ = until(expiry) => Woke::Expired,
                     };
-                    tokio::select! {
-                        _ = self.membership.conn().changed() => {
+                    match woke {
+                        Woke::Changed => {
                             // Let the other connections on this thread run (twice) first: events that
                             // arrive meanwhile go out in the same write, so fewer writes per delivery
                             // under load (BENCHMARKS.md). Making this conditional on a busy stream was
@@ -302,8 +308,8 @@ impl Connection {
                             tokio::task::yield_now().await;
                             tokio::task::yield_now().await;
                         }
-                        _ = self.heartbeat.tick() => return Bytes::from_static(HEARTBEAT),
-                        _ = expiry => {
+                        Woke::Heartbeat => return Bytes::from_static(HEARTBEAT),
+                        Woke::Expired => {
                             self.phase = Phase::Done;
                             return sse::comment("herald: the token expired; reconnect with a fresh one");
                         }
@@ -311,6 +317,21 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// What ended an idle stream's wait.
+enum Woke {
+    Changed,
+    Heartbeat,
+    Expired,
+}
+
+/// Resolves when the token expires; never without an expiry.
+async fn until(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

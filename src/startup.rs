@@ -240,7 +240,6 @@ impl Application {
                     node: state,
                     lean: settings.server.lean_streams,
                     head_timeout,
-                    write_timeout: settings.server.write_timeout_secs,
                     open: counted,
                 });
                 let mut server = actix_server::Server::build()
@@ -262,8 +261,11 @@ impl Application {
                             let front = Arc::clone(&front);
                             async move {
                                 let handler = Rc::new(handler.await.map_err(|_| ())?);
+                                // Boxed: actix-server spawns each connection in a future that holds
+                                // the service's future twice (once captured, once awaited); boxed,
+                                // that is two pointers instead of two copies (BENCHMARKS.md, run 7).
                                 Ok::<_, ()>(fn_service(move |io: TcpStream| {
-                                    front::serve(io, Rc::clone(&handler), Arc::clone(&front))
+                                    Box::pin(front::serve(io, Rc::clone(&handler), Arc::clone(&front)))
                                 }))
                             }
                         })

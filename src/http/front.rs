@@ -46,8 +46,6 @@ pub(crate) struct Front {
     pub lean: bool,
     /// `server.request_head_timeout_ms`: a head that is not complete by then is answered 408.
     pub head_timeout: Duration,
-    /// `server.write_timeout_secs`: a write to a stream that takes longer ends it.
-    pub write_timeout: Duration,
     /// Connections open now, for the graceful stop (see `startup::Shutdown`).
     pub open: Arc<AtomicUsize>,
 }
@@ -90,10 +88,12 @@ where
     // previous one is acknowledged (events are already coalesced per write).
     let _ = io.set_nodelay(true);
     let peer = io.peer_addr().ok();
-    match first_head(&io, front.head_timeout, front.lean).await {
+    // The short-lived steps are boxed, so that they do not size the future a lean stream lives in (a
+    // future is as large as its largest state): reading the head, opening, refusing.
+    match Box::pin(first_head(&io, front.head_timeout, front.lean)).await {
         First::Gone => Ok(()),
         First::Refuse(status, code, detail) => {
-            refuse(io, status, code, &detail).await;
+            Box::pin(refuse(io, status, code, &detail)).await;
             Ok(())
         }
         First::Stream(len, head) => match lean_stream(io, len, head, peer, &front).await {
@@ -439,7 +439,7 @@ async fn lean_stream(
                 peer: peer.map(|p| p.ip()),
                 forwarded_for: owned.forwarded_for.as_deref(),
             };
-            open(node, &head, Open::Stream).await
+            Box::pin(open(node, &head, Open::Stream)).await
         }
         Err(e) => Err(e),
     };
@@ -454,8 +454,8 @@ async fn lean_stream(
         // `Open::Stream` always opens one.
         Ok(None) => return None,
         Err(e) => {
-            let answer = refusal(e, &owned, allowed_origin.as_deref()).await;
-            if !write(&mut io, answer, front.write_timeout).await {
+            let answer = Box::pin(refusal(e, &owned, allowed_origin.as_deref())).await;
+            if !write(&mut io, answer).await {
                 return None;
             }
             // Any next request on the connection is actix-web's.
@@ -483,7 +483,7 @@ async fn lean_stream(
     drop(allowed_origin);
     let stream = connection.into_stream();
     tokio::pin!(stream);
-    if !write(&mut io, Bytes::from(response), front.write_timeout).await {
+    if !write(&mut io, Bytes::from(response)).await {
         return None;
     }
     // A client sends nothing more on a stream: a read that ends (FIN) or fails (RST) means it is gone,
@@ -508,7 +508,7 @@ async fn lean_stream(
             let _ = timeout(CLOSING_WRITE, io.shutdown()).await;
             return None;
         };
-        if !write(&mut io, chunk, front.write_timeout).await {
+        if !write(&mut io, chunk).await {
             return None;
         }
     }
@@ -558,7 +558,9 @@ async fn refusal(error: ApiError, owned: &OwnedHead, allowed_origin: Option<&str
     Bytes::from(answer)
 }
 
-/// Writes one chunk within `limit`; false when the client is gone or too slow.
-async fn write(io: &mut TcpStream, chunk: Bytes, limit: Duration) -> bool {
-    matches!(timeout(limit, io.write_all(&chunk)).await, Ok(Ok(())))
+/// Writes one chunk; false when the client is gone. The deadline is the kernel's: every client socket
+/// has `TCP_USER_TIMEOUT` = `server.write_timeout_secs` (set on the listener, see `startup`), so a client
+/// that takes nothing for that long fails the write (a timer here would cost every idle stream memory).
+async fn write(io: &mut TcpStream, chunk: Bytes) -> bool {
+    io.write_all(&chunk).await.is_ok()
 }
