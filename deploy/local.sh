@@ -66,10 +66,14 @@ stop_node() {
 nginx_conf() {
   mkdir -p "$STATE_DIR/herald" "$STATE_DIR/tmp"
   {
+    # max_fails=0: nginx's passive check probes a node that failed with the next request it sends there;
+    # when that request is a stream, the node stays marked down as long as the stream lives, and a rolling
+    # restart soon leaves no node nginx will use ("no live upstreams", 502). A stopped node refuses the
+    # connect at once, so trying it and moving on (proxy_next_upstream) costs a refused connect, no more.
     echo "upstream herald_nodes {"
     echo "    zone herald_nodes 64k;"
     for i in $(seq 1 "$NODES"); do
-      echo "    server 127.0.0.1:$(node_port "$i") max_fails=1 fail_timeout=2s;"
+      echo "    server 127.0.0.1:$(node_port "$i") max_fails=0;"
     done
     echo "}"
   } >"$STATE_DIR/herald/upstream.conf"
