@@ -8,10 +8,12 @@
 //! - hands every other connection to actix-web untouched (nothing was read), and a connection on which a
 //!   refused stream request is followed by another request.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use actix_http::Protocol;
@@ -21,7 +23,7 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{web, ResponseError};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use super::cors;
@@ -33,7 +35,7 @@ use crate::subscribe::{open, Open};
 /// The largest request head accepted (as actix-http's own limit); a longer one is answered 431.
 pub(crate) const MAX_HEAD: usize = 32 * 1024;
 /// Most heads fit in the first peek; a longer one is peeked again with room for `MAX_HEAD` + 1 bytes.
-const FIRST_PEEK: usize = 2048;
+const FIRST_PEEK: usize = 4096;
 /// Headers per request (as actix-http's own limit); more are answered 431.
 const MAX_HEADERS: usize = 96;
 /// A stream being closed gets this long to take its closing comment, then the socket is dropped anyway.
@@ -118,24 +120,35 @@ where
 /// Peeks until the first head is complete (or is refused), without consuming a byte.
 async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> First {
     let deadline = Instant::now() + limit;
-    let mut buf = vec![0u8; FIRST_PEEK];
+    // Most heads fit the first peek, made into a buffer on the stack of one poll (`peek_head`): in a
+    // connection storm, no connection holds a heap buffer while its head is on its way. A longer head is
+    // peeked again into a heap buffer with room for `MAX_HEAD` + 1 bytes.
+    let mut long: Option<Vec<u8>> = None;
     // `peek` answers at once while any byte is waiting, so an incomplete head is peeked again at a
     // growing interval (heads almost always arrive in one segment; a slow one is rare and cheap to poll).
     let mut pause = Duration::from_millis(1);
     loop {
-        let n = match timeout_at(deadline, io.peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return First::Gone,
-            Ok(Ok(n)) => n,
-        };
-        match read_head(&buf[..n], lean) {
-            Some(first) => return first,
-            None if n == buf.len() => {
-                if buf.len() > MAX_HEAD {
-                    return head_too_large();
-                }
-                buf.resize(MAX_HEAD + 1, 0);
+        let peeked = match &mut long {
+            None => timeout_at(deadline, poll_fn(|cx| peek_head(io, cx, lean))).await,
+            Some(buf) => {
+                timeout_at(deadline, async {
+                    match io.peek(buf).await {
+                        Ok(0) | Err(_) => Peeked::Gone,
+                        Ok(n) => match read_head(&buf[..n], lean) {
+                            Some(first) => Peeked::Head(first),
+                            None => Peeked::Partial { full: n == buf.len() },
+                        },
+                    }
+                })
+                .await
             }
-            None => {
+        };
+        match peeked {
+            Err(_) | Ok(Peeked::Gone) => return First::Gone,
+            Ok(Peeked::Head(first)) => return first,
+            Ok(Peeked::Partial { full: true }) if long.is_some() => return head_too_large(),
+            Ok(Peeked::Partial { full: true }) => long = Some(vec![0u8; MAX_HEAD + 1]),
+            Ok(Peeked::Partial { full: false }) => {
                 if Instant::now() + pause >= deadline {
                     return First::Refuse(
                         StatusCode::REQUEST_TIMEOUT,
@@ -150,6 +163,58 @@ async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> First {
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// Reads `len` bytes off the socket and drops them, through a stack buffer; false if the client left.
+async fn discard(io: &TcpStream, mut len: usize) -> bool {
+    while len > 0 {
+        let read = poll_fn(|cx| {
+            let mut stack = [0u8; 1024];
+            let want = len.min(stack.len());
+            loop {
+                match io.try_read(&mut stack[..want]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match io.poll_read_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    },
+                    other => return Poll::Ready(other),
+                }
+            }
+        })
+        .await;
+        match read {
+            Ok(n) if n > 0 => len -= n,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// What one peek found.
+enum Peeked {
+    Head(First),
+    /// Incomplete; `full` when the buffer was filled (the head is longer than it).
+    Partial {
+        full: bool,
+    },
+    Gone,
+}
+
+/// Peeks into a stack buffer and reads what arrived, within one poll.
+fn peek_head(io: &TcpStream, cx: &mut Context<'_>, lean: bool) -> Poll<Peeked> {
+    let mut stack = [0u8; FIRST_PEEK];
+    let mut buf = ReadBuf::new(&mut stack);
+    match io.poll_peek(cx, &mut buf) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Peeked::Gone),
+        Poll::Ready(Ok(n)) => Poll::Ready(match read_head(buf.filled(), lean) {
+            Some(first) => Peeked::Head(first),
+            None => Peeked::Partial {
+                full: n == FIRST_PEEK,
+            },
+        }),
     }
 }
 
@@ -444,11 +509,9 @@ async fn lean_stream(
         Err(e) => Err(e),
     };
     // The head was only peeked: take it off the socket now (it is all there).
-    let mut consumed = vec![0u8; len];
-    if io.read_exact(&mut consumed).await.is_err() {
+    if !discard(&io, len).await {
         return None;
     }
-    drop(consumed);
     let connection = match opened {
         Ok(Some(connection)) => connection,
         // `Open::Stream` always opens one.
