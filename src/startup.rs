@@ -40,6 +40,9 @@ pub enum StartupError {
     Tls(#[from] TlsError),
 }
 
+/// Connections the kernel completes and queues before the node accepts them.
+const LISTEN_BACKLOG: i32 = 2048;
+
 /// A built node, listening but not yet serving until [`Application::run_until_stopped`].
 pub struct Application {
     port: u16,
@@ -133,6 +136,12 @@ impl Application {
         };
         let listener = TcpListener::bind(&addr).map_err(bind)?;
         let port = listener.local_addr().map_err(bind)?.port();
+        // std listens with a backlog of 128: a storm of reconnecting browsers (a node restart behind a
+        // load balancer) overflows it, and every dropped SYN costs its client a 1 s, then 3 s, retry.
+        // 2048 as actix-web and nginx's own listeners (the kernel caps it at net.core.somaxconn).
+        socket2::SockRef::from(&listener)
+            .listen(LISTEN_BACKLOG)
+            .map_err(bind)?;
         // The write deadline, kept by the kernel (it also covers zero-window probing); accepted sockets
         // inherit it from the listener, over plain TCP and TLS alike.
         socket2::SockRef::from(&listener)
