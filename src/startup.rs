@@ -93,6 +93,22 @@ impl Shutdown {
     }
 }
 
+/// HTTP worker threads: as configured, or one per core, less one with Redis. The Redis engine runs its
+/// link and connections on a thread of its own, which decodes every event and fills the connections'
+/// queues; a worker per core then leaves that thread competing for a core, and the fan-out costs more CPU
+/// per delivery, not less (BENCHMARKS.md, run 8).
+fn worker_count(configured: usize, redis: bool) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if redis {
+        cores.saturating_sub(1).max(1)
+    } else {
+        cores
+    }
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::default());
@@ -215,6 +231,7 @@ impl Application {
                 .configure(http::configure)
         };
         let head_timeout = settings.server.request_head_timeout_ms;
+        let workers = worker_count(settings.server.workers, settings.redis.enabled());
         let server = match &certificates {
             Some(certificates) => {
                 let mut server = HttpServer::new(app)
@@ -234,9 +251,7 @@ impl Application {
                     .on_connect(move |_, data| {
                         data.insert(OpenConnection::new(&counted));
                     });
-                if settings.server.workers > 0 {
-                    server = server.workers(settings.server.workers);
-                }
+                server = server.workers(workers);
                 server
                     .listen_rustls_0_23(listener, certificates.server_config()?)
                     .map_err(bind)?
@@ -254,9 +269,7 @@ impl Application {
                 let mut server = actix_server::Server::build()
                     .disable_signals()
                     .shutdown_timeout(1);
-                if settings.server.workers > 0 {
-                    server = server.workers(settings.server.workers);
-                }
+                server = server.workers(workers);
                 server
                     .listen("herald", listener, move || {
                         let http = HttpService::build()
@@ -318,5 +331,19 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_count;
+
+    #[test]
+    fn workers_are_as_configured_or_one_per_core_less_one_with_redis() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(worker_count(3, true), 3);
+        assert_eq!(worker_count(3, false), 3);
+        assert_eq!(worker_count(0, false), cores);
+        assert_eq!(worker_count(0, true), (cores - 1).max(1));
     }
 }
