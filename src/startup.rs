@@ -234,7 +234,7 @@ impl Application {
         let workers = worker_count(settings.server.workers, settings.redis.enabled());
         let server = match &certificates {
             Some(certificates) => {
-                let mut server = HttpServer::new(app)
+                HttpServer::new(app)
                     // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
                     .disable_signals()
                     .shutdown_timeout(1) // `Shutdown::run` has already waited for connections
@@ -250,9 +250,8 @@ impl Application {
                     .h1_allow_half_closed(false)
                     .on_connect(move |_, data| {
                         data.insert(OpenConnection::new(&counted));
-                    });
-                server = server.workers(workers);
-                server
+                    })
+                    .workers(workers)
                     .listen_rustls_0_23(listener, certificates.server_config()?)
                     .map_err(bind)?
                     .run()
@@ -266,11 +265,10 @@ impl Application {
                     head_timeout,
                     open: counted,
                 });
-                let mut server = actix_server::Server::build()
+                actix_server::Server::build()
                     .disable_signals()
-                    .shutdown_timeout(1);
-                server = server.workers(workers);
-                server
+                    .shutdown_timeout(1)
+                    .workers(workers)
                     .listen("herald", listener, move || {
                         let http = HttpService::build()
                             .client_request_timeout(head_timeout)

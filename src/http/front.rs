@@ -132,13 +132,8 @@ async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> First {
             None => timeout_at(deadline, poll_fn(|cx| peek_head(io, cx, lean))).await,
             Some(buf) => {
                 timeout_at(deadline, async {
-                    match io.peek(buf).await {
-                        Ok(0) | Err(_) => Peeked::Gone,
-                        Ok(n) => match read_head(&buf[..n], lean) {
-                            Some(first) => Peeked::Head(first),
-                            None => Peeked::Partial { full: n == buf.len() },
-                        },
-                    }
+                    let peeked = io.peek(buf).await;
+                    classify(peeked, buf, lean)
                 })
                 .await
             }
@@ -206,15 +201,18 @@ enum Peeked {
 fn peek_head(io: &TcpStream, cx: &mut Context<'_>, lean: bool) -> Poll<Peeked> {
     let mut stack = [0u8; FIRST_PEEK];
     let mut buf = ReadBuf::new(&mut stack);
-    match io.poll_peek(cx, &mut buf) {
-        Poll::Pending => Poll::Pending,
-        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Peeked::Gone),
-        Poll::Ready(Ok(n)) => Poll::Ready(match read_head(buf.filled(), lean) {
+    let peeked = std::task::ready!(io.poll_peek(cx, &mut buf));
+    Poll::Ready(classify(peeked, &stack, lean))
+}
+
+/// What a peek into the whole of `buf` found: `peeked` is how many bytes it filled in.
+fn classify(peeked: std::io::Result<usize>, buf: &[u8], lean: bool) -> Peeked {
+    match peeked {
+        Ok(0) | Err(_) => Peeked::Gone,
+        Ok(n) => match read_head(&buf[..n], lean) {
             Some(first) => Peeked::Head(first),
-            None => Peeked::Partial {
-                full: n == FIRST_PEEK,
-            },
-        }),
+            None => Peeked::Partial { full: n == buf.len() },
+        },
     }
 }
 
