@@ -161,7 +161,8 @@ async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> First {
     }
 }
 
-/// Reads `len` bytes off the socket and drops them, through a stack buffer; false if the client left.
+/// Reads `len` bytes off the socket and drops them, through a stack buffer that exists within one poll
+/// (never in the connection's future, as a buffer held across an `.await` would be); false if the client left.
 async fn discard(io: &TcpStream, mut len: usize) -> bool {
     while len > 0 {
         let read = poll_fn(|cx| {
