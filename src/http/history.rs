@@ -10,17 +10,13 @@ use serde_json::json;
 use super::error::ApiError;
 use super::{head, query_pairs, query_value};
 use crate::auth::Access;
-use crate::domain::{EventId, TopicName};
+use crate::domain::EventId;
 use crate::engine::PageBound;
 use crate::node::Node;
 
-pub async fn history(
-    req: HttpRequest,
-    topic: web::Path<String>,
-    state: web::Data<Node>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn history(req: HttpRequest, state: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let settings = &state.settings;
-    let topic = TopicName::parse(&topic, settings.limits.max_topic_len)?;
+    let topic = super::path_topic(&req, settings.limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
     state.authorize(&head(&req, &pairs), Access::Read, std::slice::from_ref(&topic))?;
     let after = match query_value(&pairs, "after") {

@@ -17,6 +17,17 @@ use actix_web::{web, HttpRequest};
 use crate::node::RequestHead;
 pub(crate) use crate::node::{query_pairs, query_value};
 
+use crate::domain::{TopicError, TopicName};
+
+/// The `{topic}` of `/topics/{topic}[/…]`, decoded strictly from the raw path: actix's own extraction
+/// replaces bytes that are not UTF-8, which would quietly name another topic.
+fn path_topic(req: &HttpRequest, max_len: usize) -> Result<TopicName, TopicError> {
+    let raw = req.uri().path().strip_prefix("/topics/").unwrap_or_default();
+    let raw = raw.split_once('/').map_or(raw, |(segment, _)| segment);
+    let topic = crate::node::percent_decode(raw, false).map_err(TopicError::Encoding)?;
+    TopicName::parse(&topic, max_len)
+}
+
 /// Registers every route and the middleware that applies to all of them.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -10,13 +10,12 @@ use std::sync::atomic::Ordering;
 use super::error::ApiError;
 use super::{head, query_pairs, query_value};
 use crate::auth::Access;
-use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError, TopicName};
+use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError};
 use crate::engine::Publish;
 use crate::node::Node;
 
 pub async fn publish(
     req: HttpRequest,
-    topic: web::Path<String>,
     body: web::Payload,
     state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
@@ -27,7 +26,7 @@ pub async fn publish(
         .per_ip
         .publish(state.client_ip(&request))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    let topic = TopicName::parse(&topic, limits.max_topic_len)?;
+    let topic = super::path_topic(&req, limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
     request.query = &pairs;
     state.authorize(&request, Access::Write, std::slice::from_ref(&topic))?;

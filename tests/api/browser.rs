@@ -172,9 +172,13 @@ impl Browser {
         }
     }
 
-    pub async fn open_demo(&self, app: &TestApp, topics: &str) {
+    pub async fn open_demo(&self, app: &TestApp, topics: &[&str]) {
+        let query: Vec<String> = topics
+            .iter()
+            .map(|t| format!("topic={}", crate::helpers::pct(t)))
+            .collect();
         self.client
-            .goto(&app.url(&format!("/?topics={topics}")))
+            .goto(&app.url(&format!("/?{}", query.join("&"))))
             .await
             .expect("page loads");
         self.wait_for(
@@ -206,7 +210,7 @@ async fn the_demo_page_shows_events_published_over_http_from_its_form_and_from_r
 
     // Memory engine: an HTTP publish, then the page's own publish form.
     let app = spawn_app().await;
-    browser.open_demo(&app, "news").await;
+    browser.open_demo(&app, &["news"]).await;
     let id = app.publish("news", "hello, browser").await;
     assert_eq!(
         browser.wait_events(1).await,
@@ -239,7 +243,7 @@ async fn the_demo_page_shows_events_published_over_http_from_its_form_and_from_r
     // Redis engine: published with the real redis-cli.
     let redis = RedisServer::start();
     let node = spawn_redis_node(&redis).await;
-    browser.open_demo(&node, "news").await;
+    browser.open_demo(&node, &["news"]).await;
     let id = redis
         .cli(&["FCALL", "herald_publish", "1", "herald:{news}", "from redis-cli"])
         .unwrap();
@@ -251,13 +255,15 @@ async fn the_demo_page_shows_events_published_over_http_from_its_form_and_from_r
 }
 
 /// One native `EventSource` on two topics with `envelope=json` (as the demo page opens it): the page
-/// tells which topic each event is from.
+/// tells which topic each event is from, and an IRI (commas, slashes, `%` and braces included) is a topic
+/// like any other, typed into the page's form too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_page_says_which_topic_each_event_of_a_multi_topic_stream_is_from() {
     let browser = Browser::start().await;
     let app = spawn_app().await;
-    browser.open_demo(&app, "prices,news").await;
-    let news = app.publish("news", "a headline").await;
+    let news_iri = "https://example.com/news?ids=1,2&q=%7B{x}";
+    browser.open_demo(&app, &["prices", news_iri]).await;
+    let news = app.publish(&crate::helpers::pct(news_iri), "a headline").await;
     let price = app.publish("prices", "{\"eur\": 1.08}").await;
     assert_eq!(
         browser.wait_events(2).await,
@@ -273,9 +279,21 @@ async fn the_demo_page_says_which_topic_each_event_of_a_multi_topic_stream_is_fr
         )
         .await;
     let shown: Vec<(String, String)> = serde_json::from_value(shown).expect("pairs");
-    assert_eq!(shown[0].0, "news");
+    assert_eq!(shown[0].0, news_iri);
     assert_eq!(shown[1].0, "prices");
     assert!(shown[1].1.contains(" · prices · "), "{shown:?}");
+    // The page's form publishes to the IRI it was given (it was filled with the first topic).
+    browser.js("document.getElementById('pub-topic').value = 'https://example.com/news?ids=1,2&q=%7B{x}'; return 1;").await;
+    browser.click("send").await;
+    let events = browser.wait_events(3).await;
+    let last = browser
+        .js("return document.querySelector('#log li.event').dataset.topic")
+        .await;
+    assert_eq!(last, Value::String(news_iri.into()), "{events:?}");
+    let history = app
+        .get_json(&format!("/topics/{}/history", crate::helpers::pct(news_iri)))
+        .await;
+    assert_eq!(history["events"].as_array().map(Vec::len), Some(2), "{history}");
 
     // examples/subscribe.js, run as a page would: told the topic, and the data parsed as JSON.
     let script = format!(
@@ -311,7 +329,7 @@ async fn the_browser_reconnects_by_itself_after_its_node_restarts_and_misses_not
     let page_node = spawn_app_with(settings.clone()).await;
     let port = page_node.port;
     let publisher = spawn_redis_node(&redis).await;
-    browser.open_demo(&page_node, "t").await;
+    browser.open_demo(&page_node, &["t"]).await;
 
     let publishing = async {
         let mut ids = Vec::new();

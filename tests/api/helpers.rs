@@ -388,3 +388,14 @@ pub fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes:
     let ids: Vec<(u64, u64)> = received.iter().map(|e| id_key(&e.id)).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{who}: not in id order");
 }
+
+/// Percent-encodes every byte of `s` but RFC 3986's unreserved ones: a topic as a path segment or a
+/// query value.
+pub fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

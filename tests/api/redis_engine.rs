@@ -622,3 +622,87 @@ async fn redis_over_tls_and_mutual_tls_with_a_ca_the_test_made() {
     let id = node.publish("mtls", "over mutual TLS").await;
     assert_eq!(sub.next().await.id, id);
 }
+
+#[tokio::test]
+async fn iri_topics_round_trip_on_both_engines_and_redis_cli_uses_the_documented_key_mapping() {
+    use crate::helpers::pct;
+    let redis = RedisServer::start();
+    let topics = [
+        "https://example.com/books/1?lang=fr#p2",
+        "a{b}%c:d ü",
+        "%7B",
+        "{",
+        "news",
+    ];
+    for node in [crate::helpers::spawn_app().await, spawn_redis_node(&redis).await] {
+        let query: Vec<String> = topics.iter().map(|t| format!("topic={}", pct(t))).collect();
+        let mut sub = node.subscribe_query(&query.join("&"), None).await;
+        let mut ids = Vec::new();
+        for t in topics {
+            ids.push(node.publish(&pct(t), &format!("to {t}")).await);
+        }
+        let events = sub.take(topics.len()).await;
+        for ((event, t), id) in events.iter().zip(topics).zip(&ids) {
+            assert_eq!((event.data.as_str(), &event.id), (format!("to {t}").as_str(), id));
+        }
+        for t in topics {
+            let history = node.get_json(&format!("/topics/{}/history", pct(t))).await;
+            assert_eq!(history["topic"], t, "{history}");
+            let events = history["events"].as_array().expect("events");
+            assert_eq!(events.len(), 1, "{t}: {history}");
+            assert_eq!(events[0]["data"], format!("to {t}"));
+        }
+        // A control character is refused, as problem+json that says so.
+        let refused = node.post(&pct("a\nb"), "text/plain", "x").await;
+        let problem = crate::helpers::assert_problem(refused, 400, "invalid-topic").await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("control character"),
+            "{problem}"
+        );
+    }
+
+    // redis-cli: `%`, `{` and `}` are written %25, %7B and %7D; any other form is refused, so one topic has one key.
+    let node = spawn_redis_node(&redis).await;
+    let mut sub = node
+        .subscribe_query(&format!("topic={}&topic={}", pct("a{b}%c:d ü"), pct("{")), None)
+        .await;
+    let cli_id = redis
+        .cli(&[
+            "FCALL",
+            "herald_publish",
+            "1",
+            "herald:{a%7Bb%7D%25c:d ü}",
+            "from redis-cli",
+        ])
+        .expect("FCALL answers");
+    let brace_id = redis
+        .cli(&["FCALL", "herald_publish", "1", "herald:{%7B}", "brace"])
+        .expect("FCALL");
+    for bad in [
+        "herald:{a{b}",
+        "herald:{%41}",
+        "herald:{a%7b}",
+        "herald:{a%}",
+        "herald:{a%2}",
+        "herald:{a\tb}",
+    ] {
+        let refused = redis.cli(&["FCALL", "herald_publish", "1", bad, "x"]);
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("%25, %7B and %7D")),
+            "{bad}: {refused:?}"
+        );
+    }
+    let events = sub.take(2).await;
+    assert_eq!(
+        (events[0].id.as_str(), events[0].data.as_str()),
+        (cli_id.as_str(), "from redis-cli")
+    );
+    assert_eq!(
+        (events[1].id.as_str(), events[1].data.as_str()),
+        (brace_id.as_str(), "brace")
+    );
+    sub.assert_silent(Duration::from_millis(200)).await;
+}

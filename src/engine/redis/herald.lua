@@ -3,6 +3,7 @@
 -- FUNCTION LOAD REPLACE; bump VERSION with every change so `FCALL herald_version 0` tells what runs.
 --
 -- Keys, for a hub prefix P (default "herald") and topic T:
+--   (T below is the topic as written in keys: see split_key)
 --   P:{T}:log    stream: the topic's history, ids shared with every other topic of the hub
 --   P:{T}:stored channel: each stored event's SSE frame, published in the same call as the XADD
 --   P:{T}:live   channel for redis-cli PUBLISH of live-only messages: nodes frame whatever arrives there as
@@ -15,13 +16,28 @@
 --   P:config     hash: max_len, max_age_ms, idem_ttl_ms, max_event_len (written by the nodes, and restored
 --                by them after a FLUSHALL; defaults below). Nodes pass their settings with each call.
 
-local VERSION = '4'
+local VERSION = '5'
 
--- KEYS[1] is "P:{T}": returns P and T, or raises an error a redis-cli user can act on.
+-- KEYS[1] is "P:{E}", E the topic with "%", "{" and "}" written %25, %7B and %7D (any other UTF-8 kept,
+-- control characters refused): returns P and E, or raises an error a redis-cli user can act on.
+local plain_chars
 local function split_key(key)
-  local prefix, topic = string.match(key, '^(.+):{([A-Za-z0-9_.:-]+)}$')
-  if not prefix then
-    error('herald: the key must be "<prefix>:{<topic>}" with a topic of A-Z a-z 0-9 _ - . : (got ' .. key .. ')')
+  local prefix, topic = string.match(key, '^([^{}]+):{([^{}]+)}$')
+  local ok = prefix ~= nil and plain_chars(topic) ~= nil
+  if ok then
+    -- One topic, one key: "%" only starts the three escapes, so "%41" can't name the topic "A" too.
+    for code in string.gmatch(topic, '%%(..)') do
+      if code ~= '25' and code ~= '7B' and code ~= '7D' then
+        ok = false
+      end
+    end
+    if string.sub(topic, -1) == '%' or string.sub(topic, -2, -2) == '%' then
+      ok = false
+    end
+  end
+  if not ok then
+    error('herald: the key must be "<prefix>:{<topic>}", the topic UTF-8 without control characters and with'
+      .. ' %, { and } written %25, %7B and %7D (got ' .. key .. ')')
   end
   return prefix, topic
 end
@@ -61,7 +77,7 @@ end
 
 -- The characters in s if it is valid UTF-8 without control characters (C0, DEL, C1), else nil: the rule
 -- Herald's HTTP API applies to event names (EventName::parse).
-local function plain_chars(s)
+function plain_chars(s)
   local n, i, len = 0, 1, #s
   while i <= len do
     local b = string.byte(s, i)

@@ -1,5 +1,10 @@
 //! Key and channel names under the configured prefix.
+//!
+//! A topic T is written into names as `{E}`, where E is T with `%`, `{` and `}` percent-encoded (`%25`,
+//! `%7B`, `%7D`) and every other byte kept: the hash tag then always spans exactly the topic (a Cluster
+//! slot per topic), no two topics share a name, and the topics of older releases (no `%{}`) keep theirs.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::domain::TopicName;
@@ -10,20 +15,63 @@ pub(super) struct Keys {
     pub(super) prefix: Arc<str>,
 }
 
+/// The form of `topic` written between the braces of its key and channel names.
+pub(crate) fn escape(topic: &str) -> Cow<'_, str> {
+    if !topic.contains(['%', '{', '}']) {
+        return Cow::Borrowed(topic);
+    }
+    let mut out = String::with_capacity(topic.len() + 8);
+    for c in topic.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The topic `escape` wrote as `escaped`; `None` for anything `escape` cannot have written (a raw brace,
+/// or a `%` not starting `%25`, `%7B` or `%7D`), so one topic has exactly one name.
+pub(crate) fn unescape(escaped: &str) -> Option<Cow<'_, str>> {
+    if escaped.contains(['{', '}']) {
+        return None;
+    }
+    if !escaped.contains('%') {
+        return Some(Cow::Borrowed(escaped));
+    }
+    let mut out = String::with_capacity(escaped.len());
+    let mut rest = escaped;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let c = match rest.get(at + 1..at + 3) {
+            Some("25") => '%',
+            Some("7B") => '{',
+            Some("7D") => '}',
+            _ => return None,
+        };
+        out.push(c);
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(Cow::Owned(out))
+}
+
 impl Keys {
     /// `P:{T}`: the key the functions take; the hash tag keeps a topic's keys in one Cluster slot.
     pub(super) fn topic(&self, topic: &TopicName) -> String {
-        format!("{}:{{{}}}", self.prefix, topic)
+        format!("{}:{{{}}}", self.prefix, escape(topic.as_str()))
     }
 
     /// Where the publish function announces each stored event (its SSE frame).
     pub(super) fn stored_channel(&self, topic: &TopicName) -> String {
-        format!("{}:{{{}}}:stored", self.prefix, topic)
+        format!("{}:{{{}}}:stored", self.prefix, escape(topic.as_str()))
     }
 
     /// Where `redis-cli PUBLISH` sends live-only messages: framed by the node as data only.
     pub(super) fn live_channel(&self, topic: &TopicName) -> String {
-        format!("{}:{{{}}}:live", self.prefix, topic)
+        format!("{}:{{{}}}:live", self.prefix, escape(topic.as_str()))
     }
 
     /// Both channels of a topic: a node subscribes to them together.
@@ -32,7 +80,7 @@ impl Keys {
     }
 
     pub(super) fn log(&self, topic: &TopicName) -> String {
-        format!("{}:{{{}}}:log", self.prefix, topic)
+        format!("{}:{{{}}}:log", self.prefix, escape(topic.as_str()))
     }
 
     pub(super) fn seq(&self) -> String {
@@ -50,7 +98,7 @@ impl Keys {
             Some(inner) => (inner, true),
             None => (inner.strip_suffix("}:live")?, false),
         };
-        Some((TopicName::parse(inner, max_len).ok()?, stored))
+        Some((TopicName::parse(&unescape(inner)?, max_len).ok()?, stored))
     }
 }
 
@@ -74,5 +122,56 @@ mod tests {
             Some((t, true))
         );
         assert_eq!(keys.topic_of_channel("other:{x}:live", 64), None);
+        assert_eq!(keys.topic_of_channel("hub:a:{x%41}:live", 64), None);
+        assert_eq!(keys.topic_of_channel("hub:a:{x{y}:live", 64), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaping_is_one_to_one_and_keeps_braces_out(topic in "(?s).{0,40}", other in "[%{}7BD25a]{0,12}") {
+            let escaped = escape(&topic).into_owned();
+            proptest::prop_assert!(!escaped.contains(['{', '}']), "braces in {}", escaped);
+            let back = unescape(&escaped).map(Cow::into_owned);
+            proptest::prop_assert_eq!(back.as_deref(), Some(topic.as_str()));
+            // Whatever unescape accepts, escape writes back exactly: one topic, one name.
+            if let Some(t) = unescape(&other).map(Cow::into_owned) {
+                proptest::prop_assert_eq!(escape(&t).into_owned(), other);
+            }
+        }
+    }
+
+    #[test]
+    fn topics_with_braces_and_percents_keep_one_slot_and_their_own_names() {
+        let keys = Keys {
+            prefix: Arc::from("hub"),
+        };
+        let iri = TopicName::parse("https://example.com/a?q=%7B}{", 128).unwrap();
+        assert_eq!(
+            keys.stored_channel(&iri),
+            "hub:{https://example.com/a?q=%257B%7D%7B}:stored"
+        );
+        assert_eq!(
+            keys.topic_of_channel(&keys.stored_channel(&iri), 128),
+            Some((iri, true))
+        );
+        // Names from before escaping existed are unchanged.
+        let old = TopicName::parse("news.eu:fr-1_x", 64).unwrap();
+        assert_eq!(keys.log(&old), "hub:{news.eu:fr-1_x}:log");
+        // Distinct topics never share a name, whatever they hold.
+        let names: Vec<String> = ["%7B", "{", "%257B", "%", "%25", "}", "%7D"]
+            .iter()
+            .map(|t| keys.topic(&TopicName::parse(t, 64).unwrap()))
+            .collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for (t, name) in ["%7B", "{", "%257B", "%", "%25", "}", "%7D"].iter().zip(&names) {
+            let inner = name
+                .strip_prefix("hub:{")
+                .and_then(|n| n.strip_suffix('}'))
+                .unwrap();
+            assert_eq!(unescape(inner).as_deref(), Some(*t));
+        }
     }
 }
