@@ -12,11 +12,12 @@ function subscribe(hub, topics, onData) {
     if (lastId) params.set("lastEventId", lastId);
     source = new EventSource(`${hub}/events?${params}`);
     source.onmessage = (e) => {
-      lastId = e.lastEventId || lastId;
-      const { topic, data: text } = JSON.parse(e.data); // the envelope; text is the published string
+      lastId = e.lastEventId || lastId; // the stream's position (a composite with several topics)
+      // The envelope: the event's topic, its own id in that topic, and the published string.
+      const { topic, id, data: text } = JSON.parse(e.data);
       let data = text;
       try { data = JSON.parse(text); } catch { /* plain text */ }
-      onData(data, e.lastEventId, topic);
+      onData(data, id, topic);
     };
     source.addEventListener("herald.gap", (e) => console.warn("history gap", JSON.parse(e.data)));
     source.onerror = () => {

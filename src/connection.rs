@@ -1,5 +1,9 @@
 //! One SSE connection's body: `retry:`, then the replay after `Last-Event-ID` merged across topics in id
 //! order, then live events from the hub, heartbeats while idle, and a closing comment when it ends.
+//!
+//! A single-topic stream sends each event's shared frame as it is. A multi-topic stream keeps its position
+//! in each topic and sends each event with the composite of those positions as its `id:` ([`cursor`]),
+//! since ids are ordered per topic only.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,6 +18,7 @@ use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 
 use crate::config::Settings;
+use crate::cursor;
 use crate::domain::{EventId, TopicName, GAP_EVENT};
 use crate::engine::{Engine, EngineError, PageBound};
 use crate::event::{Event, Stored};
@@ -24,12 +29,13 @@ use crate::telemetry::Metrics;
 
 const HEARTBEAT: &[u8] = b":\n\n";
 
-/// Where a resuming connection starts: events after `after`, up to and including `until` (the engine's
-/// newest id once this connection had joined the hub); everything newer arrives live.
-#[derive(Debug, Clone, Copy)]
+/// Where a resuming connection starts, per topic (in the membership's order): events after `after`, up to
+/// and including `until` (the engine's newest id once this connection had joined the hub); everything
+/// newer arrives live.
+#[derive(Debug, Clone)]
 pub struct Resume {
-    pub after: EventId,
-    pub until: EventId,
+    pub after: Vec<EventId>,
+    pub until: Vec<EventId>,
 }
 
 pub struct Connection {
@@ -45,12 +51,73 @@ pub struct Connection {
     retry_ms: u64,
     page: PageBound,
     phase: Phase,
-    /// Live events with ids up to this one were (or will be) sent by the replay: skipped, never twice.
+    /// A single-topic stream's live events with ids up to this one were (or will be) sent by the replay:
+    /// skipped, never twice.
     skip_through: Option<EventId>,
+    /// A multi-topic stream's position per topic (boxed: most streams have one topic).
+    positions: Option<Box<Positions>>,
     /// `envelope=json`: each event's data wrapped with its topic (see `Event::frame_for`).
     envelope: bool,
     /// `poll=1`: end the stream once the replay is sent (for scripts catching up, not browsers).
     poll: bool,
+}
+
+/// A multi-topic stream's position in each topic, which its composite `id:` lines carry.
+struct Positions {
+    tag: u32,
+    /// In name order: the topic, the newest of its ids this stream has sent (or started after), and the
+    /// engine's newest id when the stream joined (what the replay sends up to).
+    topics: Vec<(TopicName, EventId, EventId)>,
+}
+
+impl Positions {
+    /// `from` and `newest` follow `topics`' order.
+    fn new(topics: &[TopicName], from: &[EventId], newest: &[EventId]) -> Self {
+        let mut entries: Vec<(TopicName, EventId, EventId)> = topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let newest = newest.get(i).copied().unwrap_or(EventId::ZERO);
+                (t.clone(), from.get(i).copied().unwrap_or(newest), newest)
+            })
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let sorted: Vec<&TopicName> = entries.iter().map(|e| &e.0).collect();
+        Positions {
+            tag: cursor::set_tag(&sorted),
+            topics: entries,
+        }
+    }
+
+    /// Moves `topic`'s position to `id`; false when the stream has already sent it (or started after it).
+    fn advance(&mut self, topic: &TopicName, id: EventId) -> bool {
+        match self.topics.iter_mut().find(|e| e.0 == *topic) {
+            Some(entry) if id > entry.1 => {
+                entry.1 = id;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Once the replay is sent, every topic's position is at least where the replay stopped.
+    fn replayed(&mut self) {
+        for entry in &mut self.topics {
+            entry.1 = entry.1.max(entry.2);
+        }
+    }
+
+    /// `frame` (a stored event's) with the composite of the positions as its `id:` line.
+    fn write_frame(&self, frame: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(b"id: ");
+        cursor::write_composite(out, self.tag, self.topics.iter().map(|e| e.1));
+        out.extend_from_slice(b"\n");
+        let rest = frame
+            .strip_prefix(b"id: ")
+            .and_then(|r| r.iter().position(|&b| b == b'\n').map(|at| &r[at + 1..]))
+            .unwrap_or(frame);
+        out.extend_from_slice(rest);
+    }
 }
 
 enum Phase {
@@ -98,14 +165,22 @@ impl Streams {
 }
 
 impl Connection {
+    /// `newest` is the engine's newest id of each topic when the stream joined (in the membership's
+    /// order), read for resuming and multi-topic streams only.
     pub fn new(
         streams: &Streams,
         membership: Membership,
         resume: Option<Resume>,
+        newest: Vec<EventId>,
         slot: ConnectionSlot,
         token_expires_at: Option<u64>,
         envelope: bool,
     ) -> Self {
+        let topics = membership.conn().topics();
+        let positions = (topics.len() > 1).then(|| {
+            let from = resume.as_ref().map_or(&newest, |r| &r.after);
+            Box::new(Positions::new(topics, from, &newest))
+        });
         let period = streams.heartbeat;
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -126,7 +201,8 @@ impl Connection {
             heartbeat,
             retry_ms: streams.retry_ms,
             page: streams.page,
-            skip_through: resume.map(|r| r.until),
+            skip_through: resume.as_ref().and_then(|r| r.until.first().copied()),
+            positions,
             phase: Phase::Hello(resume),
             envelope,
             poll: false,
@@ -156,13 +232,18 @@ impl Connection {
                                 .conn()
                                 .topics()
                                 .iter()
-                                .map(|topic| Cursor {
-                                    topic: topic.clone(),
-                                    after: r.after,
-                                    until: r.until,
-                                    buf: VecDeque::new(),
-                                    started: false,
-                                    exhausted: r.after >= r.until,
+                                .enumerate()
+                                .map(|(i, topic)| {
+                                    let after = r.after.get(i).copied().unwrap_or(EventId::ZERO);
+                                    let until = r.until.get(i).copied().unwrap_or(EventId::ZERO);
+                                    Cursor {
+                                        topic: topic.clone(),
+                                        after,
+                                        until,
+                                        buf: VecDeque::new(),
+                                        started: false,
+                                        exhausted: after >= until,
+                                    }
                                 })
                                 .collect(),
                         ),
@@ -177,6 +258,9 @@ impl Connection {
                     match Box::pin(self.replay_step(&mut cursors)).await {
                         Ok(chunk) => {
                             let finished = cursors.iter().all(|c| c.exhausted && c.buf.is_empty());
+                            if let (true, Some(positions)) = (finished, &mut self.positions) {
+                                positions.replayed();
+                            }
                             self.phase = if finished && self.poll {
                                 Phase::Done
                             } else if finished {
@@ -237,7 +321,14 @@ impl Connection {
             let Some(event) = next.and_then(|c| c.buf.pop_front()) else {
                 break;
             };
-            out.extend_from_slice(event.event.frame_for(self.envelope));
+            let frame = event.event.frame_for(self.envelope);
+            match &mut self.positions {
+                Some(positions) => {
+                    positions.advance(event.topic(), event.id);
+                    positions.write_frame(frame, &mut out);
+                }
+                None => out.extend_from_slice(frame),
+            }
             sent += 1;
         }
         self.metrics.replayed.fetch_add(sent, Ordering::Relaxed);
@@ -258,7 +349,7 @@ impl Connection {
             match self.membership.conn().take(&self.metrics) {
                 Take::Events(events) => {
                     // The common case at low rates: one event, sent as its shared frame, uncopied.
-                    if let [event] = events.as_slices().0 {
+                    if let ([event], None) = (events.as_slices().0, &self.positions) {
                         if events.len() == 1 && !self.already_sent(event) {
                             self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
                             return event.frame_for(self.envelope).clone();
@@ -267,10 +358,19 @@ impl Connection {
                     let mut out = BytesMut::new();
                     let mut sent = 0u64;
                     for event in events {
-                        if self.already_sent(&event) {
-                            continue;
+                        let frame = event.frame_for(self.envelope);
+                        match (&mut self.positions, event.id) {
+                            (Some(positions), Some(id)) => {
+                                if !positions.advance(&event.topic, id) {
+                                    continue;
+                                }
+                                positions.write_frame(frame, &mut out);
+                            }
+                            // A live-only message has no id: it moves no position.
+                            (Some(_), None) => out.extend_from_slice(frame),
+                            (None, Some(id)) if self.skip_through.is_some_and(|s| id <= s) => continue,
+                            (None, _) => out.extend_from_slice(frame),
                         }
-                        out.extend_from_slice(event.frame_for(self.envelope));
                         sent += 1;
                     }
                     self.metrics.delivered.fetch_add(sent, Ordering::Relaxed);

@@ -138,8 +138,8 @@ impl IdempotencyKey {
 
 /// An event id, `<ms>-<seq>`: a wall-clock millisecond and a sequence within it.
 ///
-/// Ids are totally ordered across every topic of one engine, so one `Last-Event-ID` resumes a multi-topic
-/// connection exactly. The shape is a Redis stream id, so the Redis engine can store it verbatim.
+/// Ids are ordered within a topic (each topic may have its own clock); a multi-topic stream resumes from
+/// a composite of them (`cursor`). The shape is a Redis stream id, so the Redis engine can store it verbatim.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct EventId {
     pub ms: u64,

@@ -37,7 +37,7 @@ impl Event {
     }
 
     /// The frame a stream sends: as published, or with `envelope` its data wrapped as
-    /// `{"topic": …, "data": …}` (same id and event type), so one `EventSource` on several topics can tell
+    /// `{"topic": …, "id": …, "data": …}` (same `id:` line and event type; no "id" for a live-only one), so one `EventSource` on several topics can tell
     /// them apart. Each form is encoded once per node and shared by every connection that sends it.
     pub fn frame_for(&self, envelope: bool) -> &Bytes {
         if !envelope {
@@ -45,7 +45,13 @@ impl Event {
         }
         self.enveloped.get_or_init(|| {
             let (event, data) = sse::decode_event(&self.frame);
-            let json = serde_json::json!({ "topic": self.topic.as_str(), "data": data });
+            // The event's own id too: a multi-topic stream's `id:` is its composite position.
+            let json = match self.id {
+                Some(id) => {
+                    serde_json::json!({ "topic": self.topic.as_str(), "id": id.to_string(), "data": data })
+                }
+                None => serde_json::json!({ "topic": self.topic.as_str(), "data": data }),
+            };
             sse::encode_event(self.id, event.as_deref(), &json.to_string())
         })
     }

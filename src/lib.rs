@@ -1,8 +1,9 @@
 //! Herald: a pub/sub hub that pushes live updates to browsers over Server-Sent Events.
 //!
 //! Publishers POST to a topic; subscribers hold an SSE stream of one or more topics. Every event gets an
-//! id that is ordered across all topics, so a client reconnecting with `Last-Event-ID` receives exactly
-//! what it missed, then the live events.
+//! id ordered within its topic; a multi-topic stream's `id:` is a composite of one position per topic
+//! ([`cursor`]), so a client reconnecting with `Last-Event-ID` receives exactly what it missed, then the
+//! live events.
 //!
 //! # Layout
 //! Dependencies point one way, with no cycle: `http` → `subscribe` → `node` → `connection` → `hub` /
@@ -29,6 +30,7 @@
 //! - [`auth`]: JWT verification in Mercure's claim shape; the one access rule (`Auth::authorize`).
 //! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags); each section
 //!   validates itself; secrets stay out of `Debug`.
+//! - [`cursor`]: a stream's position as its `id:` lines carry it (one id, or a composite per topic).
 //! - [`domain`]: validated values — [`domain::TopicName`], [`domain::EventName`], [`domain::EventId`].
 //! - [`telemetry`]: logs and the counters behind `/metrics`.
 //! - `limits`: per-client-IP publish rate and connection caps, and who the client is behind proxies.
@@ -39,6 +41,7 @@
 pub mod auth;
 pub mod config;
 pub(crate) mod connection;
+pub mod cursor;
 pub mod domain;
 pub(crate) mod engine;
 pub(crate) mod error;

@@ -2,10 +2,12 @@
 //! slots, joining the hub, the engine's subscriptions and the replay bound.
 //!
 //! Order matters: join the hub (and confirm the engine's subscription) before reading the engine's newest
-//! id, so every event is either in the replay (id <= that) or queued live (id > that): no gap, no duplicate.
+//! id of each topic, so every event is either in the replay (id <= that) or queued live (id > that): no
+//! gap, no duplicate.
 
 use crate::auth::Access;
 use crate::connection::{Connection, Resume};
+use crate::cursor::LastEventId;
 use crate::domain::{now_ms, EventId, TopicName};
 use crate::error::ApiError;
 use crate::node::{query_value, Node, RequestHead};
@@ -47,7 +49,7 @@ pub(crate) async fn open(
     }
     let last_event_id = match last_event_id(head)? {
         Some(id) => Some(id),
-        None => since(head)?,
+        None => since(head)?.map(LastEventId::Single),
     };
     let poll =
         match query_value(head.query, "poll") {
@@ -69,7 +71,7 @@ pub(crate) async fn open(
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "envelope={other} is not a known envelope; use envelope=json to get each event's data as \
-                 {{\"topic\": …, \"data\": …}}, or leave it out"
+                 {{\"topic\": …, \"id\": …, \"data\": …}}, or leave it out"
             )))
         }
     };
@@ -86,17 +88,22 @@ pub(crate) async fn open(
     for topic in &topics {
         node.engine.subscribe(topic).await?;
     }
-    let resume = match last_event_id {
-        Some(after) => Some(Resume {
-            after,
-            until: node.engine.last_id().await?,
-        }),
-        None => None,
+    // A resuming stream's replay stops at each topic's newest id; a multi-topic stream's composite ids
+    // start from them.
+    let newest = if last_event_id.is_some() || topics.len() > 1 {
+        node.engine.last_ids(&topics).await?
+    } else {
+        Vec::new()
     };
+    let resume = last_event_id.map(|id| Resume {
+        after: id.after_for(&topics),
+        until: newest.clone(),
+    });
     let mut connection = Connection::new(
         &node.streams,
         membership,
         resume,
+        newest,
         slot,
         grant.and_then(|g| g.expires_at()),
         envelope,
@@ -145,7 +152,7 @@ fn since(head: &RequestHead<'_>) -> Result<Option<EventId>, ApiError> {
 /// The `Last-Event-ID` header (what a browser sends when it reconnects) wins over the `lastEventId` query
 /// parameter (what a page sets on first connect, and keeps in its URL). Empty means none. A malformed id
 /// is refused with 400 rather than silently replaying nothing or everything.
-fn last_event_id(head: &RequestHead<'_>) -> Result<Option<EventId>, ApiError> {
+fn last_event_id(head: &RequestHead<'_>) -> Result<Option<LastEventId>, ApiError> {
     let raw = match head.last_event_id {
         Some(value) => Some(value.ok_or_else(|| {
             ApiError::BadRequest(

@@ -1,9 +1,9 @@
 //! Engines store each topic's history and carry published events to every node (through [`EngineEvents`]).
 //!
 //! Delivery guarantee, for every engine: `publish` answers an id only once the event is stored in history;
-//! each node's hub receives the events of the topics it has interest in once each, in id order; ids are
-//! totally ordered across topics, so history plus live delivery resumes any connection without gap or
-//! duplicate.
+//! each node's hub receives the events of the topics it has interest in once each, in each topic's id
+//! order; ids are ordered per topic (an engine may order them across topics too, but nothing relies on
+//! it), so history plus live delivery, per topic, resumes any connection without gap or duplicate.
 
 pub mod memory;
 pub mod redis;
@@ -84,8 +84,9 @@ pub trait Engine: Send + Sync + 'static {
         bound: PageBound,
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>>;
 
-    /// The newest id assigned so far (on any topic): every later event reaches interested hubs live.
-    fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>>;
+    /// The newest id assigned so far on each of `topics` (in their order; `0-0` for none): every later
+    /// event of each reaches interested hubs live.
+    fn last_ids<'a>(&'a self, topics: &'a [TopicName]) -> BoxFuture<'a, Result<Vec<EventId>, EngineError>>;
 
     /// Makes sure this node receives `topic` live; resolves once that is confirmed.
     fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>>;

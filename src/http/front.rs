@@ -255,10 +255,18 @@ fn check_framing(req: &httparse::Request<'_, '_>) -> Result<(), First> {
         Err(First::Refuse(StatusCode::BAD_REQUEST, code, detail.to_string()))
     };
     let target = req.path.unwrap_or("");
-    if actix_web::http::Uri::try_from(target).is_err() {
+    let Ok(uri) = actix_web::http::Uri::try_from(target) else {
         return bad(
             "bad-target",
             "the request target is not a valid URI; percent-encode reserved characters (a topic in a path as %2F for /)",
+        );
+    };
+    // Asterisk and authority forms (`OPTIONS *`, `CONNECT host:443`) name no resource here: actix would
+    // answer them a bare 404.
+    if !target.starts_with('/') && uri.scheme().is_none() {
+        return bad(
+            "bad-target",
+            "the request target must be a path such as /events?topic=news (or an absolute URI); this hub serves no `*` or host:port targets",
         );
     }
     let http11 = req.version == Some(1);

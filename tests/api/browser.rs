@@ -265,6 +265,7 @@ async fn the_demo_page_says_which_topic_each_event_of_a_multi_topic_stream_is_fr
     browser.open_demo(&app, &["prices", news_iri]).await;
     let news = app.publish(&crate::helpers::pct(news_iri), "a headline").await;
     let price = app.publish("prices", "{\"eur\": 1.08}").await;
+    // The page shows each event's own id (from the envelope), not the stream's composite position.
     assert_eq!(
         browser.wait_events(2).await,
         vec![

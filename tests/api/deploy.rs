@@ -196,7 +196,7 @@ async fn rolling_restart_through_nginx_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         task.abort();
         let events = events.lock().unwrap().clone();
-        assert_exact(&format!("subscriber {i}"), &events, &outcomes);
+        assert_exact(&format!("subscriber {i}"), &events, &outcomes, &["t"], "t");
     }
 }
 

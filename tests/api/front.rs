@@ -90,6 +90,8 @@ async fn every_head_refused_before_routing_gets_a_problem_json() {
         ("a method with a bad byte", b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "malformed-request"),
         ("a space inside the target", b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "malformed-request"),
         ("a target that is no URI", b"GET http://[::1/events HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "bad-target"),
+        ("an asterisk target", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "bad-target"),
+        ("an authority target", b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "bad-target"),
         ("HTTP/2.0 in the request line", b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), 505, "http-version-not-supported"),
         ("the HTTP/2 preface on a plain listener", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 505, "http-version-not-supported"),
         ("a head over 32 KiB", long.into_bytes(), 431, "headers-too-large"),

@@ -242,6 +242,32 @@ pub fn id_key(id: &str) -> (u64, u64) {
     (ms.parse().expect("ms"), seq.parse().expect("seq"))
 }
 
+/// The id of `topic`'s event as a stream of `topics` carries it: the id itself on a single-topic stream,
+/// its position for `topic` in a multi-topic stream's composite (whose tag must be the stream's set).
+pub fn id_in(id: &str, topics: &[&str], topic: &str) -> String {
+    if topics.len() < 2 {
+        return id.to_string();
+    }
+    let names: Vec<herald::domain::TopicName> = topics
+        .iter()
+        .map(|t| herald::domain::TopicName::parse(t, 1024).expect("a topic"))
+        .collect();
+    let parsed: herald::cursor::LastEventId = id.parse().expect("an id the hub wrote");
+    let herald::cursor::LastEventId::Composite { tag, .. } = parsed else {
+        panic!("a multi-topic stream sends composite ids, not {id}");
+    };
+    assert_eq!(
+        tag,
+        herald::cursor::set_tag(&herald::cursor::sorted(&names)),
+        "{id}: tag of another topic set"
+    );
+    let at = topics
+        .iter()
+        .position(|t| *t == topic)
+        .expect("a topic of the stream");
+    parsed.after_for(&names)[at].to_string()
+}
+
 /// Asserts an error answer: the status, problem+json, and a human sentence in `detail`.
 pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(response.status(), status, "wrong status for {}", response.url());
@@ -306,20 +332,28 @@ pub async fn fan_out_is_exact(nodes: &[&TestApp], subscribers: usize, messages: 
     let mut all: Vec<(String, &str, String)> = published.into_iter().flatten().collect();
     assert_eq!(all.len(), messages);
     all.sort_by_key(|(id, _, _)| id_key(id));
-    let unique: HashSet<&str> = all.iter().map(|(id, _, _)| id.as_str()).collect();
-    assert_eq!(unique.len(), messages, "ids are unique");
+    let unique: HashSet<(&str, &str)> = all.iter().map(|(id, t, _)| (id.as_str(), *t)).collect();
+    assert_eq!(unique.len(), messages, "ids are unique within a topic");
 
+    // Per topic, exactly its messages in id order; ids are ordered per topic only.
     for (i, events) in received.into_iter().enumerate() {
-        let want: Vec<(&str, &str)> = all
-            .iter()
-            .filter(|(_, t, _)| topics_of(i).contains(t))
-            .map(|(id, _, d)| (id.as_str(), d.as_str()))
-            .collect();
-        let got: Vec<(&str, &str)> = events.iter().map(|e| (e.id.as_str(), e.data.as_str())).collect();
-        assert!(
-            got == want,
-            "subscriber {i} did not get exactly its topics' messages in id order"
-        );
+        let topics = topics_of(i);
+        for topic in &topics {
+            let want: Vec<(String, &str)> = all
+                .iter()
+                .filter(|(_, t, _)| t == topic)
+                .map(|(id, _, d)| (id.clone(), d.as_str()))
+                .collect();
+            let got: Vec<(String, &str)> = events
+                .iter()
+                .filter(|e| all.iter().any(|(_, t, d)| t == topic && *d == e.data))
+                .map(|e| (id_in(&e.id, &topics, topic), e.data.as_str()))
+                .collect();
+            assert!(
+                got == want,
+                "subscriber {i} did not get exactly {topic}'s messages in id order"
+            );
+        }
     }
 }
 
@@ -358,9 +392,16 @@ impl Outcome {
     }
 }
 
-/// Checks what a subscriber received against the publish outcomes: every acknowledged message exactly
-/// once, in id order; a refused one (503) never; one of unknown outcome (504) at most once.
-pub fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes: &[Outcome]) {
+/// Checks what a subscriber of `topics` received against the outcomes of publishes to `published_to`:
+/// every acknowledged message exactly once, in id order; a refused one (503) never; one of unknown
+/// outcome (504) at most once.
+pub fn assert_exact(
+    who: &str,
+    received: &[eventsource_stream::Event],
+    outcomes: &[Outcome],
+    topics: &[&str],
+    published_to: &str,
+) {
     let by_data: HashMap<&str, &Outcome> = outcomes.iter().map(|o| (o.data.as_str(), o)).collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for event in received {
@@ -373,7 +414,12 @@ pub fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes:
             event.data
         );
         if let Some(id) = &outcome.id {
-            assert_eq!(&event.id, id, "{who}: wrong id for {:?}", event.data);
+            assert_eq!(
+                &id_in(&event.id, topics, published_to),
+                id,
+                "{who}: wrong id for {:?}",
+                event.data
+            );
         }
         *seen.entry(outcome.data.as_str()).or_default() += 1;
     }
@@ -385,7 +431,10 @@ pub fn assert_exact(who: &str, received: &[eventsource_stream::Event], outcomes:
             outcome.data
         );
     }
-    let ids: Vec<(u64, u64)> = received.iter().map(|e| id_key(&e.id)).collect();
+    let ids: Vec<(u64, u64)> = received
+        .iter()
+        .map(|e| id_key(&id_in(&e.id, topics, published_to)))
+        .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{who}: not in id order");
 }
 

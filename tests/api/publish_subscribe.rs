@@ -170,17 +170,21 @@ async fn an_envelope_says_which_topic_each_event_is_from_on_both_engines() {
         let second = app.publish("b", "{\"x\":1}").await;
 
         let got = both.take(2).await;
-        assert_eq!(got[0].id, first["id"].as_str().expect("id"));
+        let id_of = |e: &eventsource_stream::Event, topic| crate::helpers::id_in(&e.id, &["a", "b"], topic);
+        assert_eq!(id_of(&got[0], "a"), first["id"].as_str().expect("id"));
         assert_eq!(got[0].event, "price");
         let envelope: serde_json::Value = serde_json::from_str(&got[0].data).expect("JSON data");
         assert_eq!(
             envelope,
-            serde_json::json!({"topic": "a", "data": "line 1\nline 2"})
+            serde_json::json!({"topic": "a", "id": first["id"], "data": "line 1\nline 2"})
         );
-        assert_eq!(got[1].id, second);
+        assert_eq!(id_of(&got[1], "b"), second);
         assert_eq!(got[1].event, "message");
         let envelope: serde_json::Value = serde_json::from_str(&got[1].data).expect("JSON data");
-        assert_eq!(envelope, serde_json::json!({"topic": "b", "data": "{\"x\":1}"}));
+        assert_eq!(
+            envelope,
+            serde_json::json!({"topic": "b", "id": second, "data": "{\"x\":1}"})
+        );
         assert_eq!(
             plain.next().await.data,
             "line 1\nline 2",
@@ -195,10 +199,12 @@ async fn an_envelope_says_which_topic_each_event_is_from_on_both_engines() {
         assert_eq!(
             replayed
                 .iter()
-                .map(|e| (e.id.clone(), e.data.clone()))
+                .zip(["a", "b"])
+                .map(|(e, t)| (id_of(e, t), e.data.clone()))
                 .collect::<Vec<_>>(),
             got.iter()
-                .map(|e| (e.id.clone(), e.data.clone()))
+                .zip(["a", "b"])
+                .map(|(e, t)| (id_of(e, t), e.data.clone()))
                 .collect::<Vec<_>>()
         );
         let refused = app

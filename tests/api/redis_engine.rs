@@ -94,7 +94,7 @@ async fn a_client_whose_node_shuts_down_resumes_on_another_node_without_loss_or_
     let rest = outcomes.len() - received.len();
     received.extend(resumed.take(rest).await);
     resumed.assert_silent(Duration::from_millis(300)).await;
-    assert_exact("resumed client", &received, &outcomes);
+    assert_exact("resumed client", &received, &outcomes, &["t"], "t");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,8 +191,12 @@ async fn redis_restart_loses_nothing_acknowledged_and_streams_stay_open() {
         recovered_after
     );
     let received = collect(&mut subs, &outcomes).await;
-    for (i, events) in received.iter().enumerate() {
-        assert_exact(&format!("subscriber {i}"), events, &outcomes);
+    for (i, (events, topics)) in received
+        .iter()
+        .zip([&["t"][..], &["t"], &["t", "other"]])
+        .enumerate()
+    {
+        assert_exact(&format!("subscriber {i}"), events, &outcomes, topics, "t");
     }
     assert!(a.metric("herald_redis_reconnects_total").await >= 1);
 }
@@ -224,7 +228,7 @@ async fn killing_the_pubsub_connections_loses_nothing_and_needs_no_reconnect_by_
     );
     let received = collect(&mut subs, &outcomes).await;
     for (i, events) in received.iter().enumerate() {
-        assert_exact(&format!("subscriber {i}"), events, &outcomes);
+        assert_exact(&format!("subscriber {i}"), events, &outcomes, &["t"], "t");
     }
     assert_eq!(a.metric("herald_redis_reconnects_total").await, 2);
 }
@@ -414,14 +418,18 @@ async fn starting_against_an_unreachable_redis_fails_clearly() {
 async fn nothing_sent_to_a_topic_channel_can_inject_fields_or_silence_a_node() {
     let redis = RedisServer::start();
     let (a, b) = (spawn_redis_node(&redis).await, spawn_redis_node(&redis).await);
-    let mut subs = vec![
+    let mut subs = [
         a.subscribe(&["x", "y"], None).await,
         b.subscribe(&["x", "y"], None).await,
         b.subscribe(&["y", "x"], None).await,
     ];
     let first = a.publish("x", "before").await;
-    for sub in &mut subs {
-        assert_eq!(sub.next().await.id, first);
+    let topics = [["x", "y"], ["x", "y"], ["y", "x"]];
+    let mut first_ids = Vec::new();
+    for (sub, topics) in subs.iter_mut().zip(&topics) {
+        let id = sub.next().await.id;
+        assert_eq!(crate::helpers::id_in(&id, topics, "x"), first);
+        first_ids.push(id);
     }
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
@@ -445,21 +453,45 @@ async fn nothing_sent_to_a_topic_channel_can_inject_fields_or_silence_a_node() {
     let p2 = b.publish("y", "after on y").await;
     for (i, sub) in subs.iter_mut().enumerate() {
         let events = sub.take(4).await;
-        let seen: Vec<(&str, &str, &str)> = events
-            .iter()
-            .map(|e| (e.id.as_str(), e.event.as_str(), e.data.as_str()))
-            .collect();
+        let id_of = |e: &eventsource_stream::Event, topic| crate::helpers::id_in(&e.id, &topics[i], topic);
+        let seen: Vec<(String, &str, &str)> = vec![
+            (
+                events[0].id.clone(),
+                events[0].event.as_str(),
+                events[0].data.as_str(),
+            ),
+            (
+                events[1].id.clone(),
+                events[1].event.as_str(),
+                events[1].data.as_str(),
+            ),
+            (
+                id_of(&events[2], "x"),
+                events[2].event.as_str(),
+                events[2].data.as_str(),
+            ),
+            (
+                id_of(&events[3], "y"),
+                events[3].event.as_str(),
+                events[3].data.as_str(),
+            ),
+        ];
+        // Live-only messages carry no id: the stream's last id stays the first event's.
         assert_eq!(
             seen,
             vec![
                 (
-                    first.as_str(),
+                    first_ids[i].clone(),
                     "message",
                     "id: 9999999999999-0\nevent: fake\ndata: x\n\n"
                 ),
-                (first.as_str(), "message", "\0\u{FFFD}\nretry: 1\n\n:id: 1-1"),
-                (p1.as_str(), "message", "after on x"),
-                (p2.as_str(), "message", "after on y"),
+                (
+                    first_ids[i].clone(),
+                    "message",
+                    "\0\u{FFFD}\nretry: 1\n\n:id: 1-1"
+                ),
+                (p1.clone(), "message", "after on x"),
+                (p2.clone(), "message", "after on y"),
             ],
             "subscriber {i}"
         );
@@ -643,7 +675,8 @@ async fn iri_topics_round_trip_on_both_engines_and_redis_cli_uses_the_documented
         }
         let events = sub.take(topics.len()).await;
         for ((event, t), id) in events.iter().zip(topics).zip(&ids) {
-            assert_eq!((event.data.as_str(), &event.id), (format!("to {t}").as_str(), id));
+            let id_in = crate::helpers::id_in(&event.id, &topics, t);
+            assert_eq!((event.data.as_str(), &id_in), (format!("to {t}").as_str(), id));
         }
         for t in topics {
             let history = node.get_json(&format!("/topics/{}/history", pct(t))).await;
@@ -696,13 +729,12 @@ async fn iri_topics_round_trip_on_both_engines_and_redis_cli_uses_the_documented
         );
     }
     let events = sub.take(2).await;
-    assert_eq!(
-        (events[0].id.as_str(), events[0].data.as_str()),
-        (cli_id.as_str(), "from redis-cli")
-    );
-    assert_eq!(
-        (events[1].id.as_str(), events[1].data.as_str()),
-        (brace_id.as_str(), "brace")
-    );
+    let pair = ["a{b}%c:d ü", "{"];
+    let got: Vec<(String, &str)> = events
+        .iter()
+        .zip(pair)
+        .map(|(e, t)| (crate::helpers::id_in(&e.id, &pair, t), e.data.as_str()))
+        .collect();
+    assert_eq!(got, vec![(cli_id, "from redis-cli"), (brace_id, "brace")]);
     sub.assert_silent(Duration::from_millis(200)).await;
 }

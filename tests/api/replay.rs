@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::helpers::{id_key, spawn_app, spawn_app_with};
+use crate::helpers::{id_in, id_key, spawn_app, spawn_app_with};
 use crate::redis_server::RedisServer;
 
 #[tokio::test]
@@ -78,14 +78,29 @@ async fn multi_topic_replay_is_exact_and_in_id_order() {
         }
     }
     let mut sub = app.subscribe(&["a", "b"], Some(&start)).await;
-    let got: Vec<(String, String)> = sub
-        .take(expected.len())
-        .await
-        .into_iter()
-        .map(|e| (e.id, e.data))
+    let events = sub.take(expected.len()).await;
+    let topic_of = |data: &str| if data.starts_with('a') { "a" } else { "b" };
+    let got: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (id_in(&e.id, &["a", "b"], topic_of(&e.data)), e.data.clone()))
         .collect();
     assert_eq!(got, expected);
     sub.assert_silent(Duration::from_millis(200)).await;
+
+    // Resuming from any event's composite id gives exactly the events after it, whatever the order of
+    // the topics in the query.
+    for cut in [0, 7, 19, expected.len() - 1] {
+        let mut resumed = app.subscribe(&["b", "a"], Some(&events[cut].id)).await;
+        let rest: Vec<String> = resumed
+            .take(expected.len() - cut - 1)
+            .await
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
+        let want: Vec<String> = expected[cut + 1..].iter().map(|(_, d)| d.clone()).collect();
+        assert_eq!(rest, want, "resumed after event {cut}");
+        resumed.assert_silent(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -118,11 +133,24 @@ async fn replay_spanning_many_pages_while_publishing_continues_has_no_gap_or_dup
         events
     };
     let (_new_ids, events) = tokio::join!(publisher, subscriber);
-    let ids: Vec<(u64, u64)> = events.iter().map(|e| id_key(&e.id)).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "strictly increasing ids: no duplicate, in order"
-    );
+    for topic in ["a", "b"] {
+        // old-<even> and new-<odd> went to a; the others to b.
+        let of_topic = |data: &str| {
+            let (age, n) = data.split_once('-').expect("age-n");
+            let even = n.parse::<u32>().expect("n") % 2 == 0;
+            (age == "old") == even
+        };
+        let ids: Vec<(u64, u64)> = events
+            .iter()
+            .filter(|e| of_topic(&e.data) == (topic == "a"))
+            .map(|e| id_key(&id_in(&e.id, &["a", "b"], topic)))
+            .collect();
+        assert_eq!(ids.len(), 200, "{topic}");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{topic}: strictly increasing ids: no duplicate, in order"
+        );
+    }
     let old = events.iter().filter(|e| e.data.starts_with("old-")).count();
     let new = events.iter().filter(|e| e.data.starts_with("new-")).count();
     assert_eq!((old, new), (200, 200));

@@ -321,12 +321,14 @@ impl Engine for RedisEngine {
         .boxed()
     }
 
-    fn last_id(&self) -> BoxFuture<'_, Result<EventId, EngineError>> {
+    fn last_ids<'a>(&'a self, topics: &'a [TopicName]) -> BoxFuture<'a, Result<Vec<EventId>, EngineError>> {
         async move {
-            self.shared
+            let id = self
+                .shared
                 .run(|mut conn| async move { last_id(&mut conn, &self.keys).await })
                 .await
-                .inspect(|id| self.shared.seen.saw(*id))
+                .inspect(|id| self.shared.seen.saw(*id))?;
+            Ok(vec![id; topics.len()])
         }
         .boxed()
     }
