@@ -65,20 +65,25 @@ pub struct Connection {
 /// A multi-topic stream's position in each topic, which its composite `id:` lines carry.
 struct Positions {
     tag: u32,
-    /// In name order: the topic, the newest of its ids this stream has sent (or started after), and the
-    /// engine's newest id when the stream joined (what the replay sends up to).
+    /// In name order: the topic, the newest of its ids this stream has sent (or started after), and for
+    /// a resuming stream the engine's newest id when it joined (what the replay sends up to: live events
+    /// up to it are duplicates), `0-0` for a fresh one (every live event is new to it, even one published
+    /// before its starting position was read).
     topics: Vec<(TopicName, EventId, EventId)>,
 }
 
 impl Positions {
-    /// `from` and `newest` follow `topics`' order.
-    fn new(topics: &[TopicName], from: &[EventId], newest: &[EventId]) -> Self {
+    /// `newest` follows `topics`' order, as do `resume`'s positions.
+    fn new(topics: &[TopicName], resume: Option<&Resume>, newest: &[EventId]) -> Self {
         let mut entries: Vec<(TopicName, EventId, EventId)> = topics
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 let newest = newest.get(i).copied().unwrap_or(EventId::ZERO);
-                (t.clone(), from.get(i).copied().unwrap_or(newest), newest)
+                match resume {
+                    Some(r) => (t.clone(), r.after.get(i).copied().unwrap_or(newest), newest),
+                    None => (t.clone(), newest, EventId::ZERO),
+                }
             })
             .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -89,14 +94,22 @@ impl Positions {
         }
     }
 
-    /// Moves `topic`'s position to `id`; false when the stream has already sent it (or started after it).
+    /// Records that `topic`'s event `id` is sent; false when the replay sent it already. The position
+    /// never goes back: an event older than the starting position was published before it was read.
     fn advance(&mut self, topic: &TopicName, id: EventId) -> bool {
         match self.topics.iter_mut().find(|e| e.0 == *topic) {
-            Some(entry) if id > entry.1 => {
-                entry.1 = id;
+            Some(entry) if id > entry.2 => {
+                entry.1 = entry.1.max(id);
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Records a replayed event of `topic` as sent.
+    fn replayed_one(&mut self, topic: &TopicName, id: EventId) {
+        if let Some(entry) = self.topics.iter_mut().find(|e| e.0 == *topic) {
+            entry.1 = entry.1.max(id);
         }
     }
 
@@ -177,10 +190,8 @@ impl Connection {
         envelope: bool,
     ) -> Self {
         let topics = membership.conn().topics();
-        let positions = (topics.len() > 1).then(|| {
-            let from = resume.as_ref().map_or(&newest, |r| &r.after);
-            Box::new(Positions::new(topics, from, &newest))
-        });
+        let positions =
+            (topics.len() > 1).then(|| Box::new(Positions::new(topics, resume.as_ref(), &newest)));
         let period = streams.heartbeat;
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -324,7 +335,7 @@ impl Connection {
             let frame = event.event.frame_for(self.envelope);
             match &mut self.positions {
                 Some(positions) => {
-                    positions.advance(event.topic(), event.id);
+                    positions.replayed_one(event.topic(), event.id);
                     positions.write_frame(frame, &mut out);
                 }
                 None => out.extend_from_slice(frame),

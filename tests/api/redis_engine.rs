@@ -502,8 +502,9 @@ async fn nothing_sent_to_a_topic_channel_can_inject_fields_or_silence_a_node() {
     }
 }
 
-/// Redis functions apply the HTTP API's one rule for event names, and the settings nodes gave them
-/// survive a FLUSHALL (nodes pass them with each call and write `P:config` back).
+/// Redis functions apply the HTTP API's one rule for event names; `redis-cli` publishes follow the
+/// node's settings, which travel in the library the node loaded (no settings key: a Cluster allows a
+/// function only its call's slot), so a FLUSHALL cannot lose them.
 #[tokio::test]
 async fn redis_cli_event_names_follow_the_http_rule_and_settings_survive_flushall() {
     let redis = RedisServer::start();
@@ -512,12 +513,13 @@ async fn redis_cli_event_names_follow_the_http_rule_and_settings_survive_flushal
         s.redis.url = url;
         s.redis.ping_interval_ms = Duration::from_millis(100);
         s.history.max_len = 7;
+        s.limits.max_event_name_len = 20;
     })
     .await;
     let fcall = |event: &str| redis.cli(&["FCALL", "herald_publish", "1", "herald:{t}", "d", event]);
     let c1 = "bad\u{85}name";
     for (event, why) in [
-        (&"e".repeat(65)[..], "at most 64"),
+        (&"e".repeat(21)[..], "at most 20"),
         (c1, "control characters"),
         ("herald.reserved", "reserved"),
     ] {
@@ -525,22 +527,30 @@ async fn redis_cli_event_names_follow_the_http_rule_and_settings_survive_flushal
         assert!(answer.contains(why), "{event:?}: {answer}");
     }
     assert!(
-        fcall(&"é".repeat(64)).is_some_and(|id| id.contains('-')),
-        "64 characters, 128 bytes"
+        fcall(&"é".repeat(20)).is_some_and(|id| id.contains('-')),
+        "20 characters, 40 bytes"
     );
-    assert_eq!(
-        redis.cli(&["HGET", "herald:config", "max_len"]).as_deref(),
-        Some("7")
-    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    // Trimming runs once more than max_len + 100 are stored (the 108th here), and keeps exactly
+    // max_len: the node's 7, not the built-in 1000.
+    let mut fill = |topic: &str| {
+        for n in 0..108 {
+            let _: String = redis::cmd("FCALL")
+                .arg("herald_publish")
+                .arg(1)
+                .arg(format!("herald:{{{topic}}}"))
+                .arg(format!("m{n}"))
+                .query(&mut conn)
+                .expect("FCALL without settings");
+        }
+        redis.cli(&["XLEN", &format!("herald:{{{topic}}}:log")])
+    };
+    assert_eq!(fill("u").as_deref(), Some("7"));
+    let keys = redis.cli(&["KEYS", "herald:*"]).unwrap_or_default();
+    assert!(!keys.contains("config"), "no settings key: {keys}");
     assert_eq!(redis.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
-    let deadline = Instant::now() + PATIENCE;
-    while redis.cli(&["HGET", "herald:config", "max_len"]).as_deref() != Some("7") {
-        assert!(
-            Instant::now() < deadline,
-            "herald:config was not restored after FLUSHALL"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(fill("v").as_deref(), Some("7"), "settings survive FLUSHALL");
     node.publish("t", "still works").await;
 }
 

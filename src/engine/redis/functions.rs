@@ -12,40 +12,43 @@ use crate::event::Stored;
 /// The Lua library, versioned; loaded with `FUNCTION LOAD REPLACE` at start-up and after Redis comes back.
 pub(super) const FUNCTIONS: &str = include_str!("herald.lua");
 
-/// The settings the publish function needs, passed with every call from a node (so a FLUSHALL or
-/// another hub's settings cannot change them) and kept in `P:config` for `redis-cli` publishers.
+/// The line of `herald.lua` that holds the settings for calls that bring none (`redis-cli`): each node
+/// writes its own there when it loads the library.
+const SETTINGS_LINE: &str =
+    "local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64 }";
+
+/// The settings the publish function needs: passed with every call from a node (so another hub's
+/// settings cannot change them), and written into the library a node loads, for `redis-cli` publishers.
+/// In the library, not in a key: a function may only touch keys in its call's slot on a Cluster, and
+/// FLUSHALL leaves functions in place.
 #[derive(Clone)]
 pub(super) struct FunctionSettings {
     /// max_len, max_age_ms, idem_ttl_ms, max_event_len: the order `herald.lua` reads them in.
     pub(super) args: [String; 4],
+    /// The library with these settings as its defaults.
+    library: std::sync::Arc<str>,
 }
 
 impl FunctionSettings {
-    const NAMES: [&'static str; 4] = ["max_len", "max_age_ms", "idem_ttl_ms", "max_event_len"];
-
     pub(super) fn new(s: &Settings) -> Self {
+        let args = [
+            s.history.max_len.to_string(),
+            s.history.max_age_secs.as_millis().to_string(),
+            s.limits.idempotency_window_secs.as_millis().to_string(),
+            s.limits.max_event_name_len.to_string(),
+        ];
+        let line = format!(
+            "local DEFAULTS = {{ max_len = {}, max_age_ms = {}, idem_ttl_ms = {}, max_event_len = {} }}",
+            args[0], args[1], args[2], args[3]
+        );
         FunctionSettings {
-            args: [
-                s.history.max_len.to_string(),
-                s.history.max_age_secs.as_millis().to_string(),
-                s.limits.idempotency_window_secs.as_millis().to_string(),
-                s.limits.max_event_name_len.to_string(),
-            ],
+            library: FUNCTIONS.replacen(SETTINGS_LINE, &line, 1).into(),
+            args,
         }
     }
 
     pub(super) fn max_age_ms(&self) -> &str {
         &self.args[1]
-    }
-
-    /// Writes `P:config` for `redis-cli` publishers.
-    pub(super) async fn store(&self, conn: &mut impl ConnectionLike, keys: &Keys) -> Result<(), RedisError> {
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(keys.config());
-        for (name, value) in Self::NAMES.iter().zip(&self.args) {
-            cmd.arg(name).arg(value);
-        }
-        cmd.query_async(conn).await
     }
 }
 
@@ -53,11 +56,14 @@ pub(super) fn is_missing_function(e: &RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
 
-pub(super) async fn load_functions(conn: &mut impl ConnectionLike) -> Result<(), RedisError> {
+pub(super) async fn load_functions(
+    conn: &mut impl ConnectionLike,
+    settings: &FunctionSettings,
+) -> Result<(), RedisError> {
     redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
-        .arg(FUNCTIONS)
+        .arg(&*settings.library)
         .query_async::<String>(conn)
         .await
         .map(drop)
@@ -68,11 +74,12 @@ pub(super) async fn load_functions(conn: &mut impl ConnectionLike) -> Result<(),
 pub(super) async fn fcall<T: redis::FromRedisValue>(
     conn: &mut MultiplexedConnection,
     cmd: redis::Cmd,
+    settings: &FunctionSettings,
 ) -> Result<T, RedisError> {
     match cmd.query_async(conn).await {
         Err(e) if is_missing_function(&e) => {
             tracing::warn!("the Herald functions were missing in Redis; loading them again");
-            load_functions(conn).await?;
+            load_functions(conn, settings).await?;
             cmd.query_async(conn).await
         }
         other => other,
@@ -86,13 +93,14 @@ pub(super) async fn fcall_replicated(
     cmd: redis::Cmd,
     replicas: u32,
     timeout_ms: u64,
+    settings: &FunctionSettings,
 ) -> Result<(String, u32), RedisError> {
     let mut pipe = redis::pipe();
     pipe.add_command(cmd).cmd("WAIT").arg(replicas).arg(timeout_ms);
     match pipe.query_async(conn).await {
         Err(e) if is_missing_function(&e) => {
             tracing::warn!("the Herald functions were missing in Redis; loading them again");
-            load_functions(conn).await?;
+            load_functions(conn, settings).await?;
             pipe.query_async(conn).await
         }
         other => other,
@@ -106,7 +114,7 @@ pub(super) async fn read_history(
     topic: &TopicName,
     after: EventId,
     bound: PageBound,
-    max_age_ms: &str,
+    settings: &FunctionSettings,
 ) -> Result<HistoryPage, RedisError> {
     let mut cmd = redis::cmd("FCALL_RO");
     cmd.arg("herald_history")
@@ -115,8 +123,8 @@ pub(super) async fn read_history(
         .arg(after.to_string())
         .arg(bound.count)
         .arg(bound.bytes)
-        .arg(max_age_ms);
-    let flat: Vec<Vec<u8>> = fcall(conn, cmd).await?;
+        .arg(settings.max_age_ms());
+    let flat: Vec<Vec<u8>> = fcall(conn, cmd, settings).await?;
     let parse_id = |b: &[u8]| {
         std::str::from_utf8(b)
             .ok()
@@ -181,11 +189,9 @@ pub(super) struct Clock {
     /// The newest id some node had seen when it found Redis behind it (writes were lost); readers
     /// resuming from before it are sent a gap.
     pub(super) lost: Option<EventId>,
-    /// `P:config` was gone (a FLUSHALL) and was written again.
-    pub(super) restored: bool,
 }
 
-/// Raises Redis' id clock to what this node has seen (`herald_floor`), restoring `P:config` if it is gone.
+/// Raises Redis' id clock to what this node has seen (`herald_floor`).
 pub(super) async fn raise_clock(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
@@ -198,12 +204,33 @@ pub(super) async fn raise_clock(
         .arg(&*keys.prefix)
         .arg(seen.floor_arg())
         .arg(&settings.args[..]);
-    let (seq, lost, restored): (String, String, String) = fcall(conn, cmd).await?;
+    let (seq, lost): (String, String) = fcall(conn, cmd, settings).await?;
     let seq = seq.parse().unwrap_or(EventId::ZERO);
     seen.saw(seq);
     Ok(Clock {
         seq,
         lost: lost.parse().ok(),
-        restored: !restored.is_empty(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_carries_the_nodes_settings() {
+        assert_eq!(
+            FUNCTIONS.matches(SETTINGS_LINE).count(),
+            1,
+            "herald.lua's settings line changed shape"
+        );
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.history.max_len = 7;
+        let library = FunctionSettings::new(&settings).library;
+        assert!(
+            library.contains("local DEFAULTS = { max_len = 7, max_age_ms = "),
+            "{library}"
+        );
+        assert!(!library.contains(SETTINGS_LINE));
+    }
 }

@@ -13,10 +13,13 @@
 --   P:seq        the id clock "<ms>-<seq>" shared by all topics (standalone or Sentinel Redis only)
 --   P:lost       the newest id a node had seen when it found Redis behind it (a failover or restart lost
 --                writes, or a FLUSHALL): events up to it may be gone, so readers from before it get a gap
---   P:config     hash: max_len, max_age_ms, idem_ttl_ms, max_event_len (written by the nodes, and restored
---                by them after a FLUSHALL; defaults below). Nodes pass their settings with each call.
+-- No other key: settings come with each node's call (ARGV), and for calls without them (redis-cli) from
+-- DEFAULTS below, which each node rewrites with its own settings when it loads the library. So a function
+-- only touches keys of its call's slot (as a Cluster requires), and FLUSHALL cannot lose the settings.
 
-local VERSION = '5'
+local VERSION = '6'
+-- herald:settings (the next line is replaced by the loading node; keep its shape)
+local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64 }
 
 -- KEYS[1] is "P:{E}", E the topic with "%", "{" and "}" written %25, %7B and %7D (any other UTF-8 kept,
 -- control characters refused): returns P and E, or raises an error a redis-cli user can act on.
@@ -66,13 +69,11 @@ local function encode(id, event, data)
   return table.concat(out)
 end
 
--- The node's settings travel with its calls (ARGV 4..7); a redis-cli call uses P:config.
-local function settings(prefix, args)
-  local v = { args[4], args[5], args[6], args[7] }
-  if v[1] == nil then
-    v = redis.call('HMGET', prefix .. ':config', 'max_len', 'max_age_ms', 'idem_ttl_ms', 'max_event_len')
-  end
-  return tonumber(v[1]) or 1000, tonumber(v[2]) or 86400000, tonumber(v[3]) or 600000, tonumber(v[4]) or 64
+-- The node's settings travel with its calls (ARGV 4..7); a redis-cli call uses DEFAULTS.
+local function settings(args)
+  local d = DEFAULTS
+  return tonumber(args[4]) or d.max_len, tonumber(args[5]) or d.max_age_ms, tonumber(args[6]) or d.idem_ttl_ms,
+    tonumber(args[7]) or d.max_event_len
 end
 
 -- The characters in s if it is valid UTF-8 without control characters (C0, DEL, C1), else nil: the rule
@@ -194,7 +195,7 @@ local function publish(keys, args)
     error('herald: usage: FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]')
   end
   local event = args[2] or ''
-  local max_len, max_age_ms, idem_ttl_ms, max_event_len = settings(prefix, args)
+  local max_len, max_age_ms, idem_ttl_ms, max_event_len = settings(args)
   if event ~= '' then
     local chars = plain_chars(event)
     if chars == nil then
@@ -274,10 +275,7 @@ local function history(keys, args)
   if #first == 0 and out[1] == '' and args[1] ~= '0-0' then
     -- No log and no marker: if the topic's keys expired, events after an id older than retention are
     -- gone; say so rather than answer an empty history as if nothing had been missed.
-    local max_age_ms = tonumber(args[4])
-    if max_age_ms == nil then
-      max_age_ms = tonumber(redis.call('HGET', string.match(keys[1], '^(.+):{') .. ':config', 'max_age_ms')) or 86400000
-    end
+    local max_age_ms = tonumber(args[4]) or DEFAULTS.max_age_ms
     local after_ms = parse_id(args[1])
     local cutoff = now_ms() - max_age_ms
     if max_age_ms > 0 and after_ms ~= nil and after_ms < cutoff then
@@ -321,20 +319,14 @@ local function history(keys, args)
 end
 
 -- FCALL herald_floor 0 <prefix> <floor> <max_len> <max_age_ms> <idem_ttl_ms> <max_event_len>
---   → { the clock after raising it to floor (or ''), P:lost (or ''), '1' if P:config was restored }
+--   → { the clock after raising it to floor (or ''), P:lost (or '') }
 -- Nodes call it when their pub/sub link (re)connects and on every ping: it shares each node's newest id
--- with the others and restores the settings a FLUSHALL removed, for redis-cli publishers.
+-- with the others.
 local function floor(_, args)
   local prefix = args[1]
-  local max_age_ms = tonumber(args[4]) or 86400000
+  local max_age_ms = tonumber(args[4]) or DEFAULTS.max_age_ms
   raise_clock(prefix, args[2], max_age_ms)
-  local restored = ''
-  if args[6] and redis.call('EXISTS', prefix .. ':config') == 0 then
-    redis.call('HSET', prefix .. ':config', 'max_len', args[3], 'max_age_ms', args[4], 'idem_ttl_ms', args[5],
-      'max_event_len', args[6])
-    restored = '1'
-  end
-  return { redis.call('GET', prefix .. ':seq') or '', redis.call('GET', prefix .. ':lost') or '', restored }
+  return { redis.call('GET', prefix .. ':seq') or '', redis.call('GET', prefix .. ':lost') or '' }
 end
 
 redis.register_function('herald_publish', publish)

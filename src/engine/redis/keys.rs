@@ -87,10 +87,6 @@ impl Keys {
         format!("{}:seq", self.prefix)
     }
 
-    pub(super) fn config(&self) -> String {
-        format!("{}:config", self.prefix)
-    }
-
     /// The topic of a `P:{T}:stored` or `P:{T}:live` channel, and whether it is the stored one.
     pub(super) fn topic_of_channel(&self, channel: &str, max_len: usize) -> Option<(TopicName, bool)> {
         let inner = channel.strip_prefix(&*self.prefix)?.strip_prefix(":{")?;

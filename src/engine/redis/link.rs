@@ -253,7 +253,7 @@ impl Link {
     /// A failure here ends `serve`, and `run` then retires the shared connection it used.
     pub(super) async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), LinkError> {
         let (_, mut conn) = self.shared.get().await?;
-        load_functions(&mut conn).await?;
+        load_functions(&mut conn, &self.function_settings).await?;
         let topics = self.node.topics();
         if !topics.is_empty() {
             let channels: Vec<String> = topics.iter().flat_map(|t| self.keys.channels(t)).collect();
@@ -277,14 +277,13 @@ impl Link {
                 _ => floor,
             };
             loop {
-                let max_age_ms = self.function_settings.max_age_ms();
                 let page = read_history(
                     &mut conn,
                     &self.keys,
                     topic,
                     after,
                     self.gap_fill_bound,
-                    max_age_ms,
+                    &self.function_settings,
                 )
                 .await?;
                 let mut done = !page.more;
@@ -370,8 +369,8 @@ impl Link {
         tracing::warn!(%topic, "dropped a message on the topic's stored-event channel: {why}");
     }
 
-    /// Shares this node's newest id with Redis' clock (raising it if Redis lost writes) and restores
-    /// `P:config` after a FLUSHALL; best effort, once per ping.
+    /// Shares this node's newest id with Redis' clock (raising it if Redis lost writes); best effort,
+    /// once per ping.
     pub(super) async fn raise_clock(&mut self) {
         let (keys, settings, seen) = (&self.keys, &self.function_settings, &self.shared.seen);
         let clock = self
@@ -396,12 +395,6 @@ impl Link {
                     self.url
                 );
             }
-        }
-        if clock.restored {
-            tracing::info!(
-                "restored {} (it was gone, as after a FLUSHALL)",
-                self.keys.config()
-            );
         }
     }
 }

@@ -191,14 +191,7 @@ impl RedisEngine {
         let keys = Keys {
             prefix: Arc::from(settings.key_prefix.as_str()),
         };
-        load_functions(&mut conn)
-            .await
-            .map_err(|source| RedisStartError::Functions {
-                url: url.clone(),
-                source,
-            })?;
-        function_settings
-            .store(&mut conn, &keys)
+        load_functions(&mut conn, &function_settings)
             .await
             .map_err(|source| RedisStartError::Functions {
                 url: url.clone(),
@@ -267,7 +260,7 @@ impl Engine for RedisEngine {
             let id: String = match self.min_replicas {
                 0 => {
                     self.shared
-                        .run(|mut conn| async move { fcall(&mut conn, cmd).await })
+                        .run(|mut conn| async move { fcall(&mut conn, cmd, &self.function_settings).await })
                         .await?
                 }
                 replicas => {
@@ -275,7 +268,7 @@ impl Engine for RedisEngine {
                     let (id, confirmed) = self
                         .shared
                         .run_on(Lane::Publishes, |mut conn| async move {
-                            fcall_replicated(&mut conn, cmd, replicas, wait_ms).await
+                            fcall_replicated(&mut conn, cmd, replicas, wait_ms, &self.function_settings).await
                         })
                         .await?;
                     if confirmed < replicas {
@@ -312,7 +305,7 @@ impl Engine for RedisEngine {
                         topic,
                         after,
                         bound,
-                        self.function_settings.max_age_ms(),
+                        &self.function_settings,
                     )
                     .await
                 })
