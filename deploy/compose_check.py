@@ -107,7 +107,7 @@ class Subscriber:
 
     def __init__(self, host, port, n, topics):
         self.host, self.port, self.n, self.topics = host, port, n, topics
-        self.events = []  # (id, data)
+        self.events = []  # (own id, topic, data, the stream's id: a composite of its positions)
         self.last_id = None
         self.connects = 0
         self.refused = 0
@@ -126,7 +126,8 @@ class Subscriber:
     async def session(self):
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            query = "&".join(f"topic={t}" for t in self.topics)
+            # The envelope names each event's topic and own id; the `id:` line is the stream's position.
+            query = "&".join(f"topic={t}" for t in self.topics) + "&envelope=json"
             head = f"GET /events?{query} HTTP/1.1\r\nHost: {self.host}\r\nAccept: text/event-stream\r\n"
             if self.last_id:
                 head += f"Last-Event-ID: {self.last_id}\r\n"
@@ -171,7 +172,8 @@ class Subscriber:
                     if data:
                         if ev_id is not None:
                             self.last_id = ev_id
-                        self.events.append((ev_id, "\n".join(data)))
+                        env = json.loads("\n".join(data))
+                        self.events.append((env.get("id"), env.get("topic"), env.get("data"), ev_id))
                     ev_id, data = None, []
                 elif line.startswith("id:"):
                     ev_id = line[3:].lstrip(" ")
@@ -182,6 +184,22 @@ class Subscriber:
 def id_key(event_id):
     ms, seq = event_id.split("-")
     return int(ms), int(seq)
+
+
+def fnv1a(topics):
+    h = 0x811C9DC5
+    for t in sorted(topics):
+        for b in t.encode() + b"\n":
+            h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def positions(composite, topics):
+    """A multi-topic stream's id: its position in each topic (names sorted; base 36), tag checked."""
+    tag, *pos = composite.split(".")
+    if int(tag, 36) != fnv1a(topics) or len(pos) != len(topics):
+        raise Failure(f"{composite!r} is not a composite id of {topics}")
+    return {t: tuple(int(x, 36) for x in p.split("-")) for t, p in zip(sorted(topics), pos)}
 
 
 class Publisher:
@@ -355,9 +373,11 @@ async def main():
     await pub_task
     await cli_task
     acked = sorted(publisher.acked + cli.acked, key=lambda e: id_key(e[0]))
-    expected = [(i, d) for i, _, d in acked]
+    # Ids are ordered per topic: everything is checked per topic.
+    acked_of = {t: [(i, d) for i, tt, d in acked if tt == t] for t in TOPICS}
+    newest = [a[-1][0] for a in acked_of.values() if a]
     deadline = time.monotonic() + 60
-    caught_up = lambda s: s.events and s.events[-1][0] == expected[-1][0]  # noqa: E731
+    caught_up = lambda s: all(n in {e[0] for e in s.events} for n in newest)  # noqa: E731
     while time.monotonic() < deadline and not all(caught_up(s) for s in subs):
         await asyncio.sleep(0.5)
     await asyncio.sleep(1)
@@ -367,23 +387,32 @@ async def main():
         t.cancel()
 
     lost = dup = disorder = 0
-    data_of = dict(expected)
+    data_of = {(i, t): d for i, t, d in acked}
     for k, s in enumerate(subs):
-        ids = [i for i, _ in s.events]
-        unexpected = [i for i in ids if i not in data_of]
+        unexpected = [(i, t) for i, t, _, _ in s.events if (i, t) not in data_of]
         if unexpected:
             raise Failure(f"subscriber {s.n} got ids nobody was acknowledged: {unexpected[:5]}")
-        if any(d != data_of[i] for i, d in s.events):
+        if any(d != data_of[(i, t)] for i, t, d, _ in s.events):
             raise Failure(f"subscriber {s.n} got data that differs from what was published")
-        # The first 100 were open before the first publish; later ones owe everything from their first event.
-        first = None if k < SUBSCRIBERS or not ids else id_key(ids[0])
-        want = [i for i, _ in expected if first is None or id_key(i) >= first]
-        seen = set()
-        for i in ids:
-            dup += i in seen
-            seen.add(i)
-        lost += sum(1 for i in want if i not in seen)
-        disorder += sum(1 for a, b in zip(ids, ids[1:]) if id_key(a) >= id_key(b))
+        where = [positions(c, TOPICS) for _, _, _, c in s.events]
+        for (i, t, _, c), p in zip(s.events, where):
+            if p[t] != id_key(i):
+                raise Failure(f"subscriber {s.n}: the stream id {c} does not hold {t}'s event {i}")
+        # A position never goes back, and each event moves one forward.
+        disorder += sum(1 for a, b in zip(where, where[1:]) if any(b[t] < a[t] for t in TOPICS) or a == b)
+        for topic in TOPICS:
+            ids = [i for i, t, _, _ in s.events if t == topic]
+            # The first 100 were open before the first publish; later ones owe each topic's events after
+            # the position their first event gave for it (that event itself included).
+            start = None if k < SUBSCRIBERS or not where else where[0][topic]
+            first_id = s.events[0][0] if s.events else None
+            want = [i for i, _ in acked_of[topic] if start is None or id_key(i) > start or i == first_id]
+            seen = set()
+            for i in ids:
+                dup += i in seen
+                seen.add(i)
+            lost += sum(1 for i in want if i not in seen)
+            disorder += sum(1 for a, b in zip(ids, ids[1:]) if id_key(a) >= id_key(b))
     delivered = sum(len(s.events) for s in subs)
     figures.update(acked=len(acked), acked_http=len(publisher.acked), acked_redis_cli=len(cli.acked),
                    subscribers=len(subs), delivered=delivered, lost=lost, duplicated=dup,

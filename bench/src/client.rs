@@ -142,11 +142,33 @@ impl Dechunk {
 }
 
 /// Compares server ids of any shape (`1-2`, `17:0`, `42`) by their digit runs.
+/// An id as numbers: `[ms, seq]`, or for Herald's composite `<tag>.<ms>-<seq>.…` (base 36) each
+/// position's `[ms, seq]` in turn.
 fn id_key(id: &str) -> Vec<u64> {
+    if let Some((_tag, positions)) = id.split_once('.') {
+        return positions
+            .split(['.', '-'])
+            .map(|p| u64::from_str_radix(p, 36).unwrap_or(0))
+            .collect();
+    }
     id.split(|c: char| !c.is_ascii_digit())
         .filter(|p| !p.is_empty())
         .map(|p| p.parse().unwrap_or(0))
         .collect()
+}
+
+/// Whether `next` follows `prev`: a plain id is greater; a composite has no position behind and one ahead.
+fn follows(prev: &[u64], next: &[u64]) -> bool {
+    if prev.len() <= 2 || prev.len() != next.len() {
+        return next > prev;
+    }
+    let pairs = |k: &[u64]| {
+        k.chunks(2)
+            .map(|p| (p[0], p.get(1).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (pairs(prev), pairs(next));
+    a.iter().zip(&b).all(|(x, y)| y >= x) && a != b
 }
 
 /// One subscriber to run: where, from which id, and how many events to wait for.
@@ -249,7 +271,7 @@ pub async fn subscribe(sub: Subscription, tally: SharedTally, ready: Arc<AtomicU
             } else if let Some(id) = line.strip_prefix(b"id: ").or_else(|| line.strip_prefix(b"id:")) {
                 let text = std::str::from_utf8(id).unwrap_or("").to_string();
                 let key = id_key(&text);
-                if !last_id.is_empty() && key <= last_id {
+                if !last_id.is_empty() && !follows(&last_id, &key) {
                     t.out_of_order += 1;
                 }
                 last_id = key;

@@ -33,7 +33,8 @@ struct Args {
     /// herald-redis-actix (streams served through actix-web instead of the lean path).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
-    /// Scenarios, comma-separated (default: all): fanout, latency, idle, replay, growth (CPU per
+    /// Scenarios, comma-separated (default: all): fanout, multi (1k Herald streams of 3 topics each),
+    /// latency, idle, replay, growth (CPU per
     /// delivery at 100 / 1,000 / 10,000 subscribers, and 10,000 topics), rss (idle memory at 1k-18k),
     /// publish (publish round trip and CPU per publish, 1 and 4 in flight).
     #[arg(long, value_delimiter = ',')]
@@ -140,8 +141,18 @@ async fn wait_ready<T>(
     Ok(())
 }
 
+/// How the fan-out scenario's subscribers pick their topics.
+#[derive(Clone, Copy, PartialEq)]
+enum Streams {
+    /// Each subscriber reads one topic: `per_topic` subscribers per topic.
+    OneTopic,
+    /// Each of `per_topic` subscribers reads every topic in one stream (Herald only: composite ids).
+    AllTopics,
+}
+
 /// `topics` topics with `per_topic` subscribers each (spread over the system's nodes); `messages` per
 /// topic published by `in_flight` keep-alive publishers (or one, paced at `pace`).
+#[allow(clippy::too_many_arguments)]
 async fn fanout(
     sys: &System,
     scenario: &str,
@@ -150,22 +161,29 @@ async fn fanout(
     messages: usize,
     in_flight: usize,
     pace: Option<Duration>,
+    streams: Streams,
 ) -> Result<Row> {
     let names: Vec<String> = (0..topics).map(|_| fresh_topic("f")).collect();
     let total = topics * messages;
-    let subscribers = topics * per_topic;
+    let subscribers = match streams {
+        Streams::OneTopic => topics * per_topic,
+        Streams::AllTopics => per_topic,
+    };
     let tally: SharedTally = Rc::new(RefCell::new(Tally::default()));
     let ready = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut tasks = Vec::new();
     for i in 0..subscribers {
         let port = sys.sub_ports[i % sys.sub_ports.len()];
-        let path = sys.sub_path(&names[i % topics]);
+        let (path, expect) = match streams {
+            Streams::OneTopic => (sys.sub_path(&names[i % topics]), messages),
+            Streams::AllTopics => (format!("/events?topic={}", names.join("&topic=")), total),
+        };
         let sub = Subscription {
             port,
             path,
             last_event_id: None,
-            expect: messages,
+            expect,
             messages: total,
             deadline,
         };
@@ -267,7 +285,17 @@ async fn fanout(
 async fn publish_cost(sys: &System, in_flight: usize) -> Result<Row> {
     let (subscribers, messages) = (10, 5000);
     let scenario = format!("publish {in_flight} in flight: p50/p99 = publish round trip, CPU per publish");
-    let mut row = fanout(sys, &scenario, 1, subscribers, messages, in_flight, None).await?;
+    let mut row = fanout(
+        sys,
+        &scenario,
+        1,
+        subscribers,
+        messages,
+        in_flight,
+        None,
+        Streams::OneTopic,
+    )
+    .await?;
     row.server_cpu_us *= subscribers as f64;
     row.bench_cpu_us *= subscribers as f64;
     row.p50_ms = f64::from(row.publish_p50_us) / 1000.0;
@@ -539,7 +567,9 @@ async fn run(args: Args) -> Result<()> {
             .map(|s| Kind::parse(s).ok_or_else(|| anyhow::anyhow!("unknown system {s}")))
             .collect::<Result<_>>()?
     };
-    let all = ["fanout", "latency", "idle", "replay", "growth", "rss", "publish"];
+    let all = [
+        "fanout", "multi", "latency", "idle", "replay", "growth", "rss", "publish",
+    ];
     let scenarios: Vec<String> = if args.smoke {
         vec!["fanout".into(), "replay".into()]
     } else if args.scenarios.is_empty() {
@@ -556,8 +586,37 @@ async fn run(args: Args) -> Result<()> {
         for scenario in &scenarios {
             let started = Instant::now();
             let new: Vec<Row> = match scenario.as_str() {
-                "fanout" if args.smoke => vec![fanout(&sys, "fanout smoke", 1, 20, 20, 2, None).await?],
-                "fanout" => vec![fanout(&sys, "fanout 1k×2k", 1, 1000, 2000, args.in_flight, None).await?],
+                "fanout" if args.smoke => {
+                    vec![fanout(&sys, "fanout smoke", 1, 20, 20, 2, None, Streams::OneTopic).await?]
+                }
+                "fanout" => vec![
+                    fanout(
+                        &sys,
+                        "fanout 1k×2k",
+                        1,
+                        1000,
+                        2000,
+                        args.in_flight,
+                        None,
+                        Streams::OneTopic,
+                    )
+                    .await?,
+                ],
+                // 1,000 streams of 3 topics each (composite ids), 2,000 events over the 3: Herald only.
+                "multi" if kind.is_herald() => vec![
+                    fanout(
+                        &sys,
+                        "fanout 1k streams × 3 topics",
+                        3,
+                        1000,
+                        667,
+                        args.in_flight,
+                        None,
+                        Streams::AllTopics,
+                    )
+                    .await?,
+                ],
+                "multi" => vec![],
                 "latency" => vec![
                     fanout(
                         &sys,
@@ -567,6 +626,7 @@ async fn run(args: Args) -> Result<()> {
                         10_000,
                         1,
                         Some(Duration::from_millis(1)),
+                        Streams::OneTopic,
                     )
                     .await?,
                 ],
@@ -597,6 +657,7 @@ async fn run(args: Args) -> Result<()> {
                                 msgs,
                                 args.in_flight,
                                 None,
+                                Streams::OneTopic,
                             )
                             .await?,
                         );
@@ -610,6 +671,7 @@ async fn run(args: Args) -> Result<()> {
                             3,
                             args.in_flight,
                             None,
+                            Streams::OneTopic,
                         )
                         .await?,
                     );
