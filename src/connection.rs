@@ -33,9 +33,9 @@ const HEARTBEAT: &[u8] = b":\n\n";
 /// and including `until` (the engine's newest id once this connection had joined the hub); everything
 /// newer arrives live.
 #[derive(Debug, Clone)]
-pub struct Resume {
-    pub after: Vec<EventId>,
-    pub until: Vec<EventId>,
+struct Resume {
+    after: Vec<EventId>,
+    until: Vec<EventId>,
 }
 
 pub struct Connection {
@@ -73,15 +73,15 @@ struct Positions {
 }
 
 impl Positions {
-    /// `newest` follows `topics`' order, as do `resume`'s positions.
-    fn new(topics: &[TopicName], resume: Option<&Resume>, newest: &[EventId]) -> Self {
+    /// `newest` follows `topics`' order, as do the resume positions `after`.
+    fn new(topics: &[TopicName], after: Option<&[EventId]>, newest: &[EventId]) -> Self {
         let mut entries: Vec<(TopicName, EventId, EventId)> = topics
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 let newest = newest.get(i).copied().unwrap_or(EventId::ZERO);
-                match resume {
-                    Some(r) => (t.clone(), r.after.get(i).copied().unwrap_or(newest), newest),
+                match after {
+                    Some(after) => (t.clone(), after.get(i).copied().unwrap_or(newest), newest),
                     None => (t.clone(), newest, EventId::ZERO),
                 }
             })
@@ -178,12 +178,13 @@ impl Streams {
 }
 
 impl Connection {
-    /// `newest` is the engine's newest id of each topic when the stream joined (in the membership's
-    /// order), read for resuming and multi-topic streams only.
+    /// `after` is where a resuming stream starts in each topic, and `newest` the engine's newest id of
+    /// each topic when the stream joined (what its replay sends up to; read for resuming and multi-topic
+    /// streams only), both in the membership's order.
     pub fn new(
         streams: &Streams,
         membership: Membership,
-        resume: Option<Resume>,
+        after: Option<Vec<EventId>>,
         newest: Vec<EventId>,
         slot: ConnectionSlot,
         token_expires_at: Option<u64>,
@@ -191,7 +192,8 @@ impl Connection {
     ) -> Self {
         let topics = membership.conn().topics();
         let positions =
-            (topics.len() > 1).then(|| Box::new(Positions::new(topics, resume.as_ref(), &newest)));
+            (topics.len() > 1).then(|| Box::new(Positions::new(topics, after.as_deref(), &newest)));
+        let resume = after.map(|after| Resume { after, until: newest });
         let period = streams.heartbeat;
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);

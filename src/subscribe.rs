@@ -6,7 +6,7 @@
 //! gap, no duplicate.
 
 use crate::auth::Access;
-use crate::connection::{Connection, Resume};
+use crate::connection::Connection;
 use crate::cursor::LastEventId;
 use crate::domain::{now_ms, EventId, TopicName};
 use crate::error::ApiError;
@@ -95,14 +95,10 @@ pub(crate) async fn open(
     } else {
         Vec::new()
     };
-    let resume = last_event_id.map(|id| Resume {
-        after: id.after_for(&topics),
-        until: newest.clone(),
-    });
     let mut connection = Connection::new(
         &node.streams,
         membership,
-        resume,
+        last_event_id.map(|id| id.after_for(&topics)),
         newest,
         slot,
         grant.and_then(|g| g.expires_at()),
