@@ -125,6 +125,8 @@ pub struct RedisSettings {
     pub sentinels: Vec<String>,
     pub sentinel_master: String,
     pub sentinel_password: Secret,
+    /// Seed nodes of a Redis Cluster (instead of `url` or `sentinels`): topics spread over its shards.
+    pub cluster_nodes: Vec<String>,
     /// Replicas that must have a publish before it is acknowledged (`WAIT`); 0 acknowledges on the primary.
     pub min_replicas: u32,
 }
@@ -150,6 +152,14 @@ impl std::fmt::Debug for RedisSettings {
             )
             .field("sentinel_master", &self.sentinel_master)
             .field("sentinel_password", &self.sentinel_password)
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("min_replicas", &self.min_replicas)
             .finish()
     }
@@ -258,7 +268,8 @@ impl Settings {
                 .with_list_parse_key("auth.private_topics")
                 .with_list_parse_key("auth.algorithms")
                 .with_list_parse_key("server.trusted_proxies")
-                .with_list_parse_key("redis.sentinels"),
+                .with_list_parse_key("redis.sentinels")
+                .with_list_parse_key("redis.cluster_nodes"),
         );
         for (key, value) in &sources.overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
@@ -475,15 +486,15 @@ impl CorsSettings {
 }
 
 impl RedisSettings {
-    /// Whether Herald runs on Redis (a URL or sentinels) rather than the memory engine.
+    /// Whether Herald runs on Redis (a URL, sentinels or a Cluster) rather than the memory engine.
     pub fn enabled(&self) -> bool {
-        !self.url.is_empty() || !self.sentinels.is_empty()
+        !self.url.is_empty() || !self.sentinels.is_empty() || !self.cluster_nodes.is_empty()
     }
 
-    /// Whether data nodes are reached over TLS: a rediss:// URL, or rediss:// sentinels.
+    /// Whether data nodes are reached over TLS: a rediss:// URL, rediss:// sentinels or Cluster nodes.
     pub fn tls(&self) -> bool {
-        self.url.starts_with("rediss://")
-            || (!self.sentinels.is_empty() && self.sentinels.iter().all(|u| u.starts_with("rediss://")))
+        let all_tls = |urls: &[String]| !urls.is_empty() && urls.iter().all(|u| u.starts_with("rediss://"));
+        self.url.starts_with("rediss://") || all_tls(&self.sentinels) || all_tls(&self.cluster_nodes)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -538,7 +549,7 @@ impl RedisSettings {
             !tls_files || self.tls(),
             "redis.url",
             redact_url(&self.url),
-            "TLS files are set: use a rediss:// URL or rediss:// sentinels (or clear redis.tls_*)",
+            "TLS files are set: use a rediss:// URL, sentinels or Cluster nodes (or clear redis.tls_*)",
         )?;
         check(
             self.url.is_empty() || self.sentinels.is_empty(),
@@ -561,6 +572,29 @@ impl RedisSettings {
             "redis.sentinels",
             self.sentinels.len(),
             "use one scheme for every sentinel: redis:// (plain) or rediss:// (TLS everywhere)",
+        )?;
+        check(
+            self.cluster_nodes.is_empty() || (self.url.is_empty() && self.sentinels.is_empty()),
+            "redis.cluster_nodes",
+            self.cluster_nodes.len(),
+            "set one of redis.url (one Redis), redis.sentinels (Sentinel) or redis.cluster_nodes (a Redis \
+             Cluster), not several",
+        )?;
+        for node in &self.cluster_nodes {
+            check(
+                node.starts_with("redis://") || node.starts_with("rediss://"),
+                "redis.cluster_nodes",
+                redact_url(node),
+                "list Cluster nodes as redis://host:port (or rediss:// for TLS); any few of them will do",
+            )?;
+        }
+        check(
+            self.cluster_nodes.is_empty()
+                || self.cluster_nodes.iter().all(|u| u.starts_with("rediss://"))
+                || self.cluster_nodes.iter().all(|u| u.starts_with("redis://")),
+            "redis.cluster_nodes",
+            self.cluster_nodes.len(),
+            "use one scheme for every Cluster node: redis:// (plain) or rediss:// (TLS)",
         )?;
         check(
             self.sentinels.is_empty() || !self.sentinel_master.is_empty(),

@@ -332,14 +332,10 @@ async fn redis_keys_of_idle_topics_expire_and_the_loss_is_announced() {
     .await;
     let id = app.publish("idle", "soon gone").await;
     app.publish("idle", "gone too").await;
-    let ttl: i64 = redis
-        .cli(&["PTTL", "herald:{idle}:log"])
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ttl: i64 = redis.cli(&["PTTL", "herald:{idle}"]).unwrap().parse().unwrap();
     assert!((1..=61_000).contains(&ttl), "the log's TTL is {ttl} ms");
     // As if the TTL had run out.
-    redis.cli(&["DEL", "herald:{idle}:log"]).unwrap();
+    redis.cli(&["DEL", "herald:{idle}"]).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let mut sub = app.subscribe(&["idle"], Some(&id)).await;
     assert_eq!(sub.next().await.event, "herald.gap");

@@ -19,6 +19,7 @@ mod https;
 mod limits;
 mod logs;
 mod publish_subscribe;
+mod redis_cluster;
 mod redis_engine;
 mod redis_failover;
 mod replay;

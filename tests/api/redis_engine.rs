@@ -157,7 +157,7 @@ async fn redis_restart_loses_nothing_acknowledged_and_streams_stay_open() {
     };
     let crashing = async {
         while redis
-            .cli(&["XLEN", "herald:{t}:log"])
+            .cli(&["XLEN", "herald:{t}"])
             .and_then(|n| n.parse::<u32>().ok())
             .unwrap_or(0)
             < 60
@@ -326,7 +326,7 @@ async fn a_publish_redis_did_not_confirm_is_504_and_a_retry_with_its_key_stores_
         "the retry answers the stored id"
     );
     sub.assert_silent(Duration::from_millis(300)).await;
-    assert_eq!(redis.cli(&["XLEN", "herald:{t}:log"]).as_deref(), Some("1"));
+    assert_eq!(redis.cli(&["XLEN", "herald:{t}"]).as_deref(), Some("1"));
 }
 
 #[tokio::test]
@@ -544,7 +544,7 @@ async fn redis_cli_event_names_follow_the_http_rule_and_settings_survive_flushal
                 .query(&mut conn)
                 .expect("FCALL without settings");
         }
-        redis.cli(&["XLEN", &format!("herald:{{{topic}}}:log")])
+        redis.cli(&["XLEN", &format!("herald:{{{topic}}}")])
     };
     assert_eq!(fill("u").as_deref(), Some("7"));
     let keys = redis.cli(&["KEYS", "herald:*"]).unwrap_or_default();
@@ -747,4 +747,95 @@ async fn iri_topics_round_trip_on_both_engines_and_redis_cli_uses_the_documented
         .collect();
     assert_eq!(got, vec![(cli_id, "from redis-cli"), (brace_id, "brace")]);
     sub.assert_silent(Duration::from_millis(200)).await;
+}
+
+/// Data written by release 6 (one clock `herald:seq` for all topics, logs in `herald:{T}:log`, trim
+/// markers in `herald:{T}:trimmed`), loaded with that release's own functions library: after the
+/// upgrade, ids clients took before resume exactly (single- and multi-topic streams, gap included), new
+/// ids stay above the old clock, and a topic's first publish moves its log to `herald:{T}`.
+#[tokio::test]
+async fn ids_from_release_6_keep_resuming_after_the_upgrade() {
+    let redis = RedisServer::start();
+    let old = include_str!("../fixtures/herald-v6.lua");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(old)
+        .query(&mut conn)
+        .expect("the release-6 library loads");
+    // max_len 2: the 103rd publish trims, so `a` has a trim marker.
+    let mut publish = |topic: &str, data: &str| -> String {
+        redis::cmd("FCALL")
+            .arg("herald_publish")
+            .arg(1)
+            .arg(format!("herald:{{{topic}}}"))
+            .arg(data)
+            .arg("")
+            .arg("")
+            .arg(2)
+            .arg(86_400_000)
+            .arg(600_000)
+            .arg(64)
+            .query(&mut conn)
+            .expect("a release-6 publish")
+    };
+    let mut ids = Vec::new();
+    for n in 0..103 {
+        ids.push(publish("a", &format!("a{n}")));
+    }
+    let b1 = publish("b", "b1");
+    let b2 = publish("b", "b2");
+    let a_end = publish("a", "a103");
+    assert!(redis
+        .cli(&["GET", "herald:{a}:trimmed"])
+        .is_some_and(|t| t.contains('-')));
+    // The old clock ran ahead of time (as a lost primary's may have): new ids must still pass it.
+    let ahead = format!("{}-0", id_key(&a_end).0 + 600_000);
+    assert_eq!(redis.cli(&["SET", "herald:seq", &ahead]).as_deref(), Some("OK"));
+
+    let url = redis.url();
+    let node = crate::helpers::spawn_app_with(move |s| s.redis.url = url).await;
+    // A single-topic stream resumes from an old id: exactly what follows, then live.
+    let mut single = node.subscribe(&["b"], Some(&b1)).await;
+    let got = single.next().await;
+    assert_eq!((got.id.as_str(), got.data.as_str()), (b2.as_str(), "b2"));
+    // A multi-topic stream resumes from an old (plain) id: each topic from it.
+    let mut multi = node.subscribe(&["a", "b"], Some(&b1)).await;
+    let got = multi.take(2).await;
+    assert_eq!(
+        got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["b2", "a103"],
+        "every event after the id, in every topic"
+    );
+    // From before the old trim: the gap is announced.
+    let mut from_trimmed = node.subscribe(&["a"], Some(&ids[0])).await;
+    assert_eq!(from_trimmed.next().await.event, "herald.gap");
+
+    let new_a = node.publish("a", "new a").await;
+    assert!(
+        id_key(&new_a) > id_key(&ahead),
+        "{new_a} passes the old clock {ahead}"
+    );
+    let new_b = node.publish("b", "new b").await;
+    assert!(
+        id_key(&new_b) > id_key(&ahead),
+        "{new_b} passes the old clock {ahead}"
+    );
+    assert_eq!(single.next().await.id, new_b);
+    let live: Vec<String> = multi.take(2).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(live, ["new a", "new b"]);
+    // The logs moved, the trim marker with them.
+    assert_eq!(redis.cli(&["EXISTS", "herald:{a}:log"]).as_deref(), Some("0"));
+    assert_eq!(redis.cli(&["EXISTS", "herald:{a}:trimmed"]).as_deref(), Some("0"));
+    let mut after_move = node.subscribe(&["a"], Some(&ids[0])).await;
+    assert_eq!(after_move.next().await.event, "herald.gap");
+    let resumed: Vec<String> = after_move.take(4).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(
+        resumed,
+        ["a101", "a102", "a103", "new a"],
+        "the 2 the trim kept, what came after it, then the new event"
+    );
+    let mut from_old_b = node.subscribe(&["b"], Some(&b2)).await;
+    assert_eq!(from_old_b.next().await.data, "new b");
 }

@@ -54,22 +54,25 @@ async fn wait_ready(node: &TestApp) {
 }
 
 /// A Redis that comes back empty, with a clock behind the ids already handed out (here: the lost
-/// primary's clock ran 10 minutes ahead): new ids still go up, on every node (also one that only heard
-/// of the newest id through Redis), connected streams go on, and a reader resuming from before the
-/// newest lost id is told with `herald.gap`.
+/// primary's clock for the topic ran 10 minutes ahead): new ids still go up, on every node that knows the
+/// topic's newest id (node b only heard of it through its pub/sub link), connected streams go on, and a
+/// reader resuming from before the newest lost id is told with `herald.gap`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_never_go_backwards_and_lost_history_is_announced_after_redis_comes_back_behind() {
     let mut redis = RedisServer::start();
     let (a, b) = (node_on(redis.url()).await, node_on(redis.url()).await);
     let before = a.publish("t", "before").await;
     let ahead = format!("{}-0", id_key(&before).0 + 600_000);
-    assert_eq!(redis.cli(&["SET", "herald:seq", &ahead]).as_deref(), Some("OK"));
+    assert_eq!(
+        redis.cli(&["XSETID", "herald:{t}", &ahead]).as_deref(),
+        Some("OK")
+    );
     let mut connected = a.subscribe(&["t"], None).await;
+    let mut on_b = b.subscribe(&["t"], None).await;
     let lost = a.publish("t", "lost").await;
     assert!(id_key(&lost) > id_key(&ahead), "{lost} follows the clock");
     assert_eq!(connected.next().await.data, "lost");
-    // Node b never saw `lost`; its pings read Redis' clock.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(on_b.next().await.id, lost, "node b heard of it through Redis");
 
     redis.restart(); // no persistence: it comes back empty, its clock 10 minutes behind `lost`
     let after = publish_when_ready(&b, "t", "after").await;
@@ -432,7 +435,7 @@ async fn nodes_follow_a_failover_in_which_the_old_primary_stays_up() {
         "every acknowledged event, once, in order, on the same stream"
     );
     sub.assert_silent(Duration::from_millis(300)).await;
-    let on_new: Option<String> = setup.replicas[0].cli(&["XLEN", "herald:{t}:log"]);
+    let on_new: Option<String> = setup.replicas[0].cli(&["XLEN", "herald:{t}"]);
     assert_eq!(on_new.as_deref(), Some("6"), "publishes went to the new primary");
 }
 
@@ -596,10 +599,7 @@ async fn a_publish_is_acknowledged_only_once_a_replica_has_it() {
     for i in 0..20 {
         node.publish("t", &format!("m{i}")).await;
         // Acknowledged means replicated: the replica has it the moment the 200 arrives.
-        assert_eq!(
-            replica.cli(&["XLEN", "herald:{t}:log"]),
-            Some((i + 1).to_string())
-        );
+        assert_eq!(replica.cli(&["XLEN", "herald:{t}"]), Some((i + 1).to_string()));
     }
     setup.cut_replicas();
     let publish = || {
@@ -635,7 +635,7 @@ async fn a_publish_is_acknowledged_only_once_a_replica_has_it() {
     };
     assert!(retried["id"].is_string(), "{retried}");
     assert_eq!(
-        replica.cli(&["XLEN", "herald:{t}:log"]).as_deref(),
+        replica.cli(&["XLEN", "herald:{t}"]).as_deref(),
         Some("21"),
         "stored once"
     );

@@ -388,3 +388,188 @@ impl SentinelSetup {
         })
     }
 }
+
+/// A real Redis Cluster: 6 `redis-server --cluster-enabled yes` on free loopback ports (3 primaries,
+/// each with one replica, made by `redis-cli --cluster create`), `cluster-node-timeout` 1000 ms so a
+/// dead primary's replica takes over within a few seconds.
+pub struct ClusterSetup {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl ClusterSetup {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_args(&[
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "1000".into(),
+                    "--cluster-port".into(),
+                    free_port().to_string(),
+                ])
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let setup = ClusterSetup { nodes };
+        setup.wait_healthy(None);
+        setup
+    }
+
+    /// Waits until every live node says the Cluster is ok and every primary has a replica in sync
+    /// (`skip`: a killed node's port, whose shard then has none).
+    pub fn wait_healthy(&self, skip: Option<u16>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let live = self.nodes.iter().filter(|n| Some(n.port) != skip);
+            let ok = live.clone().all(|n| {
+                n.cli(&["CLUSTER", "INFO"])
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            let primaries = self.primaries();
+            let synced = primaries.len() == 3
+                && primaries.iter().all(|&port| {
+                    skip.is_some()
+                        || redis_cli(port, None, &["INFO", "replication"]).is_some_and(|info| {
+                            info.contains("connected_slaves:1") && info.contains("state=online")
+                        })
+                });
+            if ok && synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().take(2).map(RedisServer::url).collect()
+    }
+
+    /// Ports of the primaries, in slot order, as the live nodes see them.
+    pub fn primaries(&self) -> Vec<u16> {
+        let mut ranges = self.slot_ranges();
+        ranges.sort();
+        let mut ports: Vec<u16> = ranges.into_iter().map(|(_, _, port)| port).collect();
+        ports.dedup();
+        ports
+    }
+
+    /// (first slot, last slot, primary port) per range, as some live node answers `CLUSTER SLOTS`.
+    pub fn slot_ranges(&self) -> Vec<(u16, u16, u16)> {
+        for node in &self.nodes {
+            let Some(text) = node.cli(&["--raw", "CLUSTER", "SLOTS"]) else {
+                continue;
+            };
+            // --raw prints each range as: first, last, then per node ip, port, id (and hostname info).
+            let lines: Vec<&str> = text.lines().collect();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i + 3 < lines.len() {
+                let (Ok(first), Ok(last)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>()) else {
+                    i += 1;
+                    continue;
+                };
+                if lines[i + 2] == "127.0.0.1" {
+                    if let Ok(port) = lines[i + 3].parse::<u16>() {
+                        out.push((first, last, port));
+                        i += 4;
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+            if !out.is_empty() {
+                return out;
+            }
+        }
+        Vec::new()
+    }
+
+    /// The port of the primary holding `slot` now.
+    pub fn owner(&self, slot: u16) -> u16 {
+        self.slot_ranges()
+            .into_iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, port)| port)
+            .expect("every slot has an owner")
+    }
+
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of the setup")
+    }
+
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of the setup")
+    }
+
+    /// `redis-cli -c` (following MOVED and ASK) against the first live node; its trimmed output.
+    pub fn cli_c(&self, args: &[&str]) -> Option<String> {
+        for node in &self.nodes {
+            let out = Command::new("redis-cli")
+                .args(["-c", "-p", &node.port.to_string()])
+                .args(args)
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && !text.starts_with("Could not connect") && !text.is_empty() {
+                return Some(text);
+            }
+        }
+        None
+    }
+
+    /// A node's id (`CLUSTER MYID`).
+    pub fn id_of(&self, port: u16) -> String {
+        self.node(port).cli(&["CLUSTER", "MYID"]).expect("CLUSTER MYID")
+    }
+}
+
+/// The Cluster hash slot of a key (CRC16/XMODEM of its hash tag, mod 16384), as Redis computes it.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key
+        .find('{')
+        .and_then(|open| {
+            let close = key[open + 1..].find('}')? + open + 1;
+            (close > open + 1).then(|| &bytes[open + 1..close])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}

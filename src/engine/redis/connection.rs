@@ -1,16 +1,21 @@
 //! The Redis I/O thread and the one multiplexed connection every command shares.
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::runtime::Handle;
+use std::time::Duration;
 
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::functions::Seen;
 use super::primary::Primary;
+use crate::domain::{EventId, TopicName};
 use crate::engine::EngineError;
+use crate::telemetry::Metrics;
 
 /// A thread of its own for every Redis socket (the shared connection, the pub/sub link and their
 /// readers): on an HTTP worker they would wait behind hundreds of SSE writes for each reply, which
@@ -37,6 +42,42 @@ impl IoThread {
     }
 }
 
+/// A command connection: to one Redis (standalone, or the primary Sentinel names), or to a Cluster (each
+/// call goes to the node holding its keys; MOVED and ASK are followed there). Cheap to clone.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// Which connection a call uses.
 #[derive(Clone, Copy)]
 pub(super) enum Lane {
@@ -57,13 +98,18 @@ pub(super) struct Shared {
     lanes: [Slot; 2],
     /// The newest id this node has seen: the floor of Redis' id clock.
     pub(super) seen: Seen,
+    metrics: Arc<Metrics>,
+    /// Redis as shown in logs (redacted).
+    url: String,
     /// Bumped when the primary moved (`-READONLY`, or a sentinel's `+switch-master`): the link reconnects.
     pub(super) failovers: watch::Sender<u64>,
 }
 
 struct Slot {
     config: AsyncConnectionConfig,
-    current: std::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The same as `config`'s, for Cluster clients (built otherwise).
+    response_timeout: Duration,
+    current: std::sync::Mutex<Option<(u64, Conn)>>,
     /// Held while connecting, so concurrent callers wait for one attempt instead of each making one.
     connecting: tokio::sync::Mutex<Attempts>,
 }
@@ -78,7 +124,7 @@ struct Attempts {
 }
 
 impl Slot {
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<(u64, Conn)>> {
         self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -87,25 +133,34 @@ impl Slot {
 
 impl Shared {
     /// `configs`: the timeouts of the command and the publish connection.
-    pub(super) fn new(primary: Arc<Primary>, configs: [AsyncConnectionConfig; 2], io: Handle) -> Self {
+    pub(super) fn new(
+        primary: Arc<Primary>,
+        configs: [(AsyncConnectionConfig, Duration); 2],
+        io: Handle,
+        metrics: Arc<Metrics>,
+        url: String,
+    ) -> Self {
         Shared {
             primary,
             io,
-            lanes: configs.map(|config| Slot {
+            lanes: configs.map(|(config, response_timeout)| Slot {
                 config,
+                response_timeout,
                 current: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(Attempts::default()),
             }),
             seen: Seen::default(),
+            metrics,
+            url,
             failovers: watch::channel(0).0,
         }
     }
 
-    pub(super) async fn get(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+    pub(super) async fn get(&self) -> Result<(u64, Conn), RedisError> {
         self.get_on(Lane::Commands).await
     }
 
-    async fn get_on(&self, lane: Lane) -> Result<(u64, MultiplexedConnection), RedisError> {
+    async fn get_on(&self, lane: Lane) -> Result<(u64, Conn), RedisError> {
         let slot = &self.lanes[lane as usize];
         if let Some(current) = slot.current().clone() {
             return Ok(current);
@@ -121,10 +176,11 @@ impl Shared {
             }
         }
         let (primary, config) = (Arc::clone(&self.primary), slot.config.clone());
+        let response_timeout = slot.response_timeout;
         // Made on the I/O thread, so the connection's reader task lives there too.
         let made = self
             .io
-            .spawn(async move { primary.connect(&config).await })
+            .spawn(async move { primary.connect(&config, response_timeout).await })
             .await
             .map_err(|e| std::io::Error::other(format!("the Redis I/O thread stopped: {e}")).into())
             .and_then(|made| made);
@@ -145,7 +201,7 @@ impl Shared {
     /// Runs `f` on the command connection; see [`Shared::run_on`].
     pub(super) async fn run<T, F, Fut>(&self, f: F) -> Result<T, EngineError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         self.run_on(Lane::Commands, f).await
@@ -156,7 +212,7 @@ impl Shared {
     /// silent is retired when the link's ping notices (`Link::run`).
     pub(super) async fn run_on<T, F, Fut>(&self, lane: Lane, f: F) -> Result<T, EngineError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let (generation, conn) = self
@@ -178,6 +234,19 @@ impl Shared {
             }
         }
         result.map_err(classify)
+    }
+
+    /// Logs and counts a loss of data this node found: Redis was behind the newest id it had seen of
+    /// `topic`, and raised the topic's clock above it.
+    pub(super) fn report_loss(&self, topic: &TopicName, newest: EventId) {
+        self.metrics.redis_data_lost.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            %topic,
+            "Redis at {} lost writes (a failover, a restart without persistence, or a FLUSHALL): events of \
+             the topic up to {newest} may be gone. New ids continue above it, and readers resuming from \
+             before it are sent herald.gap",
+            self.url
+        );
     }
 
     fn retire_on(&self, lane: Lane, generation: u64) {

@@ -1,6 +1,8 @@
 //! The functions library (`herald.lua`, beside this file) and the Rust wrappers of its functions.
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use std::collections::{HashMap, VecDeque};
+
+use redis::aio::ConnectionLike;
 use redis::RedisError;
 
 use super::keys::Keys;
@@ -15,7 +17,8 @@ pub(super) const FUNCTIONS: &str = include_str!("herald.lua");
 /// The line of `herald.lua` that holds the settings for calls that bring none (`redis-cli`): each node
 /// writes its own there when it loads the library.
 const SETTINGS_LINE: &str =
-    "local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64 }";
+    "local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, \
+     max_event_len = 64, sharded = false }";
 
 /// The settings the publish function needs: passed with every call from a node (so another hub's
 /// settings cannot change them), and written into the library a node loads, for `redis-cli` publishers.
@@ -27,10 +30,13 @@ pub(super) struct FunctionSettings {
     pub(super) args: [String; 4],
     /// The library with these settings as its defaults.
     library: std::sync::Arc<str>,
+    /// `"1"` where a release-6 dataset may be found (standalone and Sentinel): the functions read its keys too.
+    pub(super) legacy: &'static str,
 }
 
 impl FunctionSettings {
-    pub(super) fn new(s: &Settings) -> Self {
+    /// `sharded`: the dataset is a Cluster (events announced with SPUBLISH, and no release-6 keys to read).
+    pub(super) fn new(s: &Settings, sharded: bool) -> Self {
         let args = [
             s.history.max_len.to_string(),
             s.history.max_age_secs.as_millis().to_string(),
@@ -38,12 +44,13 @@ impl FunctionSettings {
             s.limits.max_event_name_len.to_string(),
         ];
         let line = format!(
-            "local DEFAULTS = {{ max_len = {}, max_age_ms = {}, idem_ttl_ms = {}, max_event_len = {} }}",
-            args[0], args[1], args[2], args[3]
+            "local DEFAULTS = {{ max_len = {}, max_age_ms = {}, idem_ttl_ms = {}, max_event_len = {}, sharded = {} }}",
+            args[0], args[1], args[2], args[3], sharded
         );
         FunctionSettings {
             library: FUNCTIONS.replacen(SETTINGS_LINE, &line, 1).into(),
             args,
+            legacy: if sharded { "" } else { "1" },
         }
     }
 
@@ -72,7 +79,7 @@ pub(super) async fn load_functions(
 /// Runs `FCALL`/`FCALL_RO`; if Redis lost the library (restarted without persistence), loads it and
 /// retries once: a missing function ran nothing, so the retry cannot store twice.
 pub(super) async fn fcall<T: redis::FromRedisValue>(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     cmd: redis::Cmd,
     settings: &FunctionSettings,
 ) -> Result<T, RedisError> {
@@ -88,13 +95,13 @@ pub(super) async fn fcall<T: redis::FromRedisValue>(
 
 /// Runs the publish `FCALL` and, right behind it on the same connection, `WAIT replicas timeout`:
 /// returns the id and how many replicas confirmed they hold it (and everything written before it).
-pub(super) async fn fcall_replicated(
-    conn: &mut MultiplexedConnection,
+pub(super) async fn fcall_replicated<T: redis::FromRedisValue>(
+    conn: &mut impl ConnectionLike,
     cmd: redis::Cmd,
     replicas: u32,
     timeout_ms: u64,
     settings: &FunctionSettings,
-) -> Result<(String, u32), RedisError> {
+) -> Result<(T, u32), RedisError> {
     let mut pipe = redis::pipe();
     pipe.add_command(cmd).cmd("WAIT").arg(replicas).arg(timeout_ms);
     match pipe.query_async(conn).await {
@@ -109,7 +116,7 @@ pub(super) async fn fcall_replicated(
 
 /// Reads one page of a topic's history with the `herald_history` function.
 pub(super) async fn read_history(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     keys: &Keys,
     topic: &TopicName,
     after: EventId,
@@ -123,7 +130,8 @@ pub(super) async fn read_history(
         .arg(after.to_string())
         .arg(bound.count)
         .arg(bound.bytes)
-        .arg(settings.max_age_ms());
+        .arg(settings.max_age_ms())
+        .arg(settings.legacy);
     let flat: Vec<Vec<u8>> = fcall(conn, cmd, settings).await?;
     let parse_id = |b: &[u8]| {
         std::str::from_utf8(b)
@@ -152,65 +160,110 @@ pub(super) async fn read_history(
     })
 }
 
-pub(super) async fn last_id(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<EventId, RedisError> {
-    let raw: Option<String> = redis::cmd("GET").arg(keys.seq()).query_async(conn).await?;
-    Ok(raw.and_then(|s| s.parse().ok()).unwrap_or(EventId::ZERO))
+/// The newest id of each topic (`0-0` for none), read concurrently (on a Cluster, each from the topic's
+/// shard: one pipeline may only hold one slot's keys).
+pub(super) async fn last_ids<C: ConnectionLike + Clone + Send>(
+    conn: &C,
+    keys: &Keys,
+    topics: &[TopicName],
+    settings: &FunctionSettings,
+) -> Result<Vec<EventId>, RedisError> {
+    let reads = topics.iter().map(|topic| {
+        let mut conn = conn.clone();
+        let mut cmd = redis::cmd("FCALL_RO");
+        cmd.arg("herald_last")
+            .arg(1)
+            .arg(keys.topic(topic))
+            .arg(settings.legacy);
+        async move {
+            let raw: String = fcall(&mut conn, cmd, settings).await?;
+            Ok::<_, RedisError>(raw.parse().unwrap_or(EventId::ZERO))
+        }
+    });
+    futures_util::future::try_join_all(reads).await
 }
 
-/// The newest id this node has seen from Redis (answered to a publisher, received on the link, or read as
-/// the clock). Passed as a floor with every publish and on every ping, so that after a failover or a
-/// restart that lost writes, or a clock that went back, no new id is at or below one already handed out.
+/// The one clock of a release-6 dataset (`P:seq`), if there is one: every new id stays above it, so ids
+/// clients took before the upgrade keep resuming every topic exactly.
+pub(super) async fn legacy_clock(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+) -> Result<Option<EventId>, RedisError> {
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(keys.legacy_clock())
+        .query_async(conn)
+        .await?;
+    Ok(raw.and_then(|s| s.parse().ok()))
+}
+
+/// Topics whose newest id a node remembers: beyond it, the oldest-inserted are forgotten (a forgotten
+/// topic's next publish just takes Redis' clock, unchecked).
+const SEEN_TOPICS: usize = 65_536;
+
+/// The newest id this node has seen of each recent topic (answered to a publisher, received on the link,
+/// or read from Redis). Passed as a floor with every publish and when the link resumes, so that after a
+/// failover or a restart that lost writes, or a clock that went back, no new id is at or below one
+/// already handed out, and the loss is recorded for readers.
 #[derive(Default)]
-pub(super) struct Seen(std::sync::Mutex<EventId>);
+pub(super) struct Seen(std::sync::Mutex<SeenTopics>);
+
+#[derive(Default)]
+struct SeenTopics {
+    newest: HashMap<TopicName, EventId>,
+    order: VecDeque<TopicName>,
+}
 
 impl Seen {
-    pub(super) fn saw(&self, id: EventId) {
-        let mut newest = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if id > *newest {
-            *newest = id;
+    pub(super) fn saw(&self, topic: &TopicName, id: EventId) {
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.newest.get_mut(topic) {
+            Some(newest) => *newest = (*newest).max(id),
+            None => {
+                if seen.order.len() >= SEEN_TOPICS {
+                    if let Some(oldest) = seen.order.pop_front() {
+                        seen.newest.remove(&oldest);
+                    }
+                }
+                seen.newest.insert(topic.clone(), id);
+                seen.order.push_back(topic.clone());
+            }
         }
     }
 
-    /// The floor argument: empty until something was seen, so a new Redis is not marked as having lost data.
-    pub(super) fn floor_arg(&self) -> String {
-        let newest = *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if newest == EventId::ZERO {
-            String::new()
-        } else {
-            newest.to_string()
+    pub(super) fn get(&self, topic: &TopicName) -> Option<EventId> {
+        let seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.newest.get(topic).copied()
+    }
+
+    /// The floor argument: empty until something was seen, so a new topic is not marked as having lost data.
+    pub(super) fn floor_arg(&self, topic: &TopicName) -> String {
+        match self.get(topic) {
+            Some(id) if id != EventId::ZERO => id.to_string(),
+            _ => String::new(),
         }
     }
 }
 
-/// What `herald_floor` found and did.
-pub(super) struct Clock {
-    /// Redis' clock after the raise: every id up to it is in Redis or was lost.
-    pub(super) seq: EventId,
-    /// The newest id some node had seen when it found Redis behind it (writes were lost); readers
-    /// resuming from before it are sent a gap.
-    pub(super) lost: Option<EventId>,
-}
-
-/// Raises Redis' id clock to what this node has seen (`herald_floor`).
-pub(super) async fn raise_clock(
-    conn: &mut MultiplexedConnection,
+/// Raises a topic's id clock to what this node has seen of it (`herald_floor`): returns the topic's
+/// newest id after that, and whether Redis was behind (writes were lost, and readers from before are now
+/// told of a gap).
+pub(super) async fn raise_floor(
+    conn: &mut impl ConnectionLike,
     keys: &Keys,
+    topic: &TopicName,
     seen: &Seen,
     settings: &FunctionSettings,
-) -> Result<Clock, RedisError> {
+) -> Result<(EventId, bool), RedisError> {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("herald_floor")
-        .arg(0)
-        .arg(&*keys.prefix)
-        .arg(seen.floor_arg())
-        .arg(&settings.args[..]);
-    let (seq, lost): (String, String) = fcall(conn, cmd, settings).await?;
-    let seq = seq.parse().unwrap_or(EventId::ZERO);
-    seen.saw(seq);
-    Ok(Clock {
-        seq,
-        lost: lost.parse().ok(),
-    })
+        .arg(1)
+        .arg(keys.topic(topic))
+        .arg(seen.floor_arg(topic))
+        .arg(settings.legacy);
+    let (newest, lost): (String, String) = fcall(conn, cmd, settings).await?;
+    let newest = newest.parse().unwrap_or(EventId::ZERO);
+    seen.saw(topic, newest);
+    Ok((newest, !lost.is_empty()))
 }
 
 #[cfg(test)]
@@ -226,9 +279,10 @@ mod tests {
         );
         let mut settings = Settings::defaults().expect("defaults");
         settings.history.max_len = 7;
-        let library = FunctionSettings::new(&settings).library;
+        let library = FunctionSettings::new(&settings, true).library;
         assert!(
-            library.contains("local DEFAULTS = { max_len = 7, max_age_ms = "),
+            library.contains("local DEFAULTS = { max_len = 7, max_age_ms = ")
+                && library.contains("sharded = true }"),
             "{library}"
         );
         assert!(!library.contains(SETTINGS_LINE));

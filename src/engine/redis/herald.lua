@@ -2,24 +2,26 @@
 -- Herald's Redis Functions. Every node loads this file at start-up (and after Redis comes back) with
 -- FUNCTION LOAD REPLACE; bump VERSION with every change so `FCALL herald_version 0` tells what runs.
 --
--- Keys, for a hub prefix P (default "herald") and topic T:
---   (T below is the topic as written in keys: see split_key)
---   P:{T}:log    stream: the topic's history, ids shared with every other topic of the hub
---   P:{T}:stored channel: each stored event's SSE frame, published in the same call as the XADD
---   P:{T}:live   channel for redis-cli PUBLISH of live-only messages: nodes frame whatever arrives there as
---                data only (no id, no event type), so it can neither inject fields nor move a cursor
---   P:{T}:trimmed the newest id retention removed from the log: readers after an older id missed events
---   P:{T}:idem:K the id answered for Idempotency-Key K, for the idempotency window
---   P:seq        the id clock "<ms>-<seq>" shared by all topics (standalone or Sentinel Redis only)
---   P:lost       the newest id a node had seen when it found Redis behind it (a failover or restart lost
---                writes, or a FLUSHALL): events up to it may be gone, so readers from before it get a gap
+-- Keys and channels, for a hub prefix P (default "herald") and topic T (as written in names: see split_key):
+--   P:{T}         stream: the topic's history, and its id clock (the stream's last-generated-id: ids are
+--                 per topic and only go up) and the newest id that may be gone (its max-deleted-entry-id:
+--                 trimmed by retention, or lost by a failover or restart). One key per topic, so a Cluster
+--                 moves a topic whole and its MOVED/ASK rules keep every call on the node holding it.
+--   P:{T}:idem:K  the id answered for Idempotency-Key K, for the idempotency window
+--   P:{T}:stored  channel: each stored event's SSE frame, published in the same call as the XADD
+--   P:{T}:live    channel for redis-cli (S)PUBLISH of live-only messages: nodes frame whatever arrives there
+--                 as data only (no id, no event type), so it can neither inject fields nor move a cursor
+-- Channels are sharded (SPUBLISH) on a Cluster, so a publish reaches only the shard holding the topic.
+-- Releases before VERSION 7 kept the log in P:{T}:log, the trim marker in P:{T}:trimmed and one clock for
+-- all topics in P:seq (with its loss marker P:lost): nodes on a standalone or Sentinel Redis ask for those
+-- to be read too ('legacy'), and a publish moves an old log to P:{T}.
 -- No other key: settings come with each node's call (ARGV), and for calls without them (redis-cli) from
 -- DEFAULTS below, which each node rewrites with its own settings when it loads the library. So a function
 -- only touches keys of its call's slot (as a Cluster requires), and FLUSHALL cannot lose the settings.
 
-local VERSION = '6'
+local VERSION = '7'
 -- herald:settings (the next line is replaced by the loading node; keep its shape)
-local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64 }
+local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64, sharded = false }
 
 -- KEYS[1] is "P:{E}", E the topic with "%", "{" and "}" written %25, %7B and %7D (any other UTF-8 kept,
 -- control characters refused): returns P and E, or raises an error a redis-cli user can act on.
@@ -111,8 +113,11 @@ function plain_chars(s)
   return n
 end
 
--- "<ms>-<seq>" as two numbers.
+-- "<ms>-<seq>" as two numbers (nil for anything else).
 local function parse_id(id)
+  if id == nil then
+    return nil
+  end
   local m, s = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(m), tonumber(s)
 end
@@ -123,49 +128,90 @@ local function is_newer(a, b)
   return am > bm or (am == bm and as > bs)
 end
 
--- Raises the id clock to `floor`, the newest id a node has seen, when Redis is behind it (a failover or a
--- restart lost writes, or a FLUSHALL): new ids then stay above every id handed out, and P:lost records
--- that events up to `floor` may be gone. Returns true when it raised the clock.
-local function raise_clock(prefix, floor, max_age_ms)
-  if floor == nil or floor == '' or parse_id(floor) == nil or floor == '0-0' then
-    return false
+-- An id argument, or nil when absent, empty, malformed or 0-0.
+local function id_arg(arg)
+  if arg == nil or arg == '' or arg == '0-0' or parse_id(arg) == nil then
+    return nil
   end
-  local last = redis.call('GET', prefix .. ':seq')
-  if last and not is_newer(floor, last) then
-    return false
+  return arg
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The stream's last-generated-id and max-deleted-entry-id ('0-0' each when the stream does not exist).
+local function clock(key)
+  if redis.call('EXISTS', key) == 0 then
+    return '0-0', '0-0'
   end
-  redis.call('SET', prefix .. ':seq', floor)
-  local lost = redis.call('GET', prefix .. ':lost')
-  if not lost or is_newer(floor, lost) then
-    if max_age_ms > 0 then
-      -- Once retention has passed, every event before it would be gone anyway: no need to warn then.
-      redis.call('SET', prefix .. ':lost', floor, 'PX', max_age_ms + 60000)
-    else
-      redis.call('SET', prefix .. ':lost', floor)
+  local info = redis.call('XINFO', 'STREAM', key)
+  local last, gone = '0-0', '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      last = info[i + 1]
+    elseif info[i] == 'max-deleted-entry-id' then
+      gone = info[i + 1]
     end
   end
-  return true
+  return last, gone
+end
+
+-- The newest id handed out on the topic: its newest entry, read cheaply; the stream's clock only when
+-- it holds no entry (all trimmed).
+local function newest(key)
+  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #top > 0 then
+    return top[1][1]
+  end
+  return (clock(key))
+end
+
+-- Records that events up to `id` may be gone (retention trimmed them, or Redis lost them): readers
+-- resuming from an older id are sent a gap. The stream must exist; its clock is kept.
+local function mark_gone(key, id)
+  local last, gone = clock(key)
+  if is_newer(id, gone) then
+    if is_newer(id, last) then
+      last = id
+    end
+    redis.call('XSETID', key, last, 'MAXDELETEDID', id)
+  end
+end
+
+-- Releases before VERSION 7 kept a topic's log in P:{T}:log and its trim marker in P:{T}:trimmed:
+-- moved to P:{T} on the topic's first publish (only standalone and Sentinel Redis can hold them).
+local function upgrade(key)
+  local old = key .. ':log'
+  if redis.call('EXISTS', key) == 0 and redis.call('EXISTS', old) == 1 then
+    redis.call('RENAME', old, key)
+    local trimmed = redis.call('GET', key .. ':trimmed')
+    if trimmed then
+      mark_gone(key, trimmed)
+      redis.call('DEL', key .. ':trimmed')
+    end
+  end
 end
 
 -- Entries kept past max_len before a trim: trimming then runs once per this many publishes.
 local TRIM_SLACK = 100
 
--- Trims the log exactly (XADD's "MAXLEN ~" would not say which ids it removed; XINFO's
--- max-deleted-entry-id only follows XDEL) and records the newest id removed in P:{T}:trimmed.
+-- Trims the log exactly (XADD's "MAXLEN ~" would not say which ids it removed) and records the newest id
+-- removed as the stream's max-deleted-entry-id.
 local function trim(key, max_len, max_age_ms, now)
-  local log = key .. ':log'
   local gone = nil
-  local len = redis.call('XLEN', log)
+  local len = redis.call('XLEN', key)
   if len > max_len + TRIM_SLACK then
-    local over = redis.call('XRANGE', log, '-', '+', 'COUNT', len - max_len)
+    local over = redis.call('XRANGE', key, '-', '+', 'COUNT', len - max_len)
     gone = over[#over][1]
   end
   if max_age_ms > 0 then
     local cutoff = string.format('%.0f-0', now - max_age_ms)
     -- The oldest entry first (cheap); only when it is too old, the newest one that is (a slower seek).
-    local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+    local oldest = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
     if #oldest > 0 and is_newer(cutoff, oldest[1][1]) then
-      local old = redis.call('XREVRANGE', log, '(' .. cutoff, '-', 'COUNT', 1)
+      local old = redis.call('XREVRANGE', key, '(' .. cutoff, '-', 'COUNT', 1)
       if #old > 0 and (gone == nil or is_newer(old[1][1], gone)) then
         gone = old[1][1]
       end
@@ -174,28 +220,36 @@ local function trim(key, max_len, max_age_ms, now)
   if gone then
     local m, s = parse_id(gone)
     -- MINID removes every entry below it: everything up to and including `gone`.
-    redis.call('XTRIM', log, 'MINID', string.format('%.0f-%.0f', m, s + 1))
-    redis.call('SET', key .. ':trimmed', gone)
+    redis.call('XTRIM', key, 'MINID', string.format('%.0f-%.0f', m, s + 1))
+    mark_gone(key, gone)
   end
 end
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function announce(key, frame)
+  if DEFAULTS.sharded then
+    redis.call('SPUBLISH', key .. ':stored', frame)
+  else
+    redis.call('PUBLISH', key .. ':stored', frame)
+  end
 end
 
 -- FCALL herald_publish 1 P:{T} <data> [<event> [<idempotency-key>]]  →  the event id
--- (nodes add their max_len, max_age_ms, idem_ttl_ms and max_event_len after the idempotency key, then
--- the newest id they have seen, as a floor for the clock)
+-- Nodes add, after the idempotency key: their max_len, max_age_ms, idem_ttl_ms and max_event_len; the
+-- topic's newest id they have seen (if Redis is behind it, writes were lost: the clock is raised above it
+-- and the loss recorded); an id the clock must pass without a loss being recorded (the old shared clock);
+-- '1' to be answered { id, '1' if a loss was found else '' }; '1' to read a release-6 dataset. A node also
+-- passes P:{T}:idem:K as a second key when it sends an idempotency key, so a Cluster moving the topic
+-- holds the call until both keys are on one node.
 local function publish(keys, args)
   local key = keys[1]
-  local prefix = split_key(key)
+  split_key(key)
   local data = args[1]
   if data == nil then
     error('herald: usage: FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]')
   end
   local event = args[2] or ''
   local max_len, max_age_ms, idem_ttl_ms, max_event_len = settings(args)
+  local answer_lost = args[10] == '1'
   if event ~= '' then
     local chars = plain_chars(event)
     if chars == nil then
@@ -209,64 +263,96 @@ local function publish(keys, args)
     end
   end
 
+  -- Everything is read before anything is written: a Cluster moving the topic can refuse a read, and the
+  -- call must then have changed nothing (the node retries it).
   local idem = args[3] or ''
-  local idem_key = key .. ':idem:' .. idem
+  local idem_key = keys[2] or (key .. ':idem:' .. idem)
   if idem ~= '' then
     local seen = redis.call('GET', idem_key)
     if seen then
+      if answer_lost then
+        return { seen, '' }
+      end
       return seen
     end
   end
-
-  raise_clock(prefix, args[8], max_age_ms)
-  local now = now_ms()
-  local ms, seq = 0, 0
-  local last = redis.call('GET', prefix .. ':seq')
-  if last then
-    ms, seq = parse_id(last)
+  if args[11] == '1' then
+    upgrade(key)
   end
-  if now > ms then
-    ms, seq = now, 0
-  else
-    seq = seq + 1
-  end
-  local id = string.format('%.0f-%.0f', ms, seq)
-  redis.call('SET', prefix .. ':seq', id)
 
-  local log = key .. ':log'
+  local floor, minimum = id_arg(args[8]), id_arg(args[9])
+  local lost = false
+  local at = '*'
+  if floor or minimum then
+    local top = newest(key)
+    local need = top
+    if floor and is_newer(floor, top) then
+      lost = true
+      need = floor
+    end
+    if minimum and is_newer(minimum, need) then
+      need = minimum
+    end
+    local m, s = parse_id(need)
+    local now = now_ms()
+    if need ~= top and now <= m then
+      -- The clock is behind an id already handed out: the next id goes just above it.
+      at = string.format('%.0f-%.0f', m, s + 1)
+    end
+  end
+
+  local id
   if event == '' then
-    redis.call('XADD', log, id, 'd', data)
+    id = redis.call('XADD', key, at, 'd', data)
   else
-    redis.call('XADD', log, id, 'd', data, 'e', event)
+    id = redis.call('XADD', key, at, 'd', data, 'e', event)
   end
-  trim(key, max_len, max_age_ms, now)
+  if lost then
+    mark_gone(key, floor)
+  end
+  trim(key, max_len, max_age_ms, now_ms())
   if idem ~= '' then
     redis.call('SET', idem_key, id, 'PX', idem_ttl_ms)
   end
   if max_age_ms > 0 then
     -- A topic nobody publishes to any more leaves no keys behind: by then all its events have expired.
     -- (herald_history still announces the gap to a reader resuming from before that.)
-    local ttl = max_age_ms + 60000
-    redis.call('PEXPIRE', log, ttl)
-    redis.call('PEXPIRE', key .. ':trimmed', ttl)
+    redis.call('PEXPIRE', key, max_age_ms + 60000)
   end
-  redis.call('PUBLISH', key .. ':stored', encode(id, event, data))
+  announce(key, encode(id, event, data))
+  if answer_lost then
+    return { id, lost and '1' or '' }
+  end
   return id
 end
 
--- FCALL_RO herald_history 1 P:{T} <after-id> <count> [<max-bytes> [<max-age-ms>]]
---   → { newest trimmed id or '', first-id or '', more ('1' or ''), id1, data1, event1, ... }
+-- FCALL_RO herald_history 1 P:{T} <after-id> <count> [<max-bytes> [<max-age-ms> [<legacy>]]]
+--   → { newest id that may be gone or '', first-id or '', more ('1' or ''), id1, data1, event1, ... }
 -- Past the first event, a page stops before its data and event names exceed max-bytes; `more` says
--- that events may follow the last one returned.
+-- that events may follow the last one returned. <legacy> '1' also reads a release-6 dataset's keys.
 local HISTORY_BATCH = 64
 
 local function history(keys, args)
   local prefix = split_key(keys[1])
-  local log = keys[1] .. ':log'
-  local out = { redis.call('GET', keys[1] .. ':trimmed') or '', '', '' }
-  local lost = redis.call('GET', prefix .. ':lost')
-  if lost and parse_id(args[1]) ~= nil and is_newer(lost, args[1]) and (out[1] == '' or is_newer(lost, out[1])) then
-    out[1] = lost
+  local log = keys[1]
+  local out = { '', '', '' }
+  local gone = nil
+  if args[5] == '1' then
+    if redis.call('EXISTS', log) == 0 then
+      log = keys[1] .. ':log'
+    end
+    for _, marker in ipairs({ redis.call('GET', keys[1] .. ':trimmed'), redis.call('GET', prefix .. ':lost') }) do
+      if marker and (gone == nil or is_newer(marker, gone)) then
+        gone = marker
+      end
+    end
+  end
+  local _, deleted = clock(log)
+  if deleted ~= '0-0' and (gone == nil or is_newer(deleted, gone)) then
+    gone = deleted
+  end
+  if gone and parse_id(args[1]) ~= nil and is_newer(gone, args[1]) then
+    out[1] = gone
   end
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #first > 0 then
@@ -318,18 +404,49 @@ local function history(keys, args)
   return out
 end
 
--- FCALL herald_floor 0 <prefix> <floor> <max_len> <max_age_ms> <idem_ttl_ms> <max_event_len>
---   → { the clock after raising it to floor (or ''), P:lost (or '') }
--- Nodes call it when their pub/sub link (re)connects and on every ping: it shares each node's newest id
--- with the others.
-local function floor(_, args)
-  local prefix = args[1]
-  local max_age_ms = tonumber(args[4]) or DEFAULTS.max_age_ms
-  raise_clock(prefix, args[2], max_age_ms)
-  return { redis.call('GET', prefix .. ':seq') or '', redis.call('GET', prefix .. ':lost') or '' }
+-- FCALL herald_floor 1 P:{T} <floor> [<legacy>]  →  { the topic's newest id (or '0-0'), '1' if it found a loss }
+-- A node calls it for each topic it receives when its pub/sub link (re)connects, with the newest id of
+-- the topic it has seen: if Redis is behind it (a failover or restart lost writes, or a FLUSHALL), the
+-- clock is raised above it and the loss recorded, so new ids stay above every id handed out.
+local function floor(keys, args)
+  local key = keys[1]
+  split_key(key)
+  if args[2] == '1' then
+    upgrade(key)
+  end
+  local top = newest(key)
+  local wanted = id_arg(args[1])
+  if wanted and is_newer(wanted, top) then
+    if redis.call('EXISTS', key) == 0 then
+      -- The stream is gone: a placeholder entry carries the clock, removed at once (XDEL records it as
+      -- gone too).
+      redis.call('XADD', key, wanted, 'd', '')
+      redis.call('XDEL', key, wanted)
+    else
+      redis.call('XSETID', key, wanted)
+    end
+    mark_gone(key, wanted)
+    local max_age_ms = DEFAULTS.max_age_ms
+    if max_age_ms > 0 then
+      redis.call('PEXPIRE', key, max_age_ms + 60000)
+    end
+    return { wanted, '1' }
+  end
+  return { top, '' }
+end
+
+-- FCALL_RO herald_last 1 P:{T} [<legacy>]  →  the topic's newest id, or '0-0'
+local function last(keys, args)
+  local key = keys[1]
+  split_key(key)
+  if args[1] == '1' and redis.call('EXISTS', key) == 0 then
+    key = key .. ':log'
+  end
+  return newest(key)
 end
 
 redis.register_function('herald_publish', publish)
 redis.register_function('herald_floor', floor)
 redis.register_function{ function_name = 'herald_history', callback = history, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'herald_last', callback = last, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'herald_version', callback = function() return VERSION end, flags = { 'no-writes' } }

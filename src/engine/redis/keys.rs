@@ -59,7 +59,8 @@ pub(crate) fn unescape(escaped: &str) -> Option<Cow<'_, str>> {
 }
 
 impl Keys {
-    /// `P:{T}`: the key the functions take; the hash tag keeps a topic's keys in one Cluster slot.
+    /// `P:{T}`: the topic's stream (history and id clock), the key the functions take; the hash tag keeps
+    /// a topic's keys and channels in one Cluster slot.
     pub(super) fn topic(&self, topic: &TopicName) -> String {
         format!("{}:{{{}}}", self.prefix, escape(topic.as_str()))
     }
@@ -79,11 +80,13 @@ impl Keys {
         [self.stored_channel(topic), self.live_channel(topic)]
     }
 
-    pub(super) fn log(&self, topic: &TopicName) -> String {
-        format!("{}:{{{}}}:log", self.prefix, escape(topic.as_str()))
+    /// `P:{T}:idem:K`: the id answered for an idempotency key.
+    pub(super) fn idempotency(&self, topic: &TopicName, key: &str) -> String {
+        format!("{}:{{{}}}:idem:{key}", self.prefix, escape(topic.as_str()))
     }
 
-    pub(super) fn seq(&self) -> String {
+    /// The one id clock of releases before 7 (standalone and Sentinel only): new ids stay above it.
+    pub(super) fn legacy_clock(&self) -> String {
         format!("{}:seq", self.prefix)
     }
 
@@ -152,7 +155,7 @@ mod tests {
         );
         // Names from before escaping existed are unchanged.
         let old = TopicName::parse("news.eu:fr-1_x", 64).unwrap();
-        assert_eq!(keys.log(&old), "hub:{news.eu:fr-1_x}:log");
+        assert_eq!(keys.topic(&old), "hub:{news.eu:fr-1_x}");
         // Distinct topics never share a name, whatever they hold.
         let names: Vec<String> = ["%7B", "{", "%257B", "%", "%25", "}", "%7D"]
             .iter()

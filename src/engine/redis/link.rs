@@ -14,9 +14,10 @@ use redis::RedisError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 
-use super::connection::Shared;
-use super::functions::{load_functions, raise_clock, read_history, Clock, FunctionSettings};
+use super::connection::{Conn, Shared};
+use super::functions::{last_ids, load_functions, raise_floor, read_history, FunctionSettings};
 use super::keys::Keys;
+use super::primary::Primary;
 use crate::domain::{now_ms, EventId, TopicName};
 use crate::engine::{EngineError, EngineEvents, PageBound};
 use crate::event::{Event, Stored};
@@ -66,16 +67,16 @@ pub(super) struct Link {
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     pub(super) idle: mpsc::UnboundedReceiver<TopicName>,
     pub(super) subscribed: HashSet<TopicName>,
-    /// The newest id Redis had when the link last (re)subscribed, read from Redis itself: a stored event
-    /// at or below it was handed over by that resume's gap-fill, so it is a duplicate.
-    pub(super) floor: Option<EventId>,
-    /// Per topic, the newest stored id handed to the hub. Redis sends one connection's messages in
+    /// Per subscribed topic, the newest id Redis had when the link last (re)subscribed, read from Redis
+    /// itself: a stored event at or below it was handed over by that resume's gap-fill, so it is a
+    /// duplicate.
+    pub(super) floors: HashMap<TopicName, EventId>,
+    /// Per topic, the newest stored id handed to the hub (or Redis' newest when the link subscribed to it).
+    /// Redis sends one connection's messages in
     /// execution order, which is id order, so the next one is newer; one that is not (or that claims a
     /// time far ahead) is checked against the topic's stream before it is trusted. Per topic, so one bad
     /// message cannot hold back other topics.
     pub(super) cursors: HashMap<TopicName, EventId>,
-    /// Redis' loss marker as last read (`None` before the first read): a newer one is reported once.
-    pub(super) lost: Option<Option<EventId>>,
     pub(super) function_settings: FunctionSettings,
     /// One read of a gap-fill: bounded like any history page, so a reconnect holds a page at a time.
     pub(super) gap_fill_bound: PageBound,
@@ -128,6 +129,10 @@ impl Link {
 
     /// One life of the link: connect, subscribe, gap-fill, then deliver until something fails.
     pub(super) async fn serve(&mut self) -> LinkError {
+        let primary = Arc::clone(&self.shared.primary);
+        if let Primary::Cluster(seeds) = &*primary {
+            return self.serve_sharded(seeds).await;
+        }
         let mut failovers = self.shared.failovers.subscribe();
         failovers.borrow_and_update();
         let client = match self.shared.primary.client().await {
@@ -156,23 +161,8 @@ impl Link {
                         let mut batch = Vec::new();
                         let mut next = Some(message);
                         while let Some(m) = next.take() {
-                            match self.decode(m.get_channel_name(), m.get_payload_bytes()) {
-                                Decoded::Event(event) => batch.push(event),
-                                Decoded::Skip => {}
-                                Decoded::Check(event) => {
-                                    // Rare (a forged or replayed message): keep order, then ask the stream.
-                                    self.node.dispatch_all(&batch);
-                                    batch.clear();
-                                    match self.in_stream(&event).await {
-                                        Ok(true) => {
-                                            self.shared.seen.saw(event.id);
-                                            self.cursors.insert(event.topic().clone(), event.id);
-                                            batch.push(event.event);
-                                        }
-                                        Ok(false) => self.refuse(event.topic(), "its id is not in the topic's stream"),
-                                        Err(e) => return LinkError::Check(e),
-                                    }
-                                }
+                            if let Err(e) = self.take(&mut batch, m.get_channel_name(), m.get_payload_bytes()).await {
+                                return e;
                             }
                             if batch.len() >= MAX_BATCH {
                                 break;
@@ -206,6 +196,7 @@ impl Link {
                 Some(topic) = self.idle.recv() => {
                     if !self.node.has_subscribers(&topic) && self.subscribed.remove(&topic) {
                         self.cursors.remove(&topic);
+                        self.floors.remove(&topic);
                         if let Err(e) = self.call(sink.unsubscribe(self.keys.channels(&topic).to_vec())).await {
                             return e;
                         }
@@ -216,7 +207,6 @@ impl Link {
                     if let Err(e) = self.call(sink.ping::<redis::Value>()).await {
                         return LinkError::Ping(Box::new(e));
                     }
-                    self.raise_clock().await;
                 }
             }
         }
@@ -245,6 +235,22 @@ impl Link {
         self.call(sink.subscribe(self.keys.channels(topic).to_vec()))
             .await?;
         self.subscribed.insert(topic.clone());
+        self.start_at_newest(topic).await
+    }
+
+    /// Where a newly subscribed topic stands: a resume gap-fills from there if nothing arrives before.
+    pub(super) async fn start_at_newest(&mut self, topic: &TopicName) -> Result<(), LinkError> {
+        let newest = self
+            .shared
+            .run(|conn| {
+                let (keys, settings) = (&self.keys, &self.function_settings);
+                async move { last_ids(&conn, keys, std::slice::from_ref(topic), settings).await }
+            })
+            .await
+            .map_err(LinkError::Check)?;
+        if let Some(newest) = newest.first() {
+            self.cursors.entry(topic.clone()).or_insert(*newest);
+        }
         Ok(())
     }
 
@@ -260,25 +266,44 @@ impl Link {
             self.call(sink.subscribe(channels)).await?;
         }
         self.subscribed = topics.iter().cloned().collect();
-        // Everything above `until` arrives on the new subscription; up to it comes from the streams. The
-        // clock is first raised to what this node has seen, in case Redis lost writes meanwhile.
-        let clock = raise_clock(&mut conn, &self.keys, &self.shared.seen, &self.function_settings).await?;
-        self.report(&clock);
-        let until = clock.seq;
-        let Some(floor) = self.floor else {
-            self.floor = Some(until);
-            return Ok(());
-        };
-        let mut missed = Vec::new();
-        for topic in &topics {
-            // A topic's own cursor, unless it is beyond what Redis has (a bad message moved it).
-            let mut after = match self.cursors.get(topic) {
-                Some(cursor) if *cursor <= until => (*cursor).max(floor),
-                _ => floor,
+        // Topics no longer received keep no floor.
+        self.floors.retain(|topic, _| topics.contains(topic));
+        self.fill(&mut conn, &topics).await
+    }
+
+    /// Once the topics' channels are subscribed (again): hands the hub what it missed of each, from the
+    /// topic's stream, after the last id it delivered up to Redis' newest (which the topic's floor then
+    /// holds, so live copies of those events are skipped). A topic the link never received before (its
+    /// first life) needs nothing filled.
+    pub(super) async fn fill(&mut self, conn: &mut Conn, topics: &[TopicName]) -> Result<(), LinkError> {
+        let mut filled = 0usize;
+        for topic in topics {
+            // Everything above `until` arrives on the new subscription; up to it comes from the stream.
+            // The topic's clock is first raised to what this node has seen, in case Redis lost writes.
+            let (until, lost) = raise_floor(
+                conn,
+                &self.keys,
+                topic,
+                &self.shared.seen,
+                &self.function_settings,
+            )
+            .await?;
+            if lost {
+                self.shared.report_loss(topic, until);
+            }
+            // The topic's own cursor, unless it is beyond what Redis has (a bad message moved it).
+            let floor = self.floors.get(topic).copied();
+            let mut after = match (self.cursors.get(topic).copied(), floor) {
+                (Some(cursor), floor) if cursor <= until => cursor.max(floor.unwrap_or(EventId::ZERO)),
+                (_, Some(floor)) => floor,
+                (_, None) => {
+                    self.floors.insert(topic.clone(), until);
+                    continue;
+                }
             };
             loop {
                 let page = read_history(
-                    &mut conn,
+                    conn,
                     &self.keys,
                     topic,
                     after,
@@ -287,33 +312,62 @@ impl Link {
                 )
                 .await?;
                 let mut done = !page.more;
+                let mut run = Vec::with_capacity(page.events.len());
                 for event in page.events {
                     if event.id > until {
                         done = true;
                         break;
                     }
                     after = event.id;
-                    missed.push(event);
+                    run.push(event.event);
                 }
+                // Handed over page by page, the cursor with it: if a later read fails, the next
+                // resume goes on from here (nothing read is dropped, nothing handed over twice).
+                filled += run.len();
+                self.node.dispatch_all(&run);
+                self.cursors.insert(topic.clone(), after);
                 if done {
                     break;
                 }
             }
+            self.floors.insert(topic.clone(), until);
             self.cursors.remove(topic);
         }
-        missed.sort_by_key(|e| e.id);
         self.metrics
             .gap_filled
-            .fetch_add(missed.len() as u64, Ordering::Relaxed);
-        if !missed.is_empty() {
-            tracing::info!(
-                "gap-filled {} events missed while the link was down",
-                missed.len()
-            );
+            .fetch_add(filled as u64, Ordering::Relaxed);
+        if filled > 0 {
+            tracing::info!("gap-filled {filled} events missed while the link was down");
         }
-        let missed: Vec<Arc<Event>> = missed.into_iter().map(|s| s.event).collect();
-        self.node.dispatch_all(&missed);
-        self.floor = Some(until.max(floor));
+        Ok(())
+    }
+
+    /// Adds one pub/sub message to the run for the hub (or drops it); waits only for the rare message
+    /// that must be checked against its stream.
+    pub(super) async fn take(
+        &mut self,
+        batch: &mut Vec<Arc<Event>>,
+        channel: &str,
+        payload: &[u8],
+    ) -> Result<(), LinkError> {
+        match self.decode(channel, payload) {
+            Decoded::Event(event) => batch.push(event),
+            Decoded::Skip => {}
+            Decoded::Check(event) => {
+                // Rare (a forged or replayed message): keep order, then ask the stream.
+                self.node.dispatch_all(batch);
+                batch.clear();
+                match self.in_stream(&event).await {
+                    Ok(true) => {
+                        self.shared.seen.saw(event.topic(), event.id);
+                        self.cursors.insert(event.topic().clone(), event.id);
+                        batch.push(event.event);
+                    }
+                    Ok(false) => self.refuse(event.topic(), "its id is not in the topic's stream"),
+                    Err(e) => return Err(LinkError::Check(e)),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -331,14 +385,14 @@ impl Link {
             self.refuse(&topic, "it is not one well-formed event frame");
             return Decoded::Skip;
         };
-        if self.floor.is_some_and(|floor| id <= floor) {
+        if self.floors.get(&topic).is_some_and(|floor| id <= *floor) {
             return Decoded::Skip;
         }
         let expected = self.cursors.get(&topic).is_none_or(|cursor| id > *cursor)
             && id.ms <= now_ms().saturating_add(FUTURE_TOLERANCE_MS);
         let event = Stored::from_frame(id, topic, bytes::Bytes::copy_from_slice(payload));
         if expected {
-            self.shared.seen.saw(id);
+            self.shared.seen.saw(event.topic(), id);
             self.cursors.insert(event.topic().clone(), id);
             Decoded::Event(event.event)
         } else {
@@ -348,7 +402,7 @@ impl Link {
 
     /// Whether the topic's stream holds an entry with this event's id.
     pub(super) async fn in_stream(&self, event: &Stored) -> Result<bool, EngineError> {
-        let (log, id) = (self.keys.log(event.topic()), event.id.to_string());
+        let (log, id) = (self.keys.topic(event.topic()), event.id.to_string());
         self.shared
             .run(|mut conn| async move {
                 let found: Vec<redis::Value> = redis::cmd("XRANGE")
@@ -367,35 +421,6 @@ impl Link {
     pub(super) fn refuse(&self, topic: &TopicName, why: &str) {
         self.metrics.redis_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%topic, "dropped a message on the topic's stored-event channel: {why}");
-    }
-
-    /// Shares this node's newest id with Redis' clock (raising it if Redis lost writes); best effort,
-    /// once per ping.
-    pub(super) async fn raise_clock(&mut self) {
-        let (keys, settings, seen) = (&self.keys, &self.function_settings, &self.shared.seen);
-        let clock = self
-            .shared
-            .run(|mut conn| async move { raise_clock(&mut conn, keys, seen, settings).await })
-            .await;
-        if let Ok(clock) = clock {
-            self.report(&clock);
-        }
-    }
-
-    /// Logs and counts a loss of data once per node, whichever node found Redis behind.
-    pub(super) fn report(&mut self, clock: &Clock) {
-        let known = self.lost.replace(clock.lost);
-        if let (Some(known), Some(lost)) = (known, clock.lost) {
-            if known.is_none_or(|known| lost > known) {
-                self.metrics.redis_data_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "Redis at {} lost writes (a failover, a restart without persistence, or a FLUSHALL): \
-                     events up to {lost} may be gone. New ids continue above it, and readers resuming from \
-                     before it are sent herald.gap",
-                    self.url
-                );
-            }
-        }
     }
 }
 

@@ -14,13 +14,16 @@
 //! - [`keys`]: key and channel names;
 //! - [`functions`]: `herald.lua` and the Rust wrappers of its functions;
 //! - [`link`]: the pub/sub link that follows local interest, re-subscribes and gap-fills;
-//! - [`primary`]: where the primary is (one URL, or asked of the sentinels for every new connection).
+//! - [`primary`]: where the primary is (one URL, asked of the sentinels for every new connection, or the
+//!   Cluster's node for each key's slot);
+//! - [`sharded`]: the link on a Cluster (sharded pub/sub, re-subscribed after failovers and slot moves).
 
 mod connection;
 mod functions;
 mod keys;
 mod link;
 mod primary;
+mod sharded;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +37,14 @@ use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
-use connection::{IoThread, Lane, Shared};
-use functions::{fcall, fcall_replicated, last_id, load_functions, read_history, FunctionSettings};
+use connection::{Conn, IoThread, Lane, Shared};
+use functions::{
+    fcall, fcall_replicated, last_ids, legacy_clock, load_functions, read_history, FunctionSettings,
+};
 use keys::Keys;
 use link::{Command, Link};
 use primary::Primary;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisStartError {
@@ -95,6 +101,8 @@ pub struct RedisEngine {
     command_timeout: Duration,
     /// Replicas a publish must reach before it is acknowledged (`WAIT`).
     min_replicas: u32,
+    /// The one clock of a release-6 dataset, read at start-up (empty when none): new ids stay above it.
+    legacy_clock: String,
     /// Stops the I/O thread (and with it the link) when the engine is dropped.
     _io: IoThread,
 }
@@ -110,7 +118,7 @@ impl RedisEngine {
     ) -> Result<Arc<Self>, RedisStartError> {
         let settings = &all.redis;
         let max_topic_len = all.limits.max_topic_len;
-        let function_settings = FunctionSettings::new(all);
+        let function_settings = FunctionSettings::new(all, !settings.cluster_nodes.is_empty());
         let command_timeout = settings.command_timeout_ms;
         let connect_timeout = settings.connect_timeout_ms;
         let config = AsyncConnectionConfig::new()
@@ -142,8 +150,13 @@ impl RedisEngine {
             .set_response_timeout(Some(command_timeout.saturating_mul(2)));
         let shared = Arc::new(Shared::new(
             Arc::clone(&primary),
-            [config, publish_config],
+            [
+                (config, command_timeout),
+                (publish_config, command_timeout.saturating_mul(2)),
+            ],
             io.handle.clone(),
+            Arc::clone(&metrics),
+            url.clone(),
         ));
 
         let deadline = Instant::now() + settings.startup_wait_secs;
@@ -165,9 +178,7 @@ impl RedisEngine {
             tracing::warn!("waiting for Redis at {url}: {last_error}");
             sleep(Duration::from_millis(250)).await;
         };
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
+        let info = server_info(&mut conn)
             .await
             .map_err(|source| RedisStartError::Functions {
                 url: url.clone(),
@@ -197,6 +208,15 @@ impl RedisEngine {
                 url: url.clone(),
                 source,
             })?;
+        let legacy_clock = match function_settings.legacy {
+            "" => None,
+            _ => legacy_clock(&mut conn, &keys)
+                .await
+                .map_err(|source| RedisStartError::Functions {
+                    url: url.clone(),
+                    source,
+                })?,
+        };
         drop(conn);
 
         let (ready_tx, mut ready) = watch::channel(false);
@@ -210,9 +230,8 @@ impl RedisEngine {
             commands: command_rx,
             idle,
             subscribed: Default::default(),
-            floor: None,
+            floors: Default::default(),
             cursors: Default::default(),
-            lost: None,
             function_settings: function_settings.clone(),
             gap_fill_bound: PageBound {
                 count: all.history.page_size,
@@ -240,8 +259,24 @@ impl RedisEngine {
             commands,
             command_timeout,
             min_replicas: settings.min_replicas,
+            legacy_clock: legacy_clock.map(|id| id.to_string()).unwrap_or_default(),
             _io: io,
         }))
+    }
+}
+
+/// `INFO server` of the Redis (on a Cluster, of any one node: they all run one version).
+async fn server_info(conn: &mut Conn) -> Result<String, RedisError> {
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("server");
+    match conn {
+        Conn::Plain(conn) => cmd.query_async(conn).await,
+        Conn::Cluster(conn) => {
+            let value = conn
+                .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                .await?;
+            Ok(redis::from_redis_value(value)?)
+        }
     }
 }
 
@@ -249,15 +284,24 @@ impl Engine for RedisEngine {
     fn publish<'a>(&'a self, m: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
         async move {
             let mut cmd = redis::cmd("FCALL");
-            cmd.arg("herald_publish")
-                .arg(1)
-                .arg(self.keys.topic(m.topic))
-                .arg(m.data)
+            cmd.arg("herald_publish");
+            match m.idempotency_key {
+                // Declared, so a Cluster moving the topic holds the call until both keys are on one node.
+                Some(key) => cmd
+                    .arg(2)
+                    .arg(self.keys.topic(m.topic))
+                    .arg(self.keys.idempotency(m.topic, key.as_str())),
+                None => cmd.arg(1).arg(self.keys.topic(m.topic)),
+            };
+            cmd.arg(m.data)
                 .arg(m.event.map_or("", |e| e.as_str()))
                 .arg(m.idempotency_key.map_or("", |k| k.as_str()))
                 .arg(&self.function_settings.args[..])
-                .arg(self.shared.seen.floor_arg());
-            let id: String = match self.min_replicas {
+                .arg(self.shared.seen.floor_arg(m.topic))
+                .arg(self.legacy_clock.as_str())
+                .arg("1")
+                .arg(self.function_settings.legacy);
+            let (id, lost): (String, String) = match self.min_replicas {
                 0 => {
                     self.shared
                         .run(|mut conn| async move { fcall(&mut conn, cmd, &self.function_settings).await })
@@ -265,7 +309,7 @@ impl Engine for RedisEngine {
                 }
                 replicas => {
                     let wait_ms = self.command_timeout.as_millis() as u64;
-                    let (id, confirmed) = self
+                    let ((id, lost), confirmed) = self
                         .shared
                         .run_on(Lane::Publishes, |mut conn| async move {
                             fcall_replicated(&mut conn, cmd, replicas, wait_ms, &self.function_settings).await
@@ -278,13 +322,16 @@ impl Engine for RedisEngine {
                              redis.min_replicas asks for confirmed it within {wait_ms} ms"
                         )));
                     }
-                    id
+                    (id, lost)
                 }
             };
             let id = id
                 .parse()
                 .map_err(|_| EngineError::Unavailable(format!("Redis answered a malformed id `{id}`")))?;
-            self.shared.seen.saw(id);
+            if !lost.is_empty() {
+                self.shared.report_loss(m.topic, id);
+            }
+            self.shared.seen.saw(m.topic, id);
             Ok(id)
         }
         .boxed()
@@ -316,12 +363,14 @@ impl Engine for RedisEngine {
 
     fn last_ids<'a>(&'a self, topics: &'a [TopicName]) -> BoxFuture<'a, Result<Vec<EventId>, EngineError>> {
         async move {
-            let id = self
+            let ids = self
                 .shared
-                .run(|mut conn| async move { last_id(&mut conn, &self.keys).await })
-                .await
-                .inspect(|id| self.shared.seen.saw(*id))?;
-            Ok(vec![id; topics.len()])
+                .run(|conn| async move { last_ids(&conn, &self.keys, topics, &self.function_settings).await })
+                .await?;
+            for (topic, id) in topics.iter().zip(&ids) {
+                self.shared.seen.saw(topic, *id);
+            }
+            Ok(ids)
         }
         .boxed()
     }

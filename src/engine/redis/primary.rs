@@ -1,11 +1,13 @@
 //! Where the primary is: one fixed Redis (`redis.url`), or whichever the sentinels name now
-//! (`redis.sentinels`), asked afresh for every new connection so a failover is followed.
+//! (`redis.sentinels`), asked afresh for every new connection so a failover is followed; or, on a Redis
+//! Cluster (`redis.cluster_nodes`), whichever node holds each key's slot (the cluster client follows the
+//! slot map, MOVED and ASK).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{
     AsyncConnectionConfig, ClientTlsConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult,
     TlsCertificates,
@@ -13,12 +15,54 @@ use redis::{
 use tokio::sync::watch;
 use tokio::time::timeout;
 
+use super::connection::Conn;
 use super::RedisStartError;
 use crate::config::{redact_url, RedisSettings};
 
 pub(super) enum Primary {
     Fixed(redis::Client),
     Sentinel(Sentinels),
+    Cluster(Seeds),
+}
+
+/// How to reach a Redis Cluster: its seed nodes, credentials and TLS.
+pub(super) struct Seeds {
+    nodes: Vec<redis::ConnectionInfo>,
+    credentials: RedisConnectionInfo,
+    tls: Option<TlsCertificates>,
+    connect_timeout: Duration,
+    /// For messages: the seed nodes, redacted.
+    pub(super) shown: String,
+}
+
+impl Seeds {
+    /// A cluster client whose calls wait up to `response_timeout`; with `push`, one that speaks RESP3 and
+    /// hands every pub/sub message and (re)subscription notice to it (the link's).
+    pub(super) fn client(
+        &self,
+        response_timeout: Duration,
+        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> RedisResult<ClusterClient> {
+        let mut builder = ClusterClientBuilder::new(self.nodes.clone())
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(response_timeout);
+        if let Some(username) = self.credentials.username() {
+            builder = builder.username(username);
+        }
+        if let Some(password) = self.credentials.password() {
+            builder = builder.password(password);
+        }
+        if let Some(tls) = &self.tls {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            builder = builder.certs(tls.clone());
+        }
+        if let Some(push) = push {
+            builder = builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(push);
+        }
+        builder.build()
+    }
 }
 
 pub(super) struct Sentinels {
@@ -49,6 +93,37 @@ impl Primary {
         } else {
             None
         };
+        if !settings.cluster_nodes.is_empty() {
+            let mut nodes = Vec::new();
+            let mut credentials = RedisConnectionInfo::default();
+            for url in &settings.cluster_nodes {
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|source| RedisStartError::BadUrl {
+                        url: redact_url(url),
+                        source,
+                    })?;
+                credentials = with_credentials(info.redis_settings().clone(), settings);
+                nodes.push(info);
+            }
+            let shown = format!(
+                "the Redis Cluster of {}",
+                settings
+                    .cluster_nodes
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Ok(Primary::Cluster(Seeds {
+                nodes,
+                credentials,
+                tls,
+                connect_timeout: settings.connect_timeout_ms,
+                shown,
+            }));
+        }
         if settings.sentinels.is_empty() {
             let url = redact_url(&settings.url);
             let bad_url = |source| RedisStartError::BadUrl {
@@ -95,17 +170,27 @@ impl Primary {
         }))
     }
 
-    /// A client for the primary as of now.
+    /// A client for the primary as of now (one Redis, or behind Sentinel; a Cluster has no one primary).
     pub(super) async fn client(&self) -> RedisResult<redis::Client> {
         match self {
             Primary::Fixed(client) => Ok(client.clone()),
             Primary::Sentinel(s) => s.current().await,
+            Primary::Cluster(_) => Err(failure("a Redis Cluster has no single primary".into())),
         }
     }
 
     /// A command connection to the primary; behind Sentinel, one whose `ROLE` says it is the primary (a
-    /// demoted node, or a replica not yet promoted, is refused as unreachable: the caller retries).
-    pub(super) async fn connect(&self, config: &AsyncConnectionConfig) -> RedisResult<MultiplexedConnection> {
+    /// demoted node, or a replica not yet promoted, is refused as unreachable: the caller retries). On a
+    /// Cluster, a connection to all its primaries, each call sent to the one holding its keys.
+    pub(super) async fn connect(
+        &self,
+        config: &AsyncConnectionConfig,
+        response_timeout: Duration,
+    ) -> RedisResult<Conn> {
+        if let Primary::Cluster(seeds) = self {
+            let client = seeds.client(response_timeout, None)?;
+            return Ok(Conn::Cluster(client.get_async_connection().await?));
+        }
         let client = self.client().await?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(config)
@@ -124,7 +209,7 @@ impl Primary {
                 )));
             }
         }
-        Ok(conn)
+        Ok(Conn::Plain(conn))
     }
 
     /// Until the engine stops: bumps `failovers` whenever a sentinel announces `+switch-master` for our
@@ -162,6 +247,7 @@ impl Primary {
         match self {
             Primary::Fixed(_) => redact_url(url),
             Primary::Sentinel(s) => s.shown.clone(),
+            Primary::Cluster(c) => c.shown.clone(),
         }
     }
 }

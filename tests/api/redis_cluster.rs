@@ -1,0 +1,445 @@
+//! Herald on a real Redis Cluster (6 `redis-server --cluster-enabled yes`, 3 primaries with a replica
+//! each) started by every test: topics on all three shards, sharded pub/sub, a primary killed, a slot
+//! moved while it is busy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{assert_exact, pct, spawn_app_with, Outcome, Subscriber, TestApp};
+use crate::redis_server::{key_slot, ClusterSetup};
+
+async fn cluster_node(setup: &ClusterSetup, min_replicas: u32) -> TestApp {
+    let urls = setup.urls();
+    spawn_app_with(move |s| {
+        s.redis.cluster_nodes = urls;
+        s.redis.min_replicas = min_replicas;
+        s.redis.startup_wait_secs = Duration::from_secs(20);
+        s.redis.command_timeout_ms = Duration::from_millis(1500);
+        s.redis.ping_interval_ms = Duration::from_millis(200);
+    })
+    .await
+}
+
+/// `per_shard` topics on each of the 3 shards (the first candidates that land there), the IRI first
+/// wherever it lands.
+fn spread_topics(setup: &ClusterSetup, per_shard: usize) -> Vec<String> {
+    let primaries = setup.primaries();
+    let mut by_shard: HashMap<u16, Vec<String>> = HashMap::new();
+    let candidates =
+        std::iter::once("https://example.com/books/1".to_string()).chain((0..200).map(|n| format!("c{n}")));
+    for topic in candidates {
+        let owner = setup.owner(key_slot(&format!("herald:{{{topic}}}")));
+        let on = by_shard.entry(owner).or_default();
+        if on.len() < per_shard {
+            on.push(topic);
+        }
+    }
+    let mut topics = Vec::new();
+    for port in primaries {
+        topics.extend(by_shard.remove(&port).unwrap_or_default());
+    }
+    assert_eq!(topics.len(), 3 * per_shard, "topics on every shard: {topics:?}");
+    topics
+}
+
+async fn subscribe_all(node: &TestApp, topics: &[String]) -> Subscriber {
+    let query: Vec<String> = topics.iter().map(|t| format!("topic={}", pct(t))).collect();
+    node.subscribe_query(&query.join("&"), None).await
+}
+
+async fn publish(node: &TestApp, topic: &str, data: String) -> Outcome {
+    let response = node
+        .client
+        .post(node.url(&format!("/topics/{}", pct(topic))))
+        .body(data.clone())
+        .send()
+        .await;
+    Outcome::from_response(data, response).await
+}
+
+/// Checks a multi-topic stream's events per topic: `outcomes[t]` are the publishes to `topics[t]`.
+fn assert_exact_per_topic(
+    who: &str,
+    received: &[eventsource_stream::Event],
+    outcomes: &[Vec<Outcome>],
+    topics: &[String],
+) {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    for (t, topic) in topics.iter().enumerate() {
+        let mine: Vec<eventsource_stream::Event> = received
+            .iter()
+            .filter(|e| outcomes[t].iter().any(|o| o.data == e.data))
+            .cloned()
+            .collect();
+        assert_exact(
+            &format!("{who}, topic {topic}"),
+            &mine,
+            &outcomes[t],
+            &names,
+            topic,
+        );
+    }
+}
+
+/// Reads a stream as it comes (a client that stops reading is cut off as a slow consumer), until
+/// `done` is set and it has been quiet for 2 s since.
+fn collect(
+    mut sub: Subscriber,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<eventsource_stream::Event>> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut quiet_since = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), sub.next_or_end()).await {
+                Ok(Some(event)) => {
+                    got.push(event);
+                    quiet_since = Instant::now();
+                }
+                Ok(None) => return got,
+                Err(_) => {
+                    let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                    if finished && quiet_since.elapsed() > Duration::from_secs(2) {
+                        return got;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Two nodes on a 3-shard Cluster; single-topic streams of 6 topics (an IRI among them) spread over the
+/// shards on both nodes, and 6-topic streams; publishes through both nodes and through `redis-cli -c`:
+/// every stream gets exactly what was published. A 6-topic stream cut off mid-run and resumed on the
+/// other node with its last (composite) id gets exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_delivers_exactly_over_all_shards_and_resumes_a_six_topic_stream() {
+    let setup = ClusterSetup::start();
+    let (a, b) = (cluster_node(&setup, 0).await, cluster_node(&setup, 0).await);
+    let topics = spread_topics(&setup, 2);
+    let mut singles = Vec::new();
+    for topic in &topics {
+        for node in [&a, &b] {
+            let sub = node.subscribe_query(&format!("topic={}", pct(topic)), None).await;
+            singles.push((topic.clone(), sub));
+        }
+    }
+    let mut whole = subscribe_all(&a, &topics).await;
+    let mut cut = Some(subscribe_all(&b, &topics).await);
+
+    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); topics.len()];
+    let mut cut_at = None;
+    for i in 0..240usize {
+        let t = i % topics.len();
+        let data = format!("m{i}");
+        let outcome = match i % 3 {
+            0 => publish(&a, &topics[t], data).await,
+            1 => publish(&b, &topics[t], data).await,
+            _ => {
+                let key = format!("herald:{{{}}}", topics[t]);
+                let id = setup.cli_c(&["FCALL", "herald_publish", "1", &key, &data]);
+                assert!(
+                    id.as_ref().is_some_and(|id| id.contains('-')),
+                    "redis-cli -c FCALL: {id:?}"
+                );
+                Outcome {
+                    data,
+                    status: 200,
+                    id,
+                }
+            }
+        };
+        assert_eq!(outcome.status, 200, "publish {i}");
+        outcomes[t].push(outcome);
+        if i == 119 {
+            let mut stream = cut.take().expect("the stream to cut");
+            let got = stream.take(120).await;
+            assert_exact_per_topic("the stream cut off", &got, &outcomes, &topics);
+            cut_at = got.last().map(|e| e.id.clone());
+        }
+    }
+
+    for (topic, sub) in &mut singles {
+        let t = topics.iter().position(|x| x == topic).unwrap_or_default();
+        let got = sub.take(outcomes[t].len()).await;
+        assert_exact(
+            &format!("single {topic}"),
+            &got,
+            &outcomes[t],
+            &[topic.as_str()],
+            topic,
+        );
+        sub.assert_silent(Duration::from_millis(100)).await;
+    }
+    let got = whole.take(240).await;
+    assert_exact_per_topic("6-topic stream", &got, &outcomes, &topics);
+
+    // Resumed on the other node from the composite id: exactly the second half, per topic.
+    let last = cut_at.expect("the cut stream's last id");
+    assert!(last.contains('.'), "a composite id: {last}");
+    let query: Vec<String> = topics.iter().map(|t| format!("topic={}", pct(t))).collect();
+    let mut resumed = a.subscribe_query(&query.join("&"), Some(&last)).await;
+    let rest = resumed.take(120).await;
+    let second_half: Vec<Vec<Outcome>> = outcomes.iter().map(|o| o[20..].to_vec()).collect();
+    assert_exact_per_topic("resumed 6-topic stream", &rest, &second_half, &topics);
+    resumed.assert_silent(Duration::from_millis(300)).await;
+}
+
+/// Publishes 200/s for 8 s over both nodes to 6 topics on the 3 shards, each publish `min_replicas = 1`;
+/// at 2 s the primary of the first topic's shard is killed with SIGKILL, and at 4 s started again (it
+/// comes back as the replica of the node that took over). Every stream (single-topic and 6-topic, on
+/// both nodes) gets every acknowledged event exactly once, in order, nothing twice; publishes to that
+/// shard are acknowledged again once it has a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas() {
+    let mut setup = ClusterSetup::start();
+    let nodes = Arc::new([cluster_node(&setup, 1).await, cluster_node(&setup, 1).await]);
+    let topics = Arc::new(spread_topics(&setup, 2));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for topic in topics.iter() {
+            let sub = node.subscribe_query(&format!("topic={}", pct(topic)), None).await;
+            streams.push((
+                format!("node {n}, {topic}"),
+                vec![topic.clone()],
+                collect(sub, Arc::clone(&done)),
+            ));
+        }
+        let sub = subscribe_all(node, &topics).await;
+        streams.push((
+            format!("node {n}, 6 topics"),
+            topics.to_vec(),
+            collect(sub, Arc::clone(&done)),
+        ));
+    }
+    let victim = setup.owner(key_slot(&format!("herald:{{{}}}", topics[0])));
+    let start = Instant::now();
+    let publisher = {
+        let (nodes, topics) = (Arc::clone(&nodes), Arc::clone(&topics));
+        tokio::spawn(async move {
+            let mut sends = Vec::new();
+            for i in 0..1600usize {
+                tokio::time::sleep_until((start + Duration::from_millis(5 * i as u64)).into()).await;
+                let (nodes, topics) = (Arc::clone(&nodes), Arc::clone(&topics));
+                sends.push(tokio::spawn(async move {
+                    let t = i % topics.len();
+                    let at = start.elapsed();
+                    (t, at, publish(&nodes[i % 2], &topics[t], format!("m{i}")).await)
+                }));
+            }
+            let mut outcomes: Vec<Vec<(Duration, Outcome)>> = vec![Vec::new(); topics.len()];
+            for send in sends {
+                let (t, at, outcome) = send.await.expect("publish task");
+                outcomes[t].push((at, outcome));
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    setup.node_mut(victim).kill();
+    let killed = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    setup.node_mut(victim).restart();
+    let back = start.elapsed();
+    let timed = publisher.await.expect("publisher");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let outcomes: Vec<Vec<Outcome>> = timed
+        .iter()
+        .map(|o| o.iter().map(|(_, o)| o.clone()).collect())
+        .collect();
+    let count = |status: u16| outcomes.iter().flatten().filter(|o| o.status == status).count();
+    println!(
+        "killed primary {victim} at {killed:?}, back at {back:?}: {} acknowledged, {} unknown (504), {} refused (503), {} no answer",
+        count(200),
+        count(504),
+        count(503),
+        count(0)
+    );
+    for (t, sent) in timed.iter().enumerate() {
+        let unknown: Vec<_> = sent
+            .iter()
+            .filter(|(_, o)| o.status != 200)
+            .map(|(at, _)| at)
+            .collect();
+        println!(
+            "{}: {} not acknowledged, from {:?} to {:?}",
+            topics[t],
+            unknown.len(),
+            unknown.first(),
+            unknown.last()
+        );
+    }
+    assert!(
+        timed[0].iter().any(|(at, o)| *at > back && o.status == 200),
+        "publishes to the dead primary's shard were acknowledged again after the failover"
+    );
+    let mut results = Vec::new();
+    for (who, mine, stream) in streams {
+        let got = stream.await.expect("reader");
+        let missing: Vec<&str> = mine
+            .iter()
+            .flat_map(|topic| {
+                let t = topics.iter().position(|x| x == topic).unwrap_or_default();
+                outcomes[t]
+                    .iter()
+                    .filter(|o| o.status == 200)
+                    .map(|o| o.data.as_str())
+            })
+            .filter(|data| !got.iter().any(|e| e.data == *data))
+            .collect();
+        println!("{who}: {} received, missing acknowledged {missing:?}", got.len());
+        results.push((who, mine, got));
+    }
+    for (who, mine, got) in results {
+        let picked: Vec<Vec<Outcome>> = mine
+            .iter()
+            .map(|topic| {
+                let t = topics.iter().position(|x| x == topic).unwrap_or_default();
+                outcomes[t].clone()
+            })
+            .collect();
+        assert_exact_per_topic(&who, &got, &picked, &mine);
+    }
+}
+
+/// A topic whose slot is the first of a primary's slots (what `redis-cli --cluster reshard` moves first
+/// from that primary), and that primary's port.
+fn topic_on_first_slot(setup: &ClusterSetup) -> (String, u16, u16) {
+    let mut ranges = setup.slot_ranges();
+    ranges.sort();
+    let (first, _, port) = ranges[0];
+    let topic = (0..2_000_000)
+        .map(|n| format!("busy-{n}"))
+        .find(|t| key_slot(&format!("herald:{{{t}}}")) == first)
+        .expect("a topic on the slot");
+    (topic, first, port)
+}
+
+/// `redis-cli --cluster reshard` moves a busy topic's slot to another shard while both nodes publish to
+/// it 300 times a second (half of them with an Idempotency-Key, so the slot holds several keys and is
+/// moved in several batches): every stream gets every acknowledged event exactly once, in order, and
+/// the topic is published to and read on its new shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_a_busy_topics_slot_loses_and_repeats_nothing() {
+    let setup = ClusterSetup::start();
+    let nodes = Arc::new([cluster_node(&setup, 0).await, cluster_node(&setup, 0).await]);
+    let (busy, slot, from) = topic_on_first_slot(&setup);
+    let to = setup
+        .primaries()
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+    let others = spread_topics(&setup, 1);
+    let mut topics = vec![busy.clone()];
+    topics.extend(others);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let sub = node.subscribe_query(&format!("topic={busy}"), None).await;
+        streams.push((
+            format!("node {n}, {busy}"),
+            vec![busy.clone()],
+            collect(sub, Arc::clone(&done)),
+        ));
+        let sub = subscribe_all(node, &topics).await;
+        streams.push((
+            format!("node {n}, 4 topics"),
+            topics.clone(),
+            collect(sub, Arc::clone(&done)),
+        ));
+    }
+    let start = Instant::now();
+    let publisher = {
+        let (nodes, busy) = (Arc::clone(&nodes), busy.clone());
+        tokio::spawn(async move {
+            let mut sends = Vec::new();
+            for i in 0..1500usize {
+                tokio::time::sleep_until((start + Duration::from_millis(10 * i as u64 / 3)).into()).await;
+                let (nodes, busy) = (Arc::clone(&nodes), busy.clone());
+                sends.push(tokio::spawn(async move {
+                    let node = &nodes[i % 2];
+                    let data = format!("m{i}");
+                    let mut request = node
+                        .client
+                        .post(node.url(&format!("/topics/{busy}")))
+                        .body(data.clone());
+                    if i % 2 == 0 {
+                        request = request.header("Idempotency-Key", format!("k{i}"));
+                    }
+                    (
+                        start.elapsed(),
+                        Outcome::from_response(data, request.send().await).await,
+                    )
+                }));
+            }
+            let mut outcomes = Vec::new();
+            for send in sends {
+                outcomes.push(send.await.expect("publish task"));
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (from_id, to_id) = (setup.id_of(from), setup.id_of(to));
+    let seed = format!("127.0.0.1:{from}");
+    let moved_at = start.elapsed();
+    let reshard = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &seed,
+                "--cluster-from",
+                &from_id,
+                "--cluster-to",
+                &to_id,
+            ])
+            .args(["--cluster-slots", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs")
+    })
+    .await
+    .expect("reshard");
+    let moved = start.elapsed();
+    assert!(
+        reshard.status.success(),
+        "redis-cli --cluster reshard: {}{}",
+        String::from_utf8_lossy(&reshard.stdout),
+        String::from_utf8_lossy(&reshard.stderr)
+    );
+    let timed = publisher.await.expect("publisher");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(setup.owner(slot), to, "the busy topic's slot {slot} moved");
+    assert_eq!(
+        setup
+            .node(to)
+            .cli(&["EXISTS", &format!("herald:{{{busy}}}")])
+            .as_deref(),
+        Some("1")
+    );
+    let outcomes: Vec<Outcome> = timed.iter().map(|(_, o)| o.clone()).collect();
+    let count = |status: u16| outcomes.iter().filter(|o| o.status == status).count();
+    println!(
+        "moved slot {slot} from {from} to {to} between {moved_at:?} and {moved:?}: {} acknowledged, {} \
+         unknown (504), {} refused (503)",
+        count(200),
+        count(504),
+        count(503)
+    );
+    assert!(
+        timed.iter().any(|(at, o)| *at > moved && o.status == 200),
+        "publishes were acknowledged after the move"
+    );
+    let mut all: Vec<Vec<Outcome>> = vec![outcomes];
+    all.extend(topics[1..].iter().map(|_| Vec::new()));
+    for (who, mine, stream) in streams {
+        let got = stream.await.expect("reader");
+        let picked: Vec<Vec<Outcome>> = mine
+            .iter()
+            .map(|topic| all[topics.iter().position(|x| x == topic).unwrap_or_default()].clone())
+            .collect();
+        assert_exact_per_topic(&who, &got, &picked, &mine);
+    }
+}
