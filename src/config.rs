@@ -774,6 +774,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_stand_alone_and_are_urls() {
+        let mut s = Settings::defaults().unwrap();
+        s.redis.cluster_nodes = vec!["redis://127.0.0.1:7000".into(), "redis://127.0.0.1:7001".into()];
+        assert!(s.validate().is_ok());
+        assert!(s.redis.enabled() && !s.redis.tls());
+        s.redis.url = "redis://127.0.0.1:6379".into();
+        let msg = s.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("redis.cluster_nodes") && msg.contains("not several"),
+            "{msg}"
+        );
+        s.redis.url.clear();
+        s.redis.cluster_nodes = vec!["127.0.0.1:7000".into()];
+        let msg = s.validate().unwrap_err().to_string();
+        assert!(msg.contains("redis://host:port"), "{msg}");
+        s.redis.cluster_nodes = vec!["rediss://a:7000".into(), "redis://b:7000".into()];
+        let msg = s.validate().unwrap_err().to_string();
+        assert!(msg.contains("one scheme"), "{msg}");
+        s.redis.cluster_nodes = vec!["rediss://a:7000".into(), "rediss://b:7000".into()];
+        assert!(s.validate().is_ok() && s.redis.tls());
+    }
+
+    #[test]
     fn overrides_win() {
         let sources = Sources {
             dir: None,

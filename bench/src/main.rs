@@ -30,13 +30,15 @@ struct Args {
     /// Systems, comma-separated (default: all but the last four): herald-memory, herald-redis,
     /// herald-redis-3nodes, nchan-memory, nchan-redis, express, herald-redis-replica (a primary and a
     /// replica, min_replicas 0), herald-redis-wait1 (the same with min_replicas 1), herald-memory-actix and
-    /// herald-redis-actix (streams served through actix-web instead of the lean path).
+    /// herald-redis-actix (streams served through actix-web instead of the lean path), herald-redis-cluster
+    /// (a 3-shard Redis Cluster).
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Scenarios, comma-separated (default: all): fanout, multi (1k Herald streams of 3 topics each),
     /// latency, idle, replay, growth (CPU per
     /// delivery at 100 / 1,000 / 10,000 subscribers, and 10,000 topics), rss (idle memory at 1k-18k),
-    /// publish (publish round trip and CPU per publish, 1 and 4 in flight).
+    /// publish (publish round trip and CPU per publish, 1 and 4 in flight), spread (publishes/s and CPU
+    /// per publish over 96 topics, 16 in flight: one Redis against herald-redis-cluster).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Publishes kept in flight by the fan-out and growth scenarios (the "a few"). Herald writes
@@ -688,6 +690,21 @@ async fn run(args: Args) -> Result<()> {
                     v
                 }
                 "publish" => vec![publish_cost(&sys, 1).await?, publish_cost(&sys, 4).await?],
+                // Publish capacity with the load spread over many topics (so over a Cluster's shards):
+                // one subscriber per topic, so CPU per delivery is CPU per publish.
+                "spread" => vec![
+                    fanout(
+                        &sys,
+                        "spread: 96 topics × 1 sub, 16 publishes in flight (CPU per publish)",
+                        96,
+                        1,
+                        200,
+                        16,
+                        None,
+                        Streams::OneTopic,
+                    )
+                    .await?,
+                ],
                 other => bail!("unknown scenario {other}"),
             };
             for r in &new {

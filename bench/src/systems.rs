@@ -26,16 +26,20 @@ pub enum Kind {
     HeraldMemoryActix,
     /// The same on Redis.
     HeraldRedisActix,
+    /// Herald on a 3-shard Redis Cluster (3 primaries, no replicas; `redis.cluster_nodes`).
+    HeraldCluster,
 }
 
 impl Kind {
     /// Systems run only when named (`--systems`): the replicated-publish comparison.
     /// And the lean stream path against actix-web's, in one run.
-    pub const EXTRA: [Kind; 4] = [
+    /// And one Redis against a 3-shard Cluster.
+    pub const EXTRA: [Kind; 5] = [
         Kind::HeraldReplica,
         Kind::HeraldWait,
         Kind::HeraldMemoryActix,
         Kind::HeraldRedisActix,
+        Kind::HeraldCluster,
     ];
 
     pub const ALL: [Kind; 6] = [
@@ -59,6 +63,7 @@ impl Kind {
             Kind::HeraldWait => "herald-redis-wait1",
             Kind::HeraldMemoryActix => "herald-memory-actix",
             Kind::HeraldRedisActix => "herald-redis-actix",
+            Kind::HeraldCluster => "herald-redis-cluster",
         }
     }
 
@@ -79,6 +84,7 @@ impl Kind {
                 | Kind::HeraldWait
                 | Kind::HeraldMemoryActix
                 | Kind::HeraldRedisActix
+                | Kind::HeraldCluster
         )
     }
 
@@ -95,6 +101,8 @@ pub struct System {
     servers: Vec<Child>,
     redis: Option<Child>,
     replica: Option<Child>,
+    /// The primaries of a Cluster.
+    shards: Vec<Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -146,7 +154,67 @@ async fn start_redis(dir: &Path, replica_of: Option<u16>) -> Result<(Child, u16)
     Ok((child, port))
 }
 
-async fn start_herald(bin: &Path, redis: Option<u16>, min_replicas: u32, lean: bool) -> Result<(Child, u16)> {
+/// Three `redis-server --cluster-enabled yes` made one Cluster by `redis-cli --cluster create` (no
+/// replicas), ok on every node.
+async fn start_cluster(dir: &Path) -> Result<(Vec<Child>, Vec<u16>)> {
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for n in 0..3 {
+        let port = free_port()?;
+        let node_dir = dir.join(format!("shard{n}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let child = quiet(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args(["--appendonly", "no", "--cluster-enabled", "yes"])
+                .args(["--cluster-port", &free_port()?.to_string()])
+                .arg("--dir")
+                .arg(&node_dir),
+        )
+        .spawn()
+        .context("redis-server (apt-get install redis-server)")?;
+        wait_port(port).await?;
+        children.push(child);
+        ports.push(port);
+    }
+    let create = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .await?;
+    if !create.status.success() {
+        bail!(
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&create.stdout)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in &ports {
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                .output()
+                .await?;
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the Cluster never became ok");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok((children, ports))
+}
+
+async fn start_herald(
+    bin: &Path,
+    redis: Option<u16>,
+    cluster: &[u16],
+    min_replicas: u32,
+    lean: bool,
+) -> Result<(Child, u16)> {
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     cmd.args(["--port", &port.to_string()])
@@ -163,6 +231,10 @@ async fn start_herald(bin: &Path, redis: Option<u16>, min_replicas: u32, lean: b
         .env("HERALD__REDIS__MIN_REPLICAS", min_replicas.to_string());
     if let Some(redis) = redis {
         cmd.args(["--redis-url", &format!("redis://127.0.0.1:{redis}")]);
+    }
+    if !cluster.is_empty() {
+        let nodes: Vec<String> = cluster.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
+        cmd.env("HERALD__REDIS__CLUSTER_NODES", nodes.join(","));
     }
     let child = quiet(&mut cmd)
         .spawn()
@@ -225,8 +297,17 @@ impl System {
         let dir = tempfile::tempdir()?;
         let needs_redis = !matches!(
             kind,
-            Kind::HeraldMemory | Kind::HeraldMemoryActix | Kind::NchanMemory | Kind::Express
+            Kind::HeraldMemory
+                | Kind::HeraldMemoryActix
+                | Kind::NchanMemory
+                | Kind::Express
+                | Kind::HeraldCluster
         );
+        let (shards, shard_ports) = if kind == Kind::HeraldCluster {
+            start_cluster(dir.path()).await?
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let (redis, redis_port) = if needs_redis {
             let (child, port) = start_redis(dir.path(), None).await?;
             (Some(child), Some(port))
@@ -264,7 +345,7 @@ impl System {
             let (child, port) = match kind {
                 k if k.is_herald() => {
                     let lean = !matches!(k, Kind::HeraldMemoryActix | Kind::HeraldRedisActix);
-                    start_herald(herald, redis_port, min_replicas, lean).await?
+                    start_herald(herald, redis_port, &shard_ports, min_replicas, lean).await?
                 }
                 Kind::NchanMemory | Kind::NchanRedis => start_nchan(repo, dir.path(), redis_port).await?,
                 _ => start_express(repo).await?,
@@ -279,6 +360,7 @@ impl System {
             servers,
             redis,
             replica,
+            shards,
             _dir: dir,
         })
     }
@@ -291,7 +373,13 @@ impl System {
             .filter_map(Child::id)
             .flat_map(procfs::with_children)
             .collect();
-        pids.extend(self.redis.iter().chain(&self.replica).filter_map(Child::id));
+        pids.extend(
+            self.redis
+                .iter()
+                .chain(&self.replica)
+                .chain(&self.shards)
+                .filter_map(Child::id),
+        );
         pids
     }
 

@@ -184,6 +184,24 @@ async fn a_cluster_delivers_exactly_over_all_shards_and_resumes_a_six_topic_stre
     let second_half: Vec<Vec<Outcome>> = outcomes.iter().map(|o| o[20..].to_vec()).collect();
     assert_exact_per_topic("resumed 6-topic stream", &rest, &second_half, &topics);
     resumed.assert_silent(Duration::from_millis(300)).await;
+
+    // A primary without the library (as one that joined later): the first publish there loads it on
+    // every primary and is stored once.
+    let owner = setup.owner(key_slot(&format!("herald:{{{}}}", topics[0])));
+    assert_eq!(
+        setup.node(owner).cli(&["FUNCTION", "FLUSH"]).as_deref(),
+        Some("OK")
+    );
+    let outcome = publish(&b, &topics[0], "after the flush".into()).await;
+    assert_eq!(outcome.status, 200, "published on a primary that had no library");
+    assert_eq!(
+        setup
+            .node(owner)
+            .cli(&["FCALL", "herald_version", "0"])
+            .as_deref(),
+        Some("7")
+    );
+    assert_eq!(resumed.next().await.data, "after the flush");
 }
 
 /// Publishes 200/s for 8 s over both nodes to 6 topics on the 3 shards, each publish `min_replicas = 1`;
