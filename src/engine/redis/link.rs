@@ -182,21 +182,13 @@ impl Link {
                 },
                 Some(command) = self.commands.recv() => match command {
                     Command::Subscribe(topic, reply) => {
-                        let result = self.ensure_subscribed(&mut sink, &topic).await;
-                        let (answer, failed) = match result {
-                            Ok(()) => (Ok(()), None),
-                            Err(e) => (Err(EngineError::Unavailable(e.to_string())), Some(e)),
-                        };
-                        let _ = reply.send(answer);
-                        if let Some(e) = failed {
+                        if let Some(e) = answer(reply, self.ensure_subscribed(&mut sink, &topic).await) {
                             return e;
                         }
                     }
                 },
                 Some(topic) = self.idle.recv() => {
-                    if !self.node.has_subscribers(&topic) && self.subscribed.remove(&topic) {
-                        self.cursors.remove(&topic);
-                        self.floors.remove(&topic);
+                    if self.release(&topic) {
                         if let Err(e) = self.call(sink.unsubscribe(self.keys.channels(&topic).to_vec())).await {
                             return e;
                         }
@@ -210,6 +202,17 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Whether an idle topic is to be unsubscribed now (no local subscriber left); forgets its cursor and
+    /// floor.
+    pub(super) fn release(&mut self, topic: &TopicName) -> bool {
+        if self.node.has_subscribers(topic) || !self.subscribed.remove(topic) {
+            return false;
+        }
+        self.cursors.remove(topic);
+        self.floors.remove(topic);
+        true
     }
 
     /// Runs one pub/sub call with the command timeout.
@@ -421,6 +424,23 @@ impl Link {
     pub(super) fn refuse(&self, topic: &TopicName, why: &str) {
         self.metrics.redis_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%topic, "dropped a message on the topic's stored-event channel: {why}");
+    }
+}
+
+/// Answers a subscribe command; returns the error that must end this life of the link.
+pub(super) fn answer(
+    reply: oneshot::Sender<Result<(), EngineError>>,
+    result: Result<(), LinkError>,
+) -> Option<LinkError> {
+    match result {
+        Ok(()) => {
+            let _ = reply.send(Ok(()));
+            None
+        }
+        Err(e) => {
+            let _ = reply.send(Err(EngineError::Unavailable(e.to_string())));
+            Some(e)
+        }
     }
 }
 

@@ -18,10 +18,9 @@ use tokio::time::timeout;
 
 use super::connection::Conn;
 use super::functions::load_functions;
-use super::link::{Command, Link, LinkError, MAX_BATCH};
+use super::link::{answer, Command, Link, LinkError, MAX_BATCH};
 use super::primary::Seeds;
 use crate::domain::TopicName;
-use crate::engine::EngineError;
 use crate::event::Event;
 
 /// What one push from the cluster connection asks of the link.
@@ -82,21 +81,13 @@ impl Link {
                 }
                 Some(command) = self.commands.recv() => match command {
                     Command::Subscribe(topic, reply) => {
-                        let result = self.ensure_subscribed_sharded(&mut conn, &topic).await;
-                        let (answer, failed) = match result {
-                            Ok(()) => (Ok(()), None),
-                            Err(e) => (Err(EngineError::Unavailable(e.to_string())), Some(e)),
-                        };
-                        let _ = reply.send(answer);
-                        if let Some(e) = failed {
+                        if let Some(e) = answer(reply, self.ensure_subscribed_sharded(&mut conn, &topic).await) {
                             return e;
                         }
                     }
                 },
                 Some(topic) = self.idle.recv() => {
-                    if !self.node.has_subscribers(&topic) && self.subscribed.remove(&topic) {
-                        self.cursors.remove(&topic);
-                        self.floors.remove(&topic);
+                    if self.release(&topic) {
                         if let Err(e) = self.call(conn.sunsubscribe(self.keys.channels(&topic).to_vec())).await {
                             return e;
                         }
