@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RetryMethod, Value};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -84,7 +84,10 @@ pub(super) enum Lane {
     /// Every call but replica-acknowledged publishes.
     Commands = 0,
     /// Publishes followed by `WAIT` (with `redis.min_replicas`): WAIT holds back every later command on
-    /// its connection until the replicas answer, which must not stall history reads and gap-fills.
+    /// its connection until the replicas answer, which must not stall history reads and gap-fills. On a
+    /// Cluster every publish takes it, and its client never retries by itself: the cluster client would
+    /// also repeat a publish whose connection broke after Redis ran it (a primary dying), storing and
+    /// delivering the event twice; `retry_unrun` retries only what Redis refused before running.
     Publishes = 1,
 }
 
@@ -109,6 +112,8 @@ struct Slot {
     config: AsyncConnectionConfig,
     /// The same as `config`'s, for Cluster clients (built otherwise).
     response_timeout: Duration,
+    /// For Cluster clients: how often the client may retry a call by itself (None: its default).
+    retries: Option<u32>,
     current: std::sync::Mutex<Option<(u64, Conn)>>,
     /// Held while connecting, so concurrent callers wait for one attempt instead of each making one.
     connecting: tokio::sync::Mutex<Attempts>,
@@ -135,7 +140,7 @@ impl Shared {
     /// `configs`: the timeouts of the command and the publish connection.
     pub(super) fn new(
         primary: Arc<Primary>,
-        configs: [(AsyncConnectionConfig, Duration); 2],
+        configs: [(AsyncConnectionConfig, Duration, Option<u32>); 2],
         io: Handle,
         metrics: Arc<Metrics>,
         url: String,
@@ -143,9 +148,10 @@ impl Shared {
         Shared {
             primary,
             io,
-            lanes: configs.map(|(config, response_timeout)| Slot {
+            lanes: configs.map(|(config, response_timeout, retries)| Slot {
                 config,
                 response_timeout,
+                retries,
                 current: std::sync::Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(Attempts::default()),
             }),
@@ -176,11 +182,11 @@ impl Shared {
             }
         }
         let (primary, config) = (Arc::clone(&self.primary), slot.config.clone());
-        let response_timeout = slot.response_timeout;
+        let (response_timeout, retries) = (slot.response_timeout, slot.retries);
         // Made on the I/O thread, so the connection's reader task lives there too.
         let made = self
             .io
-            .spawn(async move { primary.connect(&config, response_timeout).await })
+            .spawn(async move { primary.connect(&config, response_timeout, retries).await })
             .await
             .map_err(|e| std::io::Error::other(format!("the Redis I/O thread stopped: {e}")).into())
             .and_then(|made| made);
@@ -266,6 +272,36 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// Runs a write, and again while a Cluster answers that it did not run it (MOVED, ASK, TRYAGAIN,
+/// CLUSTERDOWN, READONLY, no connection to the slot's node yet: a failover or a slot move under way),
+/// with growing pauses until `deadline`. Anything else (a broken connection above all) is returned as is.
+pub(super) async fn retry_unrun<T, F, Fut>(conn: &Conn, deadline: Instant, mut f: F) -> Result<T, RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let result = f().await;
+        let unrun = matches!(conn, Conn::Cluster(_))
+            && result.as_ref().is_err_and(|e| {
+                matches!(
+                    e.retry_method(),
+                    RetryMethod::MovedRedirect
+                        | RetryMethod::AskRedirect
+                        | RetryMethod::WaitAndRetry
+                        | RetryMethod::RefreshSlotsAndRetry
+                        | RetryMethod::ReconnectFromInitialConnections
+                )
+            });
+        if !unrun || Instant::now() + pause >= deadline {
+            return result;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::FutureExt;
+use futures_util::future::{try_join_all, FutureExt};
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use redis::RedisError;
@@ -280,17 +280,18 @@ impl Link {
     /// first life) needs nothing filled.
     pub(super) async fn fill(&mut self, conn: &mut Conn, topics: &[TopicName]) -> Result<(), LinkError> {
         let mut filled = 0usize;
-        for topic in topics {
-            // Everything above `until` arrives on the new subscription; up to it comes from the stream.
-            // The topic's clock is first raised to what this node has seen, in case Redis lost writes.
-            let (until, lost) = raise_floor(
-                conn,
-                &self.keys,
-                topic,
-                &self.shared.seen,
-                &self.function_settings,
-            )
-            .await?;
+        // Everything above a topic's `until` arrives on the new subscription; up to it comes from the
+        // stream. Each topic's clock is first raised to what this node has seen, in case Redis lost
+        // writes: all topics at once (one pipelined round trip on one Redis, one per shard on a Cluster).
+        let raised = {
+            let (keys, seen, settings) = (&self.keys, &self.shared.seen, &self.function_settings);
+            try_join_all(topics.iter().map(|topic| {
+                let mut conn = conn.clone();
+                async move { raise_floor(&mut conn, keys, topic, seen, settings).await }
+            }))
+            .await?
+        };
+        for (topic, (until, lost)) in topics.iter().zip(raised) {
             if lost {
                 self.shared.report_loss(topic, until);
             }
@@ -299,11 +300,14 @@ impl Link {
             let mut after = match (self.cursors.get(topic).copied(), floor) {
                 (Some(cursor), floor) if cursor <= until => cursor.max(floor.unwrap_or(EventId::ZERO)),
                 (_, Some(floor)) => floor,
-                (_, None) => {
-                    self.floors.insert(topic.clone(), until);
-                    continue;
-                }
+                (_, None) => until,
             };
+            if after >= until {
+                // Nothing missed (or never received before: the link's first life).
+                self.floors.insert(topic.clone(), until);
+                self.cursors.remove(topic);
+                continue;
+            }
             loop {
                 let page = read_history(
                     conn,

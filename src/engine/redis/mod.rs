@@ -37,7 +37,7 @@ use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
-use connection::{Conn, IoThread, Lane, Shared};
+use connection::{retry_unrun, Conn, IoThread, Lane, Shared};
 use functions::{
     fcall, fcall_replicated, last_ids, legacy_clock, load_functions, read_history, FunctionSettings,
 };
@@ -103,6 +103,8 @@ pub struct RedisEngine {
     min_replicas: u32,
     /// The one clock of a release-6 dataset, read at start-up (empty when none): new ids stay above it.
     legacy_clock: String,
+    /// On a Redis Cluster: publishes take the publish lane, whose client does not retry by itself.
+    sharded: bool,
     /// Stops the I/O thread (and with it the link) when the engine is dropped.
     _io: IoThread,
 }
@@ -151,8 +153,8 @@ impl RedisEngine {
         let shared = Arc::new(Shared::new(
             Arc::clone(&primary),
             [
-                (config, command_timeout),
-                (publish_config, command_timeout.saturating_mul(2)),
+                (config, command_timeout, None),
+                (publish_config, command_timeout.saturating_mul(2), Some(0)),
             ],
             io.handle.clone(),
             Arc::clone(&metrics),
@@ -260,6 +262,7 @@ impl RedisEngine {
             command_timeout,
             min_replicas: settings.min_replicas,
             legacy_clock: legacy_clock.map(|id| id.to_string()).unwrap_or_default(),
+            sharded: !settings.cluster_nodes.is_empty(),
             _io: io,
         }))
     }
@@ -301,18 +304,37 @@ impl Engine for RedisEngine {
                 .arg(self.legacy_clock.as_str())
                 .arg("1")
                 .arg(self.function_settings.legacy);
+            let deadline = Instant::now() + self.command_timeout;
+            let settings = &self.function_settings;
             let (id, lost): (String, String) = match self.min_replicas {
+                0 if !self.sharded => {
+                    self.shared
+                        .run(|mut conn| async move { fcall(&mut conn, cmd, settings).await })
+                        .await?
+                }
                 0 => {
                     self.shared
-                        .run(|mut conn| async move { fcall(&mut conn, cmd, &self.function_settings).await })
+                        .run_on(Lane::Publishes, |conn| async move {
+                            retry_unrun(&conn, deadline, || {
+                                let (mut conn, cmd) = (conn.clone(), cmd.clone());
+                                async move { fcall(&mut conn, cmd, settings).await }
+                            })
+                            .await
+                        })
                         .await?
                 }
                 replicas => {
                     let wait_ms = self.command_timeout.as_millis() as u64;
                     let ((id, lost), confirmed) = self
                         .shared
-                        .run_on(Lane::Publishes, |mut conn| async move {
-                            fcall_replicated(&mut conn, cmd, replicas, wait_ms, &self.function_settings).await
+                        .run_on(Lane::Publishes, |conn| async move {
+                            retry_unrun(&conn, deadline, || {
+                                    let (mut conn, cmd) = (conn.clone(), cmd.clone());
+                                    async move {
+                                        fcall_replicated(&mut conn, cmd, replicas, wait_ms, settings).await
+                                    }
+                                })
+                                .await
                         })
                         .await?;
                     if confirmed < replicas {

@@ -37,15 +37,20 @@ pub(super) struct Seeds {
 
 impl Seeds {
     /// A cluster client whose calls wait up to `response_timeout`; with `push`, one that speaks RESP3 and
-    /// hands every pub/sub message and (re)subscription notice to it (the link's).
+    /// hands every pub/sub message and (re)subscription notice to it (the link's); with `retries`, one
+    /// that retries a call at most that often (0 for writes: see `Lane::Publishes`).
     pub(super) fn client(
         &self,
         response_timeout: Duration,
         push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+        retries: Option<u32>,
     ) -> RedisResult<ClusterClient> {
         let mut builder = ClusterClientBuilder::new(self.nodes.clone())
             .connection_timeout(self.connect_timeout)
             .response_timeout(response_timeout);
+        if let Some(retries) = retries {
+            builder = builder.retries(retries);
+        }
         if let Some(username) = self.credentials.username() {
             builder = builder.username(username);
         }
@@ -186,9 +191,10 @@ impl Primary {
         &self,
         config: &AsyncConnectionConfig,
         response_timeout: Duration,
+        retries: Option<u32>,
     ) -> RedisResult<Conn> {
         if let Primary::Cluster(seeds) = self {
-            let client = seeds.client(response_timeout, None)?;
+            let client = seeds.client(response_timeout, None, retries)?;
             return Ok(Conn::Cluster(client.get_async_connection().await?));
         }
         let client = self.client().await?;

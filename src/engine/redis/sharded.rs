@@ -38,7 +38,7 @@ enum Push {
 impl Link {
     pub(super) async fn serve_sharded(&mut self, seeds: &Seeds) -> LinkError {
         let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let client = match seeds.client(self.command_timeout, Some(push_tx)) {
+        let client = match seeds.client(self.command_timeout, Some(push_tx), None) {
             Ok(client) => client,
             Err(e) => return e.into(),
         };
