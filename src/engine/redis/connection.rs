@@ -87,7 +87,7 @@ pub(super) enum Lane {
     /// its connection until the replicas answer, which must not stall history reads and gap-fills. On a
     /// Cluster every publish takes it, and its client never retries by itself: the cluster client would
     /// also repeat a publish whose connection broke after Redis ran it (a primary dying), storing and
-    /// delivering the event twice; `retry_unrun` retries only what Redis refused before running.
+    /// delivering the event twice; `Shared::run_write` retries only what Redis refused before running.
     Publishes = 1,
 }
 
@@ -242,6 +242,59 @@ impl Shared {
         result.map_err(classify)
     }
 
+    /// Runs a write on a Cluster: again while Redis answers that it did not run it (MOVED, ASK, TRYAGAIN,
+    /// CLUSTERDOWN, READONLY, no connection to the slot's node: a failover or a slot move under way),
+    /// with growing pauses until `deadline`, on a fresh connection (a fresh slot map) when the answer says
+    /// the map is stale. Anything else, a broken connection above all, is answered as `run_on` does.
+    pub(super) async fn run_write<T, F, Fut>(
+        &self,
+        lane: Lane,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, EngineError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let result = match self.get_on(lane).await {
+                Ok((generation, conn)) => {
+                    let result = f(conn).await;
+                    if let Err(e) = &result {
+                        let method = e.retry_method();
+                        let stale = matches!(
+                            method,
+                            RetryMethod::MovedRedirect
+                                | RetryMethod::RefreshSlotsAndRetry
+                                | RetryMethod::ReconnectFromInitialConnections
+                        );
+                        let broken =
+                            e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error();
+                        if stale || (broken && !e.is_timeout()) {
+                            self.retire_on(lane, generation);
+                        }
+                        let unrun =
+                            stale || matches!(method, RetryMethod::AskRedirect | RetryMethod::WaitAndRetry);
+                        if !unrun || Instant::now() + pause >= deadline {
+                            return result.map_err(classify);
+                        }
+                    }
+                    result
+                }
+                Err(e) if Instant::now() + pause >= deadline => {
+                    return Err(EngineError::Unavailable(format!("no Redis connection: {e}")));
+                }
+                Err(e) => Err(e),
+            };
+            if let Ok(value) = result {
+                return Ok(value);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
     /// Logs and counts a loss of data this node found: Redis was behind the newest id it had seen of
     /// `topic`, and raised the topic's clock above it.
     pub(super) fn report_loss(&self, topic: &TopicName, newest: EventId) {
@@ -272,36 +325,6 @@ impl Shared {
                 }
             }
         }
-    }
-}
-
-/// Runs a write, and again while a Cluster answers that it did not run it (MOVED, ASK, TRYAGAIN,
-/// CLUSTERDOWN, READONLY, no connection to the slot's node yet: a failover or a slot move under way),
-/// with growing pauses until `deadline`. Anything else (a broken connection above all) is returned as is.
-pub(super) async fn retry_unrun<T, F, Fut>(conn: &Conn, deadline: Instant, mut f: F) -> Result<T, RedisError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, RedisError>>,
-{
-    let mut pause = Duration::from_millis(10);
-    loop {
-        let result = f().await;
-        let unrun = matches!(conn, Conn::Cluster(_))
-            && result.as_ref().is_err_and(|e| {
-                matches!(
-                    e.retry_method(),
-                    RetryMethod::MovedRedirect
-                        | RetryMethod::AskRedirect
-                        | RetryMethod::WaitAndRetry
-                        | RetryMethod::RefreshSlotsAndRetry
-                        | RetryMethod::ReconnectFromInitialConnections
-                )
-            });
-        if !unrun || Instant::now() + pause >= deadline {
-            return result;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 

@@ -37,7 +37,7 @@ use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
-use connection::{retry_unrun, Conn, IoThread, Lane, Shared};
+use connection::{Conn, IoThread, Lane, Shared};
 use functions::{
     fcall, fcall_replicated, last_ids, legacy_clock, load_functions, read_history, FunctionSettings,
 };
@@ -306,37 +306,31 @@ impl Engine for RedisEngine {
                 .arg(self.function_settings.legacy);
             let deadline = Instant::now() + self.command_timeout;
             let settings = &self.function_settings;
-            let (id, lost): (String, String) = match self.min_replicas {
-                0 if !self.sharded => {
+            let (id, lost): (String, String) = match (self.min_replicas, self.sharded) {
+                (0, false) => {
                     self.shared
                         .run(|mut conn| async move { fcall(&mut conn, cmd, settings).await })
                         .await?
                 }
-                0 => {
+                (0, true) => {
                     self.shared
-                        .run_on(Lane::Publishes, |conn| async move {
-                            retry_unrun(&conn, deadline, || {
-                                let (mut conn, cmd) = (conn.clone(), cmd.clone());
-                                async move { fcall(&mut conn, cmd, settings).await }
-                            })
-                            .await
+                        .run_write(Lane::Publishes, deadline, |mut conn| {
+                            let cmd = cmd.clone();
+                            async move { fcall(&mut conn, cmd, settings).await }
                         })
                         .await?
                 }
-                replicas => {
+                (replicas, sharded) => {
                     let wait_ms = self.command_timeout.as_millis() as u64;
-                    let ((id, lost), confirmed) = self
-                        .shared
-                        .run_on(Lane::Publishes, |conn| async move {
-                            retry_unrun(&conn, deadline, || {
-                                    let (mut conn, cmd) = (conn.clone(), cmd.clone());
-                                    async move {
-                                        fcall_replicated(&mut conn, cmd, replicas, wait_ms, settings).await
-                                    }
-                                })
-                                .await
-                        })
-                        .await?;
+                    let call = |mut conn: Conn| {
+                        let cmd = cmd.clone();
+                        async move { fcall_replicated(&mut conn, cmd, replicas, wait_ms, settings).await }
+                    };
+                    let ((id, lost), confirmed) = if sharded {
+                        self.shared.run_write(Lane::Publishes, deadline, call).await?
+                    } else {
+                        self.shared.run_on(Lane::Publishes, call).await?
+                    };
                     if confirmed < replicas {
                         // Stored on the primary, maybe not on any replica: a failover could lose it.
                         return Err(EngineError::Unknown(format!(
