@@ -323,6 +323,29 @@ fn check(ok: bool, key: &'static str, value: impl ToString, fix: &'static str) -
     })
 }
 
+/// A list of Redis URLs (sentinels, Cluster nodes): each redis:// or rediss://, all with one scheme.
+fn check_urls(
+    key: &'static str,
+    urls: &[String],
+    list_fix: &'static str,
+    scheme_fix: &'static str,
+) -> Result<(), ConfigError> {
+    for url in urls {
+        check(
+            url.starts_with("redis://") || url.starts_with("rediss://"),
+            key,
+            redact_url(url),
+            list_fix,
+        )?;
+    }
+    check(
+        urls.iter().all(|u| u.starts_with("rediss://")) || urls.iter().all(|u| u.starts_with("redis://")),
+        key,
+        urls.len(),
+        scheme_fix,
+    )
+}
+
 impl ServerSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         check(
@@ -557,20 +580,10 @@ impl RedisSettings {
             self.sentinels.len(),
             "set either redis.url (one Redis) or redis.sentinels (Sentinel finds the primary), not both",
         )?;
-        for sentinel in &self.sentinels {
-            check(
-                sentinel.starts_with("redis://") || sentinel.starts_with("rediss://"),
-                "redis.sentinels",
-                redact_url(sentinel),
-                "list sentinels as redis://host:port (or rediss:// for TLS to sentinels and data nodes)",
-            )?;
-        }
-        check(
-            self.sentinels.is_empty()
-                || self.sentinels.iter().all(|u| u.starts_with("rediss://"))
-                || self.sentinels.iter().all(|u| u.starts_with("redis://")),
+        check_urls(
             "redis.sentinels",
-            self.sentinels.len(),
+            &self.sentinels,
+            "list sentinels as redis://host:port (or rediss:// for TLS to sentinels and data nodes)",
             "use one scheme for every sentinel: redis:// (plain) or rediss:// (TLS everywhere)",
         )?;
         check(
@@ -580,20 +593,10 @@ impl RedisSettings {
             "set one of redis.url (one Redis), redis.sentinels (Sentinel) or redis.cluster_nodes (a Redis \
              Cluster), not several",
         )?;
-        for node in &self.cluster_nodes {
-            check(
-                node.starts_with("redis://") || node.starts_with("rediss://"),
-                "redis.cluster_nodes",
-                redact_url(node),
-                "list Cluster nodes as redis://host:port (or rediss:// for TLS); any few of them will do",
-            )?;
-        }
-        check(
-            self.cluster_nodes.is_empty()
-                || self.cluster_nodes.iter().all(|u| u.starts_with("rediss://"))
-                || self.cluster_nodes.iter().all(|u| u.starts_with("redis://")),
+        check_urls(
             "redis.cluster_nodes",
-            self.cluster_nodes.len(),
+            &self.cluster_nodes,
+            "list Cluster nodes as redis://host:port (or rediss:// for TLS); any few of them will do",
             "use one scheme for every Cluster node: redis:// (plain) or rediss:// (TLS)",
         )?;
         check(

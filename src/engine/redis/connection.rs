@@ -227,9 +227,7 @@ impl Shared {
             .map_err(|e| EngineError::Unavailable(format!("no Redis connection: {e}")))?;
         let result = f(conn).await;
         if let Err(e) = &result {
-            // A timeout reads as an I/O error too, but it leaves the connection usable.
-            let broken = e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error();
-            if broken && !e.is_timeout() {
+            if broken(e) {
                 self.retire_on(lane, generation);
             }
             if e.code() == Some("READONLY") {
@@ -258,37 +256,33 @@ impl Shared {
     {
         let mut pause = Duration::from_millis(10);
         loop {
-            let result = match self.get_on(lane).await {
-                Ok((generation, conn)) => {
-                    let result = f(conn).await;
-                    if let Err(e) = &result {
-                        let method = e.retry_method();
-                        let stale = matches!(
-                            method,
-                            RetryMethod::MovedRedirect
-                                | RetryMethod::RefreshSlotsAndRetry
-                                | RetryMethod::ReconnectFromInitialConnections
-                        );
-                        let broken =
-                            e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error();
-                        if stale || (broken && !e.is_timeout()) {
-                            self.retire_on(lane, generation);
-                        }
-                        let unrun =
-                            stale || matches!(method, RetryMethod::AskRedirect | RetryMethod::WaitAndRetry);
-                        if !unrun || Instant::now() + pause >= deadline {
-                            return result.map_err(classify);
-                        }
-                    }
-                    result
-                }
-                Err(e) if Instant::now() + pause >= deadline => {
+            let last_try = || Instant::now() + pause >= deadline;
+            match self.get_on(lane).await {
+                Err(e) if last_try() => {
                     return Err(EngineError::Unavailable(format!("no Redis connection: {e}")));
                 }
-                Err(e) => Err(e),
-            };
-            if let Ok(value) = result {
-                return Ok(value);
+                Err(_) => {}
+                Ok((generation, conn)) => {
+                    let result = f(conn).await;
+                    let Err(e) = &result else {
+                        return result.map_err(classify);
+                    };
+                    let method = e.retry_method();
+                    let stale = matches!(
+                        method,
+                        RetryMethod::MovedRedirect
+                            | RetryMethod::RefreshSlotsAndRetry
+                            | RetryMethod::ReconnectFromInitialConnections
+                    );
+                    if stale || broken(e) {
+                        self.retire_on(lane, generation);
+                    }
+                    let unrun =
+                        stale || matches!(method, RetryMethod::AskRedirect | RetryMethod::WaitAndRetry);
+                    if !unrun || last_try() {
+                        return result.map_err(classify);
+                    }
+                }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -326,6 +320,12 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether the connection a call failed on is broken, so the next call makes a new one. A timeout reads
+/// as an I/O error too, but it leaves the connection usable.
+fn broken(e: &RedisError) -> bool {
+    (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error()) && !e.is_timeout()
 }
 
 /// `UNAVAILABLE` when the call surely did not run; `UNKNOWN` when Redis may have run it.

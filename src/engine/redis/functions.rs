@@ -230,7 +230,7 @@ impl Seen {
         }
     }
 
-    pub(super) fn get(&self, topic: &TopicName) -> Option<EventId> {
+    fn get(&self, topic: &TopicName) -> Option<EventId> {
         let seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.newest.get(topic).copied()
     }

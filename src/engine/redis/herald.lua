@@ -180,6 +180,15 @@ local function mark_gone(key, id)
   end
 end
 
+-- The key that holds the topic's history: P:{T}, or with `legacy` ('1') a release-6 dataset's P:{T}:log
+-- until the topic's first publish moves it.
+local function stored(key, legacy)
+  if legacy == '1' and redis.call('EXISTS', key) == 0 then
+    return key .. ':log'
+  end
+  return key
+end
+
 -- Releases before VERSION 7 kept a topic's log in P:{T}:log and its trim marker in P:{T}:trimmed:
 -- moved to P:{T} on the topic's first publish (only standalone and Sentinel Redis can hold them).
 local function upgrade(key)
@@ -283,6 +292,7 @@ local function publish(keys, args)
   local floor, minimum = id_arg(args[8]), id_arg(args[9])
   local lost = false
   local at = '*'
+  local now = now_ms()
   if floor or minimum then
     local top = newest(key)
     local need = top
@@ -294,7 +304,6 @@ local function publish(keys, args)
       need = minimum
     end
     local m, s = parse_id(need)
-    local now = now_ms()
     if need ~= top and now <= m then
       -- The clock is behind an id already handed out: the next id goes just above it.
       at = string.format('%.0f-%.0f', m, s + 1)
@@ -310,7 +319,7 @@ local function publish(keys, args)
   if lost then
     mark_gone(key, floor)
   end
-  trim(key, max_len, max_age_ms, now_ms())
+  trim(key, max_len, max_age_ms, now)
   if idem ~= '' then
     redis.call('SET', idem_key, id, 'PX', idem_ttl_ms)
   end
@@ -334,13 +343,10 @@ local HISTORY_BATCH = 64
 
 local function history(keys, args)
   local prefix = split_key(keys[1])
-  local log = keys[1]
+  local log = stored(keys[1], args[5])
   local out = { '', '', '' }
   local gone = nil
   if args[5] == '1' then
-    if redis.call('EXISTS', log) == 0 then
-      log = keys[1] .. ':log'
-    end
     for _, marker in ipairs({ redis.call('GET', keys[1] .. ':trimmed'), redis.call('GET', prefix .. ':lost') }) do
       if marker and (gone == nil or is_newer(marker, gone)) then
         gone = marker
@@ -437,12 +443,8 @@ end
 
 -- FCALL_RO herald_last 1 P:{T} [<legacy>]  →  the topic's newest id, or '0-0'
 local function last(keys, args)
-  local key = keys[1]
-  split_key(key)
-  if args[1] == '1' and redis.call('EXISTS', key) == 0 then
-    key = key .. ':log'
-  end
-  return newest(key)
+  split_key(keys[1])
+  return newest(stored(keys[1], args[1]))
 end
 
 redis.register_function('herald_publish', publish)

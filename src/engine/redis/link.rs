@@ -268,10 +268,20 @@ impl Link {
             let channels: Vec<String> = topics.iter().flat_map(|t| self.keys.channels(t)).collect();
             self.call(sink.subscribe(channels)).await?;
         }
+        self.resubscribed(&mut conn, topics).await
+    }
+
+    /// Once every topic with local subscribers is subscribed again: records them, forgets the floors of
+    /// topics no longer received, and fills what each topic missed.
+    pub(super) async fn resubscribed(
+        &mut self,
+        conn: &mut Conn,
+        topics: Vec<TopicName>,
+    ) -> Result<(), LinkError> {
         self.subscribed = topics.iter().cloned().collect();
-        // Topics no longer received keep no floor.
-        self.floors.retain(|topic, _| topics.contains(topic));
-        self.fill(&mut conn, &topics).await
+        let subscribed = &self.subscribed;
+        self.floors.retain(|topic, _| subscribed.contains(topic));
+        self.fill(conn, &topics).await
     }
 
     /// Once the topics' channels are subscribed (again): hands the hub what it missed of each, from the

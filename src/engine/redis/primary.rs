@@ -112,15 +112,7 @@ impl Primary {
                 credentials = with_credentials(info.redis_settings().clone(), settings);
                 nodes.push(info);
             }
-            let shown = format!(
-                "the Redis Cluster of {}",
-                settings
-                    .cluster_nodes
-                    .iter()
-                    .map(|u| redact_url(u))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let shown = format!("the Redis Cluster of {}", redacted(&settings.cluster_nodes));
             return Ok(Primary::Cluster(Seeds {
                 nodes,
                 credentials,
@@ -156,12 +148,7 @@ impl Primary {
         let shown = format!(
             "the primary of sentinel master `{}` (sentinels {})",
             settings.sentinel_master,
-            settings
-                .sentinels
-                .iter()
-                .map(|u| redact_url(u))
-                .collect::<Vec<_>>()
-                .join(", ")
+            redacted(&settings.sentinels)
         );
         Ok(Primary::Sentinel(Sentinels {
             sentinels,
@@ -313,6 +300,11 @@ impl Sentinels {
             self.tls.as_ref(),
         )
     }
+}
+
+/// URLs as they may be shown in messages, passwords redacted.
+fn redacted(urls: &[String]) -> String {
+    urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
 }
 
 /// `redis.username` / `redis.password`, each winning over what the URL gave.

@@ -116,9 +116,7 @@ impl Link {
             async move { conn.ssubscribe(channels).await }
         });
         self.call(try_join_all(subscribes)).await?;
-        self.subscribed = topics.iter().cloned().collect();
-        self.floors.retain(|topic, _| topics.contains(topic));
-        self.fill(&mut commands, &topics).await
+        self.resubscribed(&mut commands, topics).await
     }
 
     async fn ensure_subscribed_sharded(
