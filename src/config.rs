@@ -60,6 +60,8 @@ pub struct ServerSettings {
     pub tls_key_file: String,
     /// Plain HTTP: serve SSE streams on the lean path (`http::front`) instead of through actix-web.
     pub lean_streams: bool,
+    /// Plain HTTP: connections of one client address still sending their first head (0 = no limit).
+    pub max_pending_heads_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -652,6 +654,12 @@ impl AuthSettings {
     }
 }
 
+/// Keys that once existed under another name, refused with the name that replaced them.
+const MOVED: &[(&str, &str)] = &[
+    // Was a copy of server.lean_streams that nothing read.
+    ("redis.lean_streams", "server.lean_streams"),
+];
+
 /// Every key the built-in defaults name is a setting; any other key in a file, the environment or a flag is
 /// a mistake, refused with where it came from and the closest known key.
 fn refuse_unknown_keys(merged: &Config) -> Result<(), ConfigError> {
@@ -675,7 +683,10 @@ fn refuse_unknown_keys(merged: &Config) -> Result<(), ConfigError> {
             Some(path) => path.to_string(),
             None => "the command line".to_string(),
         };
-        let hint = closest(&key, &known_keys).map_or(String::new(), |k| format!(": did you mean {k}?"));
+        let hint = match MOVED.iter().find(|(old, _)| *old == key) {
+            Some((_, new)) => format!(": it is {new} now"),
+            None => closest(&key, &known_keys).map_or(String::new(), |k| format!(": did you mean {k}?")),
+        };
         Err(ConfigError::Unknown { key, origin, hint })
     };
     let mut sections: Vec<_> = merged.collect()?.into_iter().collect();

@@ -23,7 +23,7 @@ use crate::domain::{EventId, TopicName, GAP_EVENT};
 use crate::engine::{Engine, EngineError, PageBound};
 use crate::event::{Event, Stored};
 use crate::hub::{CloseReason, Membership, Take};
-use crate::limits::ConnectionSlot;
+use crate::limits::Slot;
 use crate::sse;
 use crate::telemetry::Metrics;
 
@@ -43,7 +43,7 @@ pub struct Connection {
     metrics: Arc<Metrics>,
     membership: Membership,
     /// The client IP's connection slot, given back when the stream ends.
-    _slot: ConnectionSlot,
+    _slot: Slot,
     /// When the subscriber's token expires: the stream ends then, and the client must come back with a
     /// fresh token. Boxed, and only for tokens that expire: an idle stream's future stays small.
     expiry: Option<Pin<Box<Sleep>>>,
@@ -186,7 +186,7 @@ impl Connection {
         membership: Membership,
         after: Option<Vec<EventId>>,
         newest: Vec<EventId>,
-        slot: ConnectionSlot,
+        slot: Slot,
         token_expires_at: Option<u64>,
         envelope: bool,
     ) -> Self {

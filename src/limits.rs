@@ -1,4 +1,5 @@
-//! Per-client-IP limits: a publish rate (token bucket) and a cap on open SSE connections.
+//! Per-client-IP limits: a publish rate (token bucket), a cap on open SSE connections and on connections
+//! still sending their first head.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,8 +15,7 @@ pub struct PerIp {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
-    max_connections: usize,
-    connections: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    connections: Slots,
 }
 
 struct Bucket {
@@ -23,21 +23,55 @@ struct Bucket {
     at: Instant,
 }
 
-/// Holds one of an IP's connection slots; dropping it gives the slot back.
-pub struct ConnectionSlot {
-    ip: IpAddr,
-    connections: Arc<Mutex<HashMap<IpAddr, usize>>>,
+/// Counts what each client address holds of something (open streams, unfinished heads), up to `max`
+/// each (0 = no limit). Only addresses holding something have an entry.
+pub struct Slots {
+    max: usize,
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
-impl Drop for ConnectionSlot {
+/// Holds one of an IP's slots; dropping it gives the slot back.
+pub struct Slot {
+    ip: IpAddr,
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = map.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 map.remove(&self.ip);
             }
         }
+    }
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots {
+            max,
+            held: Arc::default(),
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes one of `ip`'s slots, or `None` when it holds its maximum.
+    pub fn take(&self, ip: IpAddr) -> Option<Slot> {
+        let mut map = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = map.entry(ip).or_insert(0);
+        if self.max > 0 && *held >= self.max {
+            return None;
+        }
+        *held += 1;
+        Some(Slot {
+            ip,
+            held: Arc::clone(&self.held),
+        })
     }
 }
 
@@ -49,8 +83,7 @@ impl PerIp {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
-            max_connections,
-            connections: Arc::default(),
+            connections: Slots::new(max_connections),
         }
     }
 
@@ -80,17 +113,8 @@ impl PerIp {
     }
 
     /// Takes one of `ip`'s connection slots, or `None` when it holds its maximum.
-    pub fn connect(&self, ip: IpAddr) -> Option<ConnectionSlot> {
-        let mut map = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = map.entry(ip).or_insert(0);
-        if self.max_connections > 0 && *held >= self.max_connections {
-            return None;
-        }
-        *held += 1;
-        Some(ConnectionSlot {
-            ip,
-            connections: Arc::clone(&self.connections),
-        })
+    pub fn connect(&self, ip: IpAddr) -> Option<Slot> {
+        self.connections.take(ip)
     }
 }
 

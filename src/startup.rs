@@ -23,7 +23,7 @@ use crate::engine::{Engine, EngineEvents};
 use crate::http;
 use crate::http::front::{self, Front, OpenConnection};
 use crate::hub::Hub;
-use crate::limits::PerIp;
+use crate::limits::{PerIp, Slots};
 use crate::node::Node;
 use crate::telemetry::{Metrics, Recent};
 use crate::tls::{Certificates, TlsError};
@@ -260,10 +260,12 @@ impl Application {
                 // Plain HTTP: every connection passes the front door first (`http::front`), which serves
                 // streams itself and hands the rest to actix-web's HTTP/1 service, configured as above.
                 let front = Arc::new(Front {
-                    node: state,
                     lean: settings.server.lean_streams,
                     head_timeout,
                     open: counted,
+                    pending: Slots::new(settings.server.max_pending_heads_per_ip),
+                    trusted_proxies: state.trusted_proxies.clone(),
+                    node: state,
                 });
                 actix_server::Server::build()
                     .disable_signals()

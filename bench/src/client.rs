@@ -16,7 +16,12 @@ use tokio::net::TcpStream;
 async fn connect(port: u16) -> Result<TcpStream> {
     use std::sync::atomic::AtomicU8;
     static NEXT: AtomicU8 = AtomicU8::new(0);
-    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + NEXT.fetch_add(1, Ordering::Relaxed) % 16);
+    connect_from(port, NEXT.fetch_add(1, Ordering::Relaxed) % 16).await
+}
+
+/// A connection from source address 127.0.0.(1 + `source`).
+pub async fn connect_from(port: u16, source: u8) -> Result<TcpStream> {
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + source);
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind((source, 0).into())?;
     let stream = socket
@@ -382,4 +387,45 @@ pub async fn publisher(
             stream = connect(port).await?;
         }
     }
+}
+
+/// Sends `bytes` of a request head that never ends, then waits until `stop` resolves or the server
+/// answers or closes; true if it was still waiting when told to stop.
+pub async fn unfinished_head(
+    port: u16,
+    source: u8,
+    bytes: usize,
+    sent: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<bool> {
+    let mut stream = connect_from(port, source).await?;
+    let start = "GET / HTTP/1.1\r\nHost: bench\r\nX-Pad: ";
+    let mut head = start.as_bytes().to_vec();
+    head.resize(bytes.max(start.len()), b'a');
+    let wrote = stream.write_all(&head).await;
+    sent.fetch_add(1, Ordering::Relaxed);
+    if wrote.is_err() {
+        return Ok(false);
+    }
+    let mut stop = stop;
+    let mut sink = [0u8; 1024];
+    tokio::select! {
+        _ = stop.changed() => Ok(true),
+        _ = stream.read(&mut sink) => Ok(false),
+    }
+}
+
+/// One `GET /` on a new connection from source address 127.0.0.1: µs until the whole answer is read.
+pub async fn one_get(port: u16) -> Result<u32> {
+    let started = Instant::now();
+    let mut stream = connect_from(port, 0).await?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    if !answer.starts_with(b"HTTP/1.1 ") {
+        bail!("GET / was not answered");
+    }
+    Ok(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX))
 }

@@ -38,7 +38,8 @@ struct Args {
     /// latency, idle, replay, growth (CPU per
     /// delivery at 100 / 1,000 / 10,000 subscribers, and 10,000 topics), rss (idle memory at 1k-18k),
     /// publish (publish round trip and CPU per publish, 1 and 4 in flight), spread (publishes/s and CPU
-    /// per publish over 96 topics, 16 in flight: one Redis against herald-redis-cluster).
+    /// per publish over 96 topics, 16 in flight: one Redis against herald-redis-cluster), heads (3,000
+    /// connections that send 30 KB of a request head and wait: CPU and RSS while they wait).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Publishes kept in flight by the fan-out and growth scenarios (the "a few"). Herald writes
@@ -353,6 +354,65 @@ async fn idle(sys: &System, scenario: &str, conns: usize, topics: usize) -> Resu
     })
 }
 
+/// `conns` connections from `sources` addresses that each send `bytes` of a request head and then wait
+/// (an attacker's cheap hold): the server's CPU while they wait, the RSS they add, and how fast a
+/// `GET /` from elsewhere is answered meanwhile (p50/p99 columns, over 20 requests).
+async fn heads(sys: &System, scenario: &str, conns: usize, sources: u8, bytes: usize) -> Result<Row> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = sys.server_pids();
+    let before = procfs::total_rss(&pids);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        tasks.push(tokio::task::spawn_local(client::unfinished_head(
+            sys.pub_port,
+            (i % usize::from(sources)) as u8,
+            bytes,
+            Arc::clone(&sent),
+            stop_rx.clone(),
+        )));
+        if i % 200 == 199 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent.load(Ordering::Relaxed) < conns && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The server's head timeout (5 s) bounds the window: measure well inside it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cpu0, t0) = (procfs::total_cpu(&pids), Instant::now());
+    let mut gets = Vec::new();
+    for _ in 0..20 {
+        gets.push(client::one_get(sys.pub_port).await?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = (procfs::total_cpu(&pids) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let rss = procfs::total_rss(&pids).saturating_sub(before) as f64 / 1e6;
+    let _ = stop_tx.send(true);
+    let mut held = 0;
+    for t in tasks {
+        held += usize::from(matches!(t.await, Ok(Ok(true))));
+    }
+    gets.sort_unstable();
+    let note = format!(
+        "{held} of {conns} still waiting, the rest answered; CPU {cpu:.1} % of a core, RSS +{rss:.1} MB"
+    );
+    eprintln!("   {scenario} on {}: {note}", sys.kind.name());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Row {
+        scenario: scenario.into(),
+        system: sys.kind.name(),
+        subscribers: conns,
+        rss_per_conn: (held > 0).then(|| rss * 1e6 / held as f64),
+        p50_ms: percentile(&gets, 0.5),
+        p99_ms: percentile(&gets, 0.99),
+        note: Some(note),
+        ..Row::default()
+    })
+}
+
 /// Idle memory on a freshly started system: RSS a process keeps from earlier scenarios (allocator
 /// caches, buffers) would otherwise hide or inflate what connections cost.
 async fn idle_fresh(
@@ -570,7 +630,7 @@ async fn run(args: Args) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let all = [
-        "fanout", "multi", "latency", "idle", "replay", "growth", "rss", "publish",
+        "fanout", "multi", "latency", "idle", "replay", "growth", "rss", "publish", "heads",
     ];
     let scenarios: Vec<String> = if args.smoke {
         vec!["fanout".into(), "replay".into()]
@@ -690,6 +750,18 @@ async fn run(args: Args) -> Result<()> {
                     v
                 }
                 "publish" => vec![publish_cost(&sys, 1).await?, publish_cost(&sys, 4).await?],
+                // Unfinished heads: from 16 addresses with the shipped settings, and from one address
+                // against production's per-address cap (Herald only, on a fresh node).
+                "heads" => {
+                    let mut v = vec![heads(&sys, "heads 3k × 30 KB, 16 addresses", 3000, 16, 30_000).await?];
+                    if kind.is_herald() {
+                        let env = [("HERALD__SERVER__MAX_PENDING_HEADS_PER_IP", "64".to_string())];
+                        let capped = System::start_with(kind, &herald, &repo, &env).await?;
+                        let scenario = "heads 3k × 30 KB, 1 address, max_pending_heads_per_ip 64";
+                        v.push(heads(&capped, scenario, 3000, 1, 30_000).await?);
+                    }
+                    v
+                }
                 // Publish capacity with the load spread over many topics (so over a Cluster's shards):
                 // one subscriber per topic, so CPU per delivery is CPU per publish.
                 "spread" => vec![

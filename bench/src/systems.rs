@@ -214,9 +214,11 @@ async fn start_herald(
     cluster: &[u16],
     min_replicas: u32,
     lean: bool,
+    env: &[(&str, String)],
 ) -> Result<(Child, u16)> {
     let port = free_port()?;
     let mut cmd = Command::new(bin);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args(["--port", &port.to_string()])
         .env("RUST_LOG", "warn")
         // Room for the whole fan-out burst per connection (the client reads on one thread), for
@@ -294,6 +296,16 @@ async fn start_express(repo: &Path) -> Result<(Child, u16)> {
 
 impl System {
     pub async fn start(kind: Kind, herald: &Path, repo: &Path) -> Result<System> {
+        Self::start_with(kind, herald, repo, &[]).await
+    }
+
+    /// As `start`, with extra environment variables for Herald's nodes (settings a scenario needs).
+    pub async fn start_with(
+        kind: Kind,
+        herald: &Path,
+        repo: &Path,
+        env: &[(&str, String)],
+    ) -> Result<System> {
         let dir = tempfile::tempdir()?;
         let needs_redis = !matches!(
             kind,
@@ -345,7 +357,7 @@ impl System {
             let (child, port) = match kind {
                 k if k.is_herald() => {
                     let lean = !matches!(k, Kind::HeraldMemoryActix | Kind::HeraldRedisActix);
-                    start_herald(herald, redis_port, &shard_ports, min_replicas, lean).await?
+                    start_herald(herald, redis_port, &shard_ports, min_replicas, lean, env).await?
                 }
                 Kind::NchanMemory | Kind::NchanRedis => start_nchan(repo, dir.path(), redis_port).await?,
                 _ => start_express(repo).await?,

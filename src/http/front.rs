@@ -1,15 +1,17 @@
-//! The front door of a plain-HTTP listener. It reads each connection's first request head without taking
-//! it off the socket (`peek`), and then:
+//! The front door of a plain-HTTP listener. It reads each connection's first request head (woken only
+//! when bytes arrive, into one buffer that grows with them and is scanned once for the head's end), and
+//! then:
 //! - answers a malformed, oversized or slow head itself, with problem+json (actix would answer a bare
 //!   400/408/431);
 //! - serves an SSE `GET /events` itself on the lean path: after the response head, the connection holds
 //!   no read or write buffer, only the stream's state, and a client that closes or resets is noticed at
 //!   once because the read side is watched;
-//! - hands every other connection to actix-web untouched (nothing was read), and a connection on which a
-//!   refused stream request is followed by another request.
+//! - hands every other connection to actix-web, the bytes already read first ([`Prefixed`]), and a
+//!   connection on which a refused stream request is followed by another request.
 
 use std::future::poll_fn;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,24 +20,31 @@ use std::time::{Duration, SystemTime};
 
 use actix_http::Protocol;
 use actix_service::Service;
-use actix_web::http::StatusCode;
+use actix_web::http::{StatusCode, Uri};
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, ResponseError};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{timeout, timeout_at, Instant};
 
 use super::cors;
 use super::error::problem_body;
 use crate::error::ApiError;
+use crate::limits::Slots;
 use crate::node::{query_pairs, Node, RequestHead};
 use crate::subscribe::{open, Open};
 
-/// The largest request head accepted (as actix-http's own limit); a longer one is answered 431.
+/// The largest first request head accepted, in bytes up to and including its blank line; a longer one
+/// is answered 431.
 pub(crate) const MAX_HEAD: usize = 32 * 1024;
-/// Most heads fit in the first peek; a longer one is peeked again with room for `MAX_HEAD` + 1 bytes.
-const FIRST_PEEK: usize = 4096;
+/// Bytes taken off the socket per read of a head, through a buffer on the stack of one poll: the head
+/// buffer then grows by what arrived, not by a read's room.
+const READ_CHUNK: usize = 4096;
+/// What a client may send into its open stream (a pipelined request, a stray body) before the stream is
+/// closed: an SSE client sends nothing after its request, and reading without end would be free CPU
+/// for a hostile one.
+const STREAM_INPUT_LIMIT: usize = 64 * 1024;
 /// Headers per request (as actix-http's own limit); more are answered 431.
 const MAX_HEADERS: usize = 96;
 /// A stream being closed gets this long to take its closing comment, then the socket is dropped anyway.
@@ -50,6 +59,11 @@ pub(crate) struct Front {
     pub head_timeout: Duration,
     /// Connections open now, for the graceful stop (see `startup::Shutdown`).
     pub open: Arc<AtomicUsize>,
+    /// `server.max_pending_heads_per_ip`: connections of one client address whose first head is not
+    /// complete yet (the trusted proxies' are not counted).
+    pub pending: Slots,
+    /// `server.trusted_proxies`: their connections carry many clients, so they take no pending slot.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// Counts a connection while it is open.
@@ -83,149 +97,153 @@ enum First {
 /// One plain-HTTP connection, from accept to close.
 pub(crate) async fn serve<S>(io: TcpStream, http: Rc<S>, front: Arc<Front>) -> Result<(), ()>
 where
-    S: Service<(TcpStream, Protocol, Option<SocketAddr>), Response = ()>,
+    S: Service<(Prefixed, Protocol, Option<SocketAddr>), Response = ()>,
 {
     let _open = OpenConnection::new(&front.open);
     // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame until the
     // previous one is acknowledged (events are already coalesced per write).
     let _ = io.set_nodelay(true);
     let peer = io.peer_addr().ok();
+    let pending = match peer.map(|p| p.ip()) {
+        Some(ip) if !front.trusted_proxies.contains(&ip) => match front.pending.take(ip) {
+            Some(slot) => Some(slot),
+            None => {
+                let detail = format!(
+                    "your address has {} connections open that have not finished sending their request head; finish or close those first",
+                    front.pending.max()
+                );
+                Box::pin(refuse(
+                    io,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-pending-heads",
+                    &detail,
+                ))
+                .await;
+                return Ok(());
+            }
+        },
+        _ => None,
+    };
     // The short-lived steps are boxed, so that they do not size the future a lean stream lives in (a
     // future is as large as its largest state): reading the head, opening, refusing.
-    match Box::pin(first_head(&io, front.head_timeout, front.lean)).await {
+    let (first, read) = Box::pin(first_head(&io, front.head_timeout, front.lean)).await;
+    drop(pending);
+    match first {
         First::Gone => Ok(()),
         First::Refuse(status, code, detail) => {
             Box::pin(refuse(io, status, code, &detail)).await;
             Ok(())
         }
-        First::Stream(len, head) => match lean_stream(io, len, head, peer, &front).await {
-            Some(io) => pass(&*http, io, peer).await,
+        First::Stream(len, head) => match lean_stream(io, head, peer, &front).await {
+            // Anything the client sent after the head is the next request's.
+            Some(io) => pass(&*http, Prefixed::new(io, read, len), peer).await,
             None => Ok(()),
         },
-        First::Pass => pass(&*http, io, peer).await,
+        First::Pass => pass(&*http, Prefixed::new(io, read, 0), peer).await,
     }
 }
 
 /// Hands a connection to actix-web. Its connection state is boxed, so that it does not size this whole
 /// future: a lean stream's task then stays as small as the stream itself.
-async fn pass<S>(http: &S, io: TcpStream, peer: Option<SocketAddr>) -> Result<(), ()>
+async fn pass<S>(http: &S, io: Prefixed, peer: Option<SocketAddr>) -> Result<(), ()>
 where
-    S: Service<(TcpStream, Protocol, Option<SocketAddr>), Response = ()>,
+    S: Service<(Prefixed, Protocol, Option<SocketAddr>), Response = ()>,
 {
     Box::pin(http.call((io, Protocol::Http1, peer)))
         .await
         .map_err(|_| ())
 }
 
-/// Peeks until the first head is complete (or is refused), without consuming a byte.
-async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> First {
+/// Reads until the first head is complete (or is refused); gives back what it read. The task sleeps
+/// until bytes arrive (a read that finds none clears the socket's readiness), each byte is scanned once
+/// for the head's end, and the head is parsed once, when its blank line is there.
+async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> (First, Vec<u8>) {
     let deadline = Instant::now() + limit;
-    // Most heads fit the first peek, made into a buffer on the stack of one poll (`peek_head`): in a
-    // connection storm, no connection holds a heap buffer while its head is on its way. A longer head is
-    // peeked again into a heap buffer with room for `MAX_HEAD` + 1 bytes.
-    let mut long: Option<Vec<u8>> = None;
-    // `peek` answers at once while any byte is waiting, so an incomplete head is peeked again at a
-    // growing interval (heads almost always arrive in one segment; a slow one is rare and cheap to poll).
-    let mut pause = Duration::from_millis(1);
+    // Empty until the first byte arrives: in a connection storm, a connection whose head is still on
+    // its way holds no buffer.
+    let mut buf = Vec::new();
+    let mut scanned = 0;
     loop {
-        let peeked = match &mut long {
-            None => timeout_at(deadline, poll_fn(|cx| peek_head(io, cx, lean))).await,
-            Some(buf) => {
-                timeout_at(deadline, async {
-                    let peeked = io.peek(buf).await;
-                    classify(peeked, buf, lean)
-                })
-                .await
+        match timeout_at(deadline, poll_fn(|cx| read_some(io, cx, &mut buf))).await {
+            Err(_) if buf.is_empty() => return (First::Gone, buf),
+            Err(_) => {
+                let detail = format!(
+                    "the request head did not arrive within {} ms; send it whole, then wait for the answer",
+                    limit.as_millis()
+                );
+                return (
+                    First::Refuse(StatusCode::REQUEST_TIMEOUT, "request-timeout", detail),
+                    buf,
+                );
             }
-        };
-        match peeked {
-            Err(_) | Ok(Peeked::Gone) => return First::Gone,
-            Ok(Peeked::Head(first)) => return first,
-            Ok(Peeked::Partial { full: true }) if long.is_some() => return head_too_large(),
-            Ok(Peeked::Partial { full: true }) => long = Some(vec![0u8; MAX_HEAD + 1]),
-            Ok(Peeked::Partial { full: false }) => {
-                if Instant::now() + pause >= deadline {
-                    return First::Refuse(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request-timeout",
-                        format!(
-                            "the request head did not arrive within {} ms; send it whole, then wait for the answer",
-                            limit.as_millis()
-                        ),
-                    );
-                }
-                sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+            Ok(Err(_)) | Ok(Ok(0)) => return (First::Gone, buf),
+            Ok(Ok(_)) => {}
+        }
+        // Empty lines before the request line are ignored (RFC 9112 § 2.2), and not kept.
+        let blank = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        if blank > 0 {
+            buf.drain(..blank);
+            scanned = 0;
+        }
+        if let Some(end) = head_end(&buf, scanned) {
+            if end > MAX_HEAD {
+                return (head_too_large(), buf);
             }
+            if let Some(first) = read_head(&buf[..end], lean) {
+                return (first, buf);
+            }
+        }
+        if buf.len() > MAX_HEAD {
+            return (head_too_large(), buf);
+        }
+        scanned = buf.len();
+    }
+}
+
+/// Takes what arrived off the socket into `buf` (at most `MAX_HEAD` + 1 bytes in all), through a stack
+/// buffer that exists within one poll; `Ok(0)` when the client closed.
+fn read_some(io: &TcpStream, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<std::io::Result<usize>> {
+    let mut stack = [0u8; READ_CHUNK];
+    let want = (MAX_HEAD + 1 - buf.len().min(MAX_HEAD)).min(stack.len());
+    loop {
+        match io.try_read(&mut stack[..want]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::task::ready!(io.poll_read_ready(cx))?;
+            }
+            Ok(n) => {
+                buf.extend_from_slice(&stack[..n]);
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
 }
 
-/// Reads `len` bytes off the socket and drops them, through a stack buffer that exists within one poll
-/// (never in the connection's future, as a buffer held across an `.await` would be); false if the client left.
-async fn discard(io: &TcpStream, mut len: usize) -> bool {
-    while len > 0 {
-        let read = poll_fn(|cx| {
-            let mut stack = [0u8; 1024];
-            let want = len.min(stack.len());
-            loop {
-                match io.try_read(&mut stack[..want]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match io.poll_read_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Ready(Ok(())) => {}
-                    },
-                    other => return Poll::Ready(other),
-                }
-            }
-        })
-        .await;
-        match read {
-            Ok(n) if n > 0 => len -= n,
-            _ => return false,
+/// Where the head in `buf` ends (just after its blank line), looking only at what came after `scanned`
+/// (and the three bytes before it, which may start the blank line). A line ends in LF or CRLF, as
+/// httparse reads it.
+fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let mut at = scanned.saturating_sub(3);
+    while let Some(lf) = buf[at..].iter().position(|&b| b == b'\n').map(|p| at + p) {
+        match &buf[lf + 1..] {
+            [b'\n', ..] => return Some(lf + 2),
+            [b'\r', b'\n', ..] => return Some(lf + 3),
+            _ => at = lf + 1,
         }
     }
-    true
+    None
 }
 
-/// What one peek found.
-enum Peeked {
-    Head(First),
-    /// Incomplete; `full` when the buffer was filled (the head is longer than it).
-    Partial {
-        full: bool,
-    },
-    Gone,
-}
-
-/// Peeks into a stack buffer and reads what arrived, within one poll.
-fn peek_head(io: &TcpStream, cx: &mut Context<'_>, lean: bool) -> Poll<Peeked> {
-    let mut stack = [0u8; FIRST_PEEK];
-    let mut buf = ReadBuf::new(&mut stack);
-    let peeked = std::task::ready!(io.poll_peek(cx, &mut buf));
-    Poll::Ready(classify(peeked, &stack, lean))
-}
-
-/// What a peek into the whole of `buf` found: `peeked` is how many bytes it filled in.
-fn classify(peeked: std::io::Result<usize>, buf: &[u8], lean: bool) -> Peeked {
-    match peeked {
-        Ok(0) | Err(_) => Peeked::Gone,
-        Ok(n) => match read_head(&buf[..n], lean) {
-            Some(first) => Peeked::Head(first),
-            None => Peeked::Partial { full: n == buf.len() },
-        },
-    }
-}
-
-/// What a complete (or broken) head says, or `None` while it is incomplete. Not async: the parser's
-/// header array (3 KiB) lives on the stack for the call only, never in a connection's future.
+/// What a complete (or broken) head says, or `None` if httparse still finds it incomplete. Not async:
+/// the parser's header array (3 KiB) lives on the stack for the call only, never in a connection's
+/// future.
 fn read_head(bytes: &[u8], lean: bool) -> Option<First> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     Some(match req.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => match check_framing(&req) {
             Err(refusal) => refusal,
-            Ok(()) => match lean.then(|| OwnedHead::for_stream(&req)).flatten() {
+            Ok(uri) => match lean.then(|| OwnedHead::for_stream(&req, &uri)).flatten() {
                 Some(head) => First::Stream(len, Box::new(head)),
                 None => First::Pass,
             },
@@ -250,12 +268,12 @@ fn read_head(bytes: &[u8], lean: bool) -> Option<First> {
 
 /// The checks actix-web's parser makes of a complete head, which it would answer with a bare 400: a bad
 /// target, a missing or repeated `Host`, and message framing a request could be smuggled through.
-fn check_framing(req: &httparse::Request<'_, '_>) -> Result<(), First> {
+fn check_framing(req: &httparse::Request<'_, '_>) -> Result<Uri, First> {
     let bad = |code: &'static str, detail: &str| {
         Err(First::Refuse(StatusCode::BAD_REQUEST, code, detail.to_string()))
     };
     let target = req.path.unwrap_or("");
-    let Ok(uri) = actix_web::http::Uri::try_from(target) else {
+    let Ok(uri) = Uri::try_from(target) else {
         return bad(
             "bad-target",
             "the request target is not a valid URI; percent-encode reserved characters (a topic in a path as %2F for /)",
@@ -327,7 +345,7 @@ fn check_framing(req: &httparse::Request<'_, '_>) -> Result<(), First> {
             "an HTTP/1.0 POST must say its body's length in Content-Length".into(),
         ));
     }
-    Ok(())
+    Ok(uri)
 }
 
 fn malformed(why: &str) -> First {
@@ -386,7 +404,7 @@ async fn refuse(mut io: TcpStream, status: StatusCode, code: &str, detail: &str)
     let _ = timeout(CLOSING_WRITE, answer).await;
 }
 
-/// What the stream logic reads of a head, copied out of the peek buffer (which is then freed).
+/// What the stream logic reads of a head, copied out of the head buffer (which is then freed).
 struct OwnedHead {
     query: String,
     authorization: Option<String>,
@@ -404,25 +422,15 @@ struct OwnedHead {
 
 impl OwnedHead {
     /// The head of a plain `GET /events` (origin or absolute form) the lean path can serve; `None` for
-    /// anything else, which actix-web then serves or refuses.
-    fn for_stream(req: &httparse::Request<'_, '_>) -> Option<Self> {
-        if req.method != Some("GET") {
-            return None;
-        }
-        let target = req.path?;
-        // Absolute form (`GET http://host/events?…`), as a proxy sends it: the path starts after the
-        // authority.
-        let target = match target.split_once("://") {
-            Some((_, rest)) => &rest[rest.find('/')?..],
-            None => target,
-        };
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        if path != "/events" {
+    /// anything else, which actix-web then serves or refuses. `uri` is the target as actix-web reads it
+    /// (`http::Uri`): both paths see one path and one query (a `#fragment` is no part of either).
+    fn for_stream(req: &httparse::Request<'_, '_>, uri: &Uri) -> Option<Self> {
+        if req.method != Some("GET") || uri.path() != "/events" {
             return None;
         }
         let headers = req.headers.iter();
         let mut head = OwnedHead {
-            query: query.to_string(),
+            query: uri.query().unwrap_or("").to_string(),
             authorization: None,
             cookies: Vec::new(),
             origin: None,
@@ -488,7 +496,6 @@ impl OwnedHead {
 /// request may follow on it (after a refusal, as actix-web keeps a connection alive after an error).
 async fn lean_stream(
     mut io: TcpStream,
-    len: usize,
     owned: Box<OwnedHead>,
     peer: Option<SocketAddr>,
     front: &Front,
@@ -515,10 +522,6 @@ async fn lean_stream(
         }
         Err(e) => Err(e),
     };
-    // The head was only peeked: take it off the socket now (it is all there).
-    if !discard(&io, len).await {
-        return None;
-    }
     let connection = match opened {
         Ok(Some(connection)) => connection,
         // `Open::Stream` always opens one.
@@ -557,20 +560,19 @@ async fn lean_stream(
         return None;
     }
     // A client sends nothing more on a stream: a read that ends (FIN) or fails (RST) means it is gone,
-    // and anything else it sends (a pipelined request) is dropped, as the response says `close`.
-    let mut scratch = [0u8; 64];
+    // and anything else it sends (a pipelined request) is dropped, as the response says `close`, up to
+    // `STREAM_INPUT_LIMIT` bytes; past that, the stream is closed.
+    let mut received = 0;
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
             ready = io.readable() => {
-                if ready.is_err() {
-                    return None;
-                }
-                match io.try_read(&mut scratch) {
-                    Ok(0) => return None,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return None,
+                match ready.map(|()| drain(&io)) {
+                    Ok(Some(n)) if received + n <= STREAM_INPUT_LIMIT => {
+                        received += n;
+                        continue;
+                    }
+                    _ => return None,
                 }
             }
         };
@@ -581,6 +583,90 @@ async fn lean_stream(
         if !write(&mut io, chunk).await {
             return None;
         }
+    }
+}
+
+/// Reads and drops what a stream's client sent, in large chunks through a buffer on the stack of this
+/// call; how many bytes, or `None` when the client closed or reset.
+fn drain(io: &TcpStream) -> Option<usize> {
+    let mut stack = [0u8; 8192];
+    let mut total = 0;
+    loop {
+        match io.try_read(&mut stack) {
+            Ok(0) => return None,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(total),
+            Err(_) => return None,
+        }
+        if total > STREAM_INPUT_LIMIT {
+            return Some(total);
+        }
+    }
+}
+
+/// A connection handed to actix-web: the bytes the front door already read of it come first (freed once
+/// taken), then the socket.
+pub(crate) struct Prefixed {
+    io: TcpStream,
+    read: Vec<u8>,
+    at: usize,
+}
+
+impl Prefixed {
+    fn new(io: TcpStream, read: Vec<u8>, at: usize) -> Self {
+        let read = if at < read.len() { read } else { Vec::new() };
+        Prefixed { io, read, at }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.read.len() {
+            let n = (this.read.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -148,6 +148,11 @@ async fn odd_but_valid_stream_heads_are_served_alike_by_both_paths() {
         ("an allowed origin", "GET /events?topic=odd&lastEventId=0-0&poll=1&envelope=json HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n\r\n".into()),
         ("another origin", "GET /events?topic=odd&lastEventId=0-0&poll=1 HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n".into()),
         ("an id older than history", "GET /events?topic=odd&lastEventId=1-0&poll=1 HTTP/1.1\r\nHost: x\r\n\r\n".into()),
+        // One parser of the target for both paths: a fragment is not part of the query, and a path that
+        // merely ends in `/events` is not the stream route.
+        ("a fragment", "GET /events?topic=odd&lastEventId=0-0&poll=1#frag&topic=other HTTP/1.1\r\nHost: x\r\n\r\n".into()),
+        ("unrouted: a scheme-like path", "GET /x://y/events?topic=odd&poll=1 HTTP/1.1\r\nHost: x\r\n\r\n".into()),
+        ("unrouted: a longer path", "GET /v1/events?topic=odd&poll=1 HTTP/1.1\r\nHost: x\r\n\r\n".into()),
         ("refused: no topic", "GET /events HTTP/1.1\r\nHost: x\r\n\r\n".into()),
         ("refused: bad id", "GET /events?topic=odd HTTP/1.1\r\nHost: x\r\nLast-Event-ID: nope\r\n\r\n".into()),
         ("refused: bad topic", "GET /events?topic=a%01b HTTP/1.1\r\nHost: x\r\n\r\n".into()),
@@ -172,7 +177,9 @@ async fn odd_but_valid_stream_heads_are_served_alike_by_both_paths() {
             "{what}"
         );
         println!("{what}: {lean_status}, {} body bytes", lean_body.len());
-        if what.starts_with("refused") {
+        if what.starts_with("unrouted") {
+            assert!(lean_status.contains(" 404 "), "{what}: {lean_status}");
+        } else if what.starts_with("refused") {
             assert!(lean_status.contains(" 400 "), "{what}: {lean_status}");
             if what.contains("another") {
                 let rest = String::from_utf8_lossy(&lean_body).to_string();
@@ -283,4 +290,135 @@ proptest! {
             app.shutdown.run().await;
         });
     }
+}
+
+/// The first head's limit is exact, on both paths: 32,768 bytes up to and including the blank line
+/// are read, 32,769 are answered 431.
+#[tokio::test]
+async fn the_head_limit_is_exact_on_both_paths() {
+    let app = spawn_app_with(|_| {}).await;
+    for target in ["/healthz", "/events?topic=limit&poll=1&since=all"] {
+        let head = |len: usize| {
+            let start = format!("GET {target} HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+            let pad = len - start.len() - "\r\n\r\n".len();
+            format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
+        };
+        let at_limit = head(32 * 1024);
+        assert_eq!(at_limit.len(), 32_768);
+        let answer = exchange(app.port, &at_limit, Duration::from_millis(1500)).await;
+        let (status, _, _) = split(&answer);
+        assert!(status.ends_with(" 200 OK"), "{target}, 32,768 bytes: {status}");
+        let over = head(32 * 1024 + 1);
+        let answer = exchange(app.port, &over, PATIENCE).await;
+        assert_problem_answer(
+            &answer,
+            431,
+            "headers-too-large",
+            &format!("{target}, 32,769 bytes"),
+        );
+    }
+}
+
+/// Connections of one address that have not finished their head are capped
+/// (`server.max_pending_heads_per_ip`): one more is answered 429 at once, and a slot frees as soon as a
+/// head is complete.
+#[tokio::test]
+async fn unfinished_heads_are_capped_per_address() {
+    let app = spawn_app_with(|s| {
+        s.server.max_pending_heads_per_ip = 3;
+        s.server.request_head_timeout_ms = Duration::from_secs(20);
+    })
+    .await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .unwrap();
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        waiting.push(socket);
+    }
+    // The three are accepted in order, but asynchronously: ask until the fourth is refused.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let refused = loop {
+        let answer = exchange(
+            app.port,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            PATIENCE,
+        )
+        .await;
+        if !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a fourth unfinished head was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let detail = assert_problem_answer(&refused, 429, "too-many-pending-heads", "a fourth head");
+    assert!(detail.contains('3'), "{detail}");
+    // One head finished: it is answered, and its slot is free for a new connection.
+    let mut first = waiting.remove(0);
+    first.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, first.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"));
+    let answer = exchange(
+        app.port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        PATIENCE,
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"),
+        "{answer:?}"
+    );
+    drop(waiting);
+}
+
+/// A client that keeps writing into its open stream is closed once it has sent 64 KiB; a few stray
+/// bytes (a pipelined request) are dropped and the stream goes on.
+#[tokio::test]
+async fn a_stream_that_is_sent_too_much_is_closed() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    socket
+        .write_all(
+            b"GET /events?topic=chatty HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    app.wait_metric("herald_connections", 1).await;
+    app.publish("chatty", "still here").await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: still here") {
+        let n = tokio::time::timeout(PATIENCE, socket.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the stream ended after a small pipelined request");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // 80 KiB more: the node closes the stream (a write may then fail on the reset; either way it ends).
+    let _ = socket.write_all(&vec![b'x'; 80 * 1024]).await;
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream stayed open after 80 KiB of input");
+    app.wait_metric("herald_connections", 0).await;
 }
