@@ -116,6 +116,15 @@ pub fn selector_matches(selector: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether some valid topic name matches `selector` (`""`, or a name with a control character, matches
+/// none).
+fn can_match_a_topic(selector: &str) -> bool {
+    match selector.strip_suffix('*') {
+        Some(prefix) => !prefix.chars().any(char::is_control),
+        None => TopicName::parse(selector, usize::MAX).is_ok(),
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -256,9 +265,10 @@ impl Auth {
             }
             Access::Status => {
                 let grant = self.publisher(token, "the node's status")?;
+                // A publish list that can match no topic (`[]`, `[""]`) makes no publisher.
                 if grant
                     .as_ref()
-                    .is_some_and(|g| g.claims.mercure.publish.is_empty())
+                    .is_some_and(|g| !g.claims.mercure.publish.iter().any(|s| can_match_a_topic(s)))
                 {
                     return Err(AuthError::NotPublisher);
                 }
@@ -296,24 +306,39 @@ impl Auth {
     /// Reading `topics`: private ones need a token listing them; a token, when sent, must be valid.
     fn authorize_read(&self, token: Option<&str>, topics: &[TopicName]) -> Result<Option<Grant>, AuthError> {
         let grant = token.map(|t| self.verify(t)).transpose()?;
-        for topic in topics.iter().filter(|t| self.is_private(t)) {
-            let Some(grant) = &grant else {
-                return Err(AuthError::Missing("a private topic"));
-            };
-            if !grant
-                .claims
-                .mercure
-                .subscribe
-                .iter()
-                .any(|s| selector_matches(s, topic.as_str()))
-            {
-                return Err(AuthError::Forbidden {
-                    action: "subscribing",
-                    topic: topic.to_string(),
-                });
-            }
+        for topic in topics {
+            self.check_read(grant.as_ref(), topic)?;
         }
         Ok(grant)
+    }
+
+    /// Whether the bearer of `grant` (none: an anonymous caller) may read `topic`: the read rule, for
+    /// pages that list topics (`/status.json` names only those its caller could subscribe to).
+    pub fn may_read(&self, grant: Option<&Grant>, topic: &TopicName) -> bool {
+        self.check_read(grant, topic).is_ok()
+    }
+
+    fn check_read(&self, grant: Option<&Grant>, topic: &TopicName) -> Result<(), AuthError> {
+        if !self.is_private(topic) {
+            return Ok(());
+        }
+        let Some(grant) = grant else {
+            return Err(AuthError::Missing("a private topic"));
+        };
+        if grant
+            .claims
+            .mercure
+            .subscribe
+            .iter()
+            .any(|s| selector_matches(s, topic.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden {
+                action: "subscribing",
+                topic: topic.to_string(),
+            })
+        }
     }
 }
 

@@ -285,18 +285,24 @@ impl Hub {
         self.read().keys().cloned().collect()
     }
 
-    /// The `n` topics with the most local subscribers, busiest first (ties by name).
-    pub fn busiest(&self, n: usize) -> Vec<(TopicName, usize)> {
+    /// The `n` topics with the most local subscribers among those `shown` lets through, busiest first
+    /// (ties by name), and how many topics `shown` left out.
+    pub fn busiest(&self, n: usize, shown: impl Fn(&TopicName) -> bool) -> (Vec<(TopicName, usize)>, usize) {
         let map = self.read();
-        let mut all: Vec<(TopicName, usize)> = map.iter().map(|(t, c)| (t.clone(), c.len())).collect();
+        let mut all: Vec<(&TopicName, usize)> = map
+            .iter()
+            .filter(|(t, _)| shown(t))
+            .map(|(t, c)| (t, c.len()))
+            .collect();
+        let hidden = map.len() - all.len();
         let order =
-            |a: &(TopicName, usize), b: &(TopicName, usize)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+            |a: &(&TopicName, usize), b: &(&TopicName, usize)| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0));
         if all.len() > n {
             all.select_nth_unstable_by(n, order);
             all.truncate(n);
         }
         all.sort_by(order);
-        all
+        (all.into_iter().map(|(t, c)| (t.clone(), c)).collect(), hidden)
     }
 
     pub fn gauges(&self, ready: bool) -> Gauges {

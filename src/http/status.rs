@@ -1,7 +1,8 @@
 //! `GET /status`: a live page of this node's state, fed by `GET /status.json` (node, version, engine and
 //! link, connections, the busiest topics, rates over the last minute, recent reconnects, gaps and lag
-//! closes). The page holds no data; the JSON names topics, so it is shown to publishers only when auth
-//! is on (`Access::Status`).
+//! closes). The page holds no data; the JSON is shown to publishers only when auth is on
+//! (`Access::Status`), and names only topics its caller could subscribe to (`Auth::may_read`, the read
+//! rule), saying how many it left out.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -24,15 +25,17 @@ pub async fn page() -> HttpResponse {
 
 pub async fn json(req: HttpRequest, state: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(req.query_string())?;
-    state.authorize(&head(&req, &pairs), Access::Status, &[])?;
+    let grant = state.authorize(&head(&req, &pairs), Access::Status, &[])?;
     let ready = state.engine.is_ready();
     let gauges = state.hub.gauges(ready);
     let now = state.metrics.counts();
     let (secs, last_minute) = state.recent.since_oldest(now);
     let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    let busiest: Vec<_> = state
+    // Private topic names are often personal data: only those the caller could subscribe to are named.
+    let (busiest, hidden) = state
         .hub
-        .busiest(BUSIEST)
+        .busiest(BUSIEST, |t| state.auth.may_read(grant.as_ref(), t));
+    let busiest: Vec<_> = busiest
         .into_iter()
         .map(|(topic, subscribers)| json!({ "topic": topic.as_str(), "subscribers": subscribers }))
         .collect();
@@ -47,6 +50,7 @@ pub async fn json(req: HttpRequest, state: web::Data<Node>) -> Result<HttpRespon
         "subscriptions": gauges.subscriptions,
         "topics": gauges.topics,
         "busiest_topics": busiest,
+        "topics_not_shown": hidden,
         "window_secs": secs.round(),
         "publishes_per_sec": per_sec(last_minute.published),
         "deliveries_per_sec": per_sec(last_minute.delivered),

@@ -523,6 +523,8 @@ async fn every_route_applies_the_one_access_rule() {
         Publish,
         Stream,
         History,
+        /// `/status.json` names the busiest topics: only those the token could subscribe to.
+        Status,
     }
     #[derive(Clone, Copy, Debug)]
     enum Token {
@@ -531,6 +533,17 @@ async fn every_route_applies_the_one_access_rule() {
         RightClaim,
     }
     let app = secured().await;
+    // A subscriber on each topic, so that the status page has both to name (or to hide).
+    let reader = hs(&claims(&[], &["*"]));
+    let mut held = Vec::new();
+    for topic in ["public.t", "private.t"] {
+        let stream = app
+            .client
+            .get(app.url(&format!("/events?topic={topic}")))
+            .bearer_auth(&reader);
+        held.push(stream.send().await.unwrap());
+    }
+    app.wait_metric("herald_connections", 2).await;
     for topic in ["public.t", "private.t"] {
         // Something private to leak, stored with a token that may publish it.
         let writer = hs(&claims(&["*"], &[]));
@@ -538,7 +551,7 @@ async fn every_route_applies_the_one_access_rule() {
             publish_with(&app, topic, &writer, Via::Header).await.status(),
             200
         );
-        for route in [Route::Publish, Route::Stream, Route::History] {
+        for route in [Route::Publish, Route::Stream, Route::History, Route::Status] {
             for token in [Token::None, Token::WrongClaim, Token::RightClaim] {
                 let bearer = match token {
                     Token::None => None,
@@ -549,12 +562,15 @@ async fn every_route_applies_the_one_access_rule() {
                     Route::Publish => app.client.post(app.url(&format!("/topics/{topic}"))).body("x"),
                     Route::Stream => app.client.get(app.url(&format!("/events?topic={topic}"))),
                     Route::History => app.client.get(app.url(&format!("/topics/{topic}/history"))),
+                    Route::Status => app.client.get(app.url("/status.json")),
                 };
                 if let Some(bearer) = &bearer {
                     request = request.bearer_auth(bearer);
                 }
                 let private = topic.starts_with("private.");
                 let (status, code) = match (route, token) {
+                    (Route::Status, Token::None) => (401, "token-missing"),
+                    (Route::Status, _) => (200, ""),
                     (_, Token::RightClaim) => (200, ""),
                     (Route::Publish, Token::None) => (401, "token-missing"),
                     (Route::Publish, Token::WrongClaim) => (403, "forbidden"),
@@ -569,6 +585,20 @@ async fn every_route_applies_the_one_access_rule() {
                     if route == Route::History {
                         let body: serde_json::Value = response.json().await.unwrap();
                         assert!(!body["events"].as_array().unwrap().is_empty(), "{case}: {body}");
+                    } else if route == Route::Status {
+                        let body: serde_json::Value = response.json().await.unwrap();
+                        let named: Vec<&str> = body["busiest_topics"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter_map(|t| t["topic"].as_str())
+                            .collect();
+                        let may_see = !private || matches!(token, Token::RightClaim);
+                        assert_eq!(named.contains(&topic), may_see, "{case}: {body}");
+                        // Of the two topics, only a token listing `private.t` sees both.
+                        let hidden = usize::from(!(private && matches!(token, Token::RightClaim)));
+                        assert_eq!(body["topics_not_shown"], hidden, "{case}: {body}");
+                        assert_eq!(body["topics"], 2, "{case}: counts are not hidden");
                     }
                 } else {
                     let body = assert_problem(response, status, code).await;
@@ -811,6 +841,15 @@ async fn the_status_json_is_for_publishers_when_auth_is_on() {
         "token-invalid",
     )
     .await;
+    // A publish list that can match no topic makes no publisher.
+    for nothing in [vec![""], vec!["", "a\u{1}b"]] {
+        assert_problem(
+            get(Some(hs(&claims(&nothing, &["*"])))).await.unwrap(),
+            403,
+            "not-a-publisher",
+        )
+        .await;
+    }
     let ok = get(Some(hs(&claims(&["news"], &[])))).await.unwrap();
     assert_eq!(ok.status(), 200);
     let status: serde_json::Value = ok.json().await.unwrap();
@@ -818,4 +857,61 @@ async fn the_status_json_is_for_publishers_when_auth_is_on() {
     // The page itself holds no data: it is served to anyone, and asks for a token when it needs one.
     let page = app.client.get(app.url("/status")).send().await.unwrap();
     assert_eq!(page.status(), 200);
+}
+
+/// With anonymous publishing on (the shipped default), anyone may read `/status.json`: it then names
+/// public topics only, and counts the private ones it leaves out.
+#[tokio::test]
+async fn anonymous_callers_see_no_private_topic_names_on_the_status_json() {
+    let app = spawn_app_with(|s| {
+        s.auth.private_topics = vec!["secret-*".into()];
+        s.auth.hs_secret = SECRET.into();
+    })
+    .await;
+    let reader = hs(
+        &serde_json::json!({ "mercure": { "publish": ["news"], "subscribe": ["*"] }, "exp": now() + 600 }),
+    );
+    let mut held = Vec::new();
+    for topic in ["news", "secret-user-42", "secret-user-43"] {
+        let stream = app
+            .client
+            .get(app.url(&format!("/events?topic={topic}")))
+            .bearer_auth(&reader);
+        held.push(stream.send().await.unwrap());
+    }
+    app.wait_metric("herald_connections", 3).await;
+    let status: serde_json::Value = app
+        .client
+        .get(app.url("/status.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["busiest_topics"],
+        serde_json::json!([{ "topic": "news", "subscribers": 1 }])
+    );
+    assert_eq!(status["topics_not_shown"], 2);
+    assert_eq!(status["topics"], 3);
+    assert!(!status.to_string().contains("secret-user"), "{status}");
+    // A token that may subscribe to them sees them named.
+    let named: serde_json::Value = app
+        .client
+        .get(app.url("/status.json"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        named["busiest_topics"].as_array().map(Vec::len),
+        Some(3),
+        "{named}"
+    );
+    assert_eq!(named["topics_not_shown"], 0);
+    drop(held);
 }
