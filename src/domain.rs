@@ -115,9 +115,10 @@ impl fmt::Debug for EventName {
     }
 }
 
-/// A publisher's `Idempotency-Key`: 1..=128 visible ASCII characters.
+/// A publisher's `Idempotency-Key`: 1..=128 visible ASCII characters. Shared, not copied: the memory
+/// engine holds each remembered key twice (its map and its expiry queue).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct IdempotencyKey(Box<str>);
+pub struct IdempotencyKey(Arc<str>);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the Idempotency-Key must be 1 to 128 visible ASCII characters (a UUID is a good choice)")]

@@ -329,6 +329,7 @@ pub async fn publisher(
     next: Arc<AtomicUsize>,
     count: usize,
     pace: Option<Duration>,
+    keyed: bool,
 ) -> Result<(usize, Vec<u32>)> {
     let mut stream = connect(port).await?;
     let mut failed = 0;
@@ -351,8 +352,14 @@ pub async fn publisher(
         let sent = std::time::Instant::now();
         let data = payload(seq);
         let path = &paths[seq % paths.len()];
+        // A distinct Idempotency-Key per publish, when asked (what the keys scenario measures).
+        let key = if keyed {
+            format!("Idempotency-Key: bench-{seq:08}\r\n")
+        } else {
+            String::new()
+        };
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{data}",
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: text/plain\r\n{key}Content-Length: {}\r\n\r\n{data}",
             data.len()
         );
         stream.write_all(request.as_bytes()).await?;
@@ -415,17 +422,21 @@ pub async fn unfinished_head(
     }
 }
 
-/// One `GET /` on a new connection from source address 127.0.0.1: µs until the whole answer is read.
-pub async fn one_get(port: u16) -> Result<u32> {
+/// One `GET path` on a new connection from source address 127.0.0.1: µs until the whole answer (also
+/// given back) is read.
+pub async fn one_get(port: u16, path: &str) -> Result<(u32, Vec<u8>)> {
     let started = Instant::now();
     let mut stream = connect_from(port, 0).await?;
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;
     if !answer.starts_with(b"HTTP/1.1 ") {
-        bail!("GET / was not answered");
+        bail!("GET {path} was not answered");
     }
-    Ok(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX))
+    Ok((
+        u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+        answer,
+    ))
 }

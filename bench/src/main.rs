@@ -39,7 +39,8 @@ struct Args {
     /// delivery at 100 / 1,000 / 10,000 subscribers, and 10,000 topics), rss (idle memory at 1k-18k),
     /// publish (publish round trip and CPU per publish, 1 and 4 in flight), spread (publishes/s and CPU
     /// per publish over 96 topics, 16 in flight: one Redis against herald-redis-cluster), heads (3,000
-    /// connections that send 30 KB of a request head and wait: CPU and RSS while they wait).
+    /// connections that send 30 KB of a request head and wait: CPU and RSS while they wait), keys (what
+    /// the memory engine holds for idempotency keys and topics, against what it reports).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Publishes kept in flight by the fan-out and growth scenarios (the "a few"). Herald writes
@@ -212,7 +213,7 @@ async fn fanout(
         let next = Arc::clone(&next);
         let port = sys.pub_port;
         publishers.push(tokio::task::spawn_local(async move {
-            client::publisher(port, paths, next, total, pace).await
+            client::publisher(port, paths, next, total, pace, false).await
         }));
     }
     let mut failed = 0;
@@ -385,7 +386,7 @@ async fn heads(sys: &System, scenario: &str, conns: usize, sources: u8, bytes: u
     let (cpu0, t0) = (procfs::total_cpu(&pids), Instant::now());
     let mut gets = Vec::new();
     for _ in 0..20 {
-        gets.push(client::one_get(sys.pub_port).await?);
+        gets.push(client::one_get(sys.pub_port, "/").await?.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = (procfs::total_cpu(&pids) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
@@ -408,6 +409,65 @@ async fn heads(sys: &System, scenario: &str, conns: usize, sources: u8, bytes: u
         rss_per_conn: (held > 0).then(|| rss * 1e6 / held as f64),
         p50_ms: percentile(&gets, 0.5),
         p99_ms: percentile(&gets, 0.99),
+        note: Some(note),
+        ..Row::default()
+    })
+}
+
+/// What a node reports in `herald_history_bytes` (the memory engine's estimate of what it retains).
+async fn history_bytes(sys: &System) -> Result<f64> {
+    let (_, answer) = client::one_get(sys.pub_port, "/metrics").await?;
+    let text = String::from_utf8_lossy(&answer);
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_history_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no herald_history_bytes in /metrics"))
+}
+
+/// `count` publishes, over `topics` topics, each with its own `Idempotency-Key` if `keyed`: the RSS they
+/// add against what the node reports retaining (`herald_history_bytes`), per publish.
+async fn retained(sys: &System, scenario: &str, count: usize, topics: usize, keyed: bool) -> Result<Row> {
+    let paths: Vec<String> = (0..topics).map(|_| sys.pub_path(&fresh_topic("k"))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = sys.server_pids();
+    let (rss0, reported0) = (procfs::total_rss(&pids), history_bytes(sys).await?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut publishers = Vec::new();
+    for _ in 0..4 {
+        let (paths, next) = (paths.clone(), Arc::clone(&next));
+        publishers.push(tokio::task::spawn_local(client::publisher(
+            sys.pub_port,
+            paths,
+            next,
+            count,
+            None,
+            keyed,
+        )));
+    }
+    let mut failed = 0;
+    for p in publishers {
+        failed += p.await??.0;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let real = procfs::total_rss(&pids).saturating_sub(rss0) as f64;
+    let reported = history_bytes(sys).await? - reported0;
+    let note = format!(
+        "RSS +{:.1} MB, {:.0} B a publish; reported +{:.1} MB, {:.0} B a publish",
+        real / 1e6,
+        real / count as f64,
+        reported / 1e6,
+        reported / count as f64
+    );
+    eprintln!("   {scenario} on {}: {note}", sys.kind.name());
+    Ok(Row {
+        scenario: scenario.into(),
+        system: sys.kind.name(),
+        topics,
+        deliveries: count as u64,
+        secs,
+        failed_publishes: failed,
         note: Some(note),
         ..Row::default()
     })
@@ -456,6 +516,7 @@ async fn replay(sys: &System, missed: usize) -> Result<Row> {
         Arc::new(AtomicUsize::new(0)),
         1,
         None,
+        false,
     )
     .await?;
     for sub in subs {
@@ -472,6 +533,7 @@ async fn replay(sys: &System, missed: usize) -> Result<Row> {
             Arc::clone(&next),
             missed + 1,
             None,
+            false,
         )));
     }
     for p in publishers {
@@ -630,7 +692,7 @@ async fn run(args: Args) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let all = [
-        "fanout", "multi", "latency", "idle", "replay", "growth", "rss", "publish", "heads",
+        "fanout", "multi", "latency", "idle", "replay", "growth", "rss", "publish", "heads", "keys",
     ];
     let scenarios: Vec<String> = if args.smoke {
         vec!["fanout".into(), "replay".into()]
@@ -750,6 +812,41 @@ async fn run(args: Args) -> Result<()> {
                     v
                 }
                 "publish" => vec![publish_cost(&sys, 1).await?, publish_cost(&sys, 4).await?],
+                // What the memory engine retains against what it reports: distinct idempotency keys on
+                // one topic, many topics of one event, and keys past a 4 MiB bound (fresh nodes).
+                "keys" if kind == Kind::HeraldMemory => {
+                    let mut v = Vec::new();
+                    let fresh = System::start(kind, &herald, &repo).await?;
+                    v.push(
+                        retained(
+                            &fresh,
+                            "keys: 30k publishes, distinct Idempotency-Keys, 1 topic",
+                            30_000,
+                            1,
+                            true,
+                        )
+                        .await?,
+                    );
+                    drop(fresh);
+                    let fresh = System::start(kind, &herald, &repo).await?;
+                    v.push(
+                        retained(
+                            &fresh,
+                            "keys: 30k publishes to 30k topics, no keys",
+                            30_000,
+                            30_000,
+                            false,
+                        )
+                        .await?,
+                    );
+                    drop(fresh);
+                    let env = [("HERALD__HISTORY__MAX_TOTAL_BYTES", (4 << 20).to_string())];
+                    let bounded = System::start_with(kind, &herald, &repo, &env).await?;
+                    let scenario = "keys: 100k publishes, distinct keys, max_total_bytes 4 MiB";
+                    v.push(retained(&bounded, scenario, 100_000, 1, true).await?);
+                    v
+                }
+                "keys" => vec![],
                 // Unfinished heads: from 16 addresses with the shipped settings, and from one address
                 // against production's per-address cap (Herald only, on a fresh node).
                 "heads" => {

@@ -24,30 +24,44 @@ pub struct MemoryEngine {
     /// 0 keeps events until `max_len` pushes them out.
     max_age_ms: u64,
     idempotency_window_ms: u64,
-    /// All topics' retained events together stay within this (0: no bound); past it the oldest events
-    /// of the node go first, down to 90 % of it, and readers after them get the gap notice.
+    /// All topics' retained events, their logs and the remembered idempotency keys together stay within
+    /// this (0: no bound); past it the oldest of them go first, events and keys alike, down to 90 % of
+    /// it: readers after a dropped event get the gap notice, and a retry whose key was dropped early is
+    /// stored again.
     max_total_bytes: usize,
 }
 
 /// What a retained event costs beyond its frame: its `Arc<Event>`, id, topic handle and deque slot.
 const EVENT_OVERHEAD: usize = 96;
+/// What a topic's log costs beyond its events: its map slot, its name's allocation and its deque's
+/// buffer (measured with `herald-bench --scenarios keys`: BENCHMARKS.md run 11).
+const TOPIC_OVERHEAD: usize = 440;
+/// What a remembered `Idempotency-Key` costs beyond its topic's and its own length: its map slot (with
+/// the map's spare capacity), its expiry queue slot and the key's allocation (measured as above).
+const KEY_OVERHEAD: usize = 250;
 
 fn cost(event: &Stored) -> usize {
     event.frame().len() + EVENT_OVERHEAD
+}
+
+fn key_cost(topic: &TopicName, key: &IdempotencyKey) -> usize {
+    topic.as_str().len() + key.as_str().len() + KEY_OVERHEAD
 }
 
 #[derive(Default)]
 struct State {
     clock: EventId,
     logs: HashMap<TopicName, TopicLog>,
-    /// What the retained events cost now (see [`cost`]).
+    /// What the retained events, their logs and the remembered keys cost now (see [`cost`],
+    /// [`TOPIC_OVERHEAD`], [`key_cost`]).
     bytes: usize,
     /// The newest id of any topic whose log was dropped whole (it emptied): a reader of a topic with no
     /// log, after an older id, may have missed events, and a log made anew starts from it.
     swept_through: Option<EventId>,
-    /// (topic, Idempotency-Key) → the id first answered; expired entries are swept in insertion order.
+    /// (topic, Idempotency-Key) → the id first answered; forgotten in the order they were remembered
+    /// (`key_order`, with the millisecond of each), when the window ends or the byte bound needs room.
     seen_keys: HashMap<(TopicName, IdempotencyKey), EventId>,
-    key_expiry: VecDeque<(u64, TopicName, IdempotencyKey)>,
+    key_order: VecDeque<(u64, TopicName, IdempotencyKey)>,
 }
 
 #[derive(Default)]
@@ -75,7 +89,23 @@ impl TopicLog {
 }
 
 impl State {
-    /// Drops the node's oldest events, whatever their topic, until the total is at most `target`.
+    /// Forgets the oldest remembered key.
+    fn forget_oldest_key(&mut self) {
+        if let Some((_, topic, key)) = self.key_order.pop_front() {
+            self.bytes = self.bytes.saturating_sub(key_cost(&topic, &key));
+            self.seen_keys.remove(&(topic, key));
+        }
+    }
+
+    /// Forgets the keys remembered at or before `before` (ms).
+    fn expire_keys(&mut self, before: u64) {
+        while self.key_order.front().is_some_and(|(at, _, _)| *at <= before) {
+            self.forget_oldest_key();
+        }
+    }
+
+    /// Drops the node's oldest events (whatever their topic) and remembered keys, oldest first, until
+    /// the total is at most `target`.
     fn evict_to(&mut self, target: usize) {
         let mut fronts: BinaryHeap<Reverse<(EventId, TopicName)>> = self
             .logs
@@ -83,6 +113,14 @@ impl State {
             .filter_map(|(t, log)| log.events.front().map(|e| Reverse((e.id, t.clone()))))
             .collect();
         while self.bytes > target {
+            let oldest_event = fronts.peek().map(|Reverse((id, _))| id.ms);
+            match self.key_order.front().map(|(at, _, _)| *at) {
+                Some(key) if oldest_event.is_none_or(|event| key <= event) => {
+                    self.forget_oldest_key();
+                    continue;
+                }
+                _ => {}
+            }
             let Some(Reverse((_, topic))) = fronts.pop() else {
                 break;
             };
@@ -103,6 +141,7 @@ impl State {
     /// Forgets logs that hold no event, keeping only the newest id they had dropped.
     fn drop_empty_logs(&mut self) {
         let swept = &mut self.swept_through;
+        let before = self.logs.len();
         self.logs.retain(|_, log| {
             let keep = !log.events.is_empty();
             if !keep {
@@ -110,6 +149,8 @@ impl State {
             }
             keep
         });
+        let dropped = before - self.logs.len();
+        self.bytes = self.bytes.saturating_sub(dropped * TOPIC_OVERHEAD);
     }
 }
 
@@ -162,6 +203,7 @@ impl MemoryEngine {
         }
         state.bytes = state.bytes.saturating_sub(freed);
         state.drop_empty_logs();
+        state.expire_keys(now_ms().saturating_sub(self.idempotency_window_ms));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -180,11 +222,7 @@ impl MemoryEngine {
         let now = now_ms();
         let mut guard = self.lock();
         let state = &mut *guard;
-        while state.key_expiry.front().is_some_and(|(at, _, _)| *at <= now) {
-            if let Some((_, topic, key)) = state.key_expiry.pop_front() {
-                state.seen_keys.remove(&(topic, key));
-            }
-        }
+        state.expire_keys(now.saturating_sub(self.idempotency_window_ms));
         if let Some(key) = m.idempotency_key {
             if let Some(id) = state.seen_keys.get(&(m.topic.clone(), key.clone())) {
                 return *id;
@@ -193,20 +231,24 @@ impl MemoryEngine {
         let topic = m.topic;
         let id = state.clock.next_at(now);
         state.clock = id;
+        let mut added = 0;
         if let Some(key) = m.idempotency_key {
             state.seen_keys.insert((topic.clone(), key.clone()), id);
-            let expires = now.saturating_add(self.idempotency_window_ms);
-            state.key_expiry.push_back((expires, topic.clone(), key.clone()));
+            state.key_order.push_back((now, topic.clone(), key.clone()));
+            added += key_cost(topic, key);
         }
         let event = Stored::new(id, topic.clone(), m.event.map(EventName::as_str), m.data);
         let swept = state.swept_through;
-        let log = state.logs.entry(topic.clone()).or_insert_with(|| TopicLog {
-            events: VecDeque::new(),
-            trimmed_through: swept,
+        let log = state.logs.entry(topic.clone()).or_insert_with(|| {
+            added += TOPIC_OVERHEAD;
+            TopicLog {
+                events: VecDeque::new(),
+                trimmed_through: swept,
+            }
         });
         log.events.push_back(event.clone());
         let freed = log.trim(self.max_len, self.oldest_kept_ms(now));
-        state.bytes = (state.bytes + cost(&event)).saturating_sub(freed);
+        state.bytes = (state.bytes + added + cost(&event)).saturating_sub(freed);
         if self.max_total_bytes > 0 && state.bytes > self.max_total_bytes {
             state.evict_to(self.max_total_bytes / 10 * 9);
         }
@@ -407,5 +449,76 @@ mod tests {
         assert_eq!(publish(&t, "a again"), first);
         assert_ne!(publish(&u, "other topic"), first);
         assert_eq!(engine.history_now(&t, EventId::ZERO, count(10)).events.len(), 1);
+    }
+
+    #[test]
+    fn remembered_keys_count_in_the_byte_bound_and_the_oldest_go_first() {
+        let hub = Arc::new(NoSubscribers);
+        let bound = 64 * 1024;
+        let engine =
+            MemoryEngine::new(hub, 2, Duration::ZERO, Duration::from_secs(600)).with_max_total_bytes(bound);
+        let t = TopicName::parse("t", 8).unwrap();
+        let keys: Vec<IdempotencyKey> = (0..2000)
+            .map(|n| IdempotencyKey::parse(&format!("key-{n:05}")).unwrap())
+            .collect();
+        let mut ids = Vec::new();
+        for key in &keys {
+            ids.push(engine.publish_now(Publish {
+                topic: &t,
+                event: None,
+                data: "x",
+                idempotency_key: Some(key),
+            }));
+            let (_, bytes) = engine.retained().unwrap();
+            assert!(
+                bytes as usize <= bound,
+                "{bytes} bytes held past the {bound} bound"
+            );
+        }
+        // Two events are retained; the keys are what fill the bound, and each is counted.
+        let (topics, bytes) = engine.retained().unwrap();
+        assert_eq!(topics, 1);
+        let remembered = engine.lock().seen_keys.len();
+        assert!((100..2000).contains(&remembered), "{remembered} keys remembered");
+        assert!(
+            bytes as usize >= remembered * KEY_OVERHEAD,
+            "{bytes} bytes for {remembered} keys"
+        );
+        // The newest keys still answer their first id; the oldest were forgotten first.
+        let retry = |n: usize| {
+            engine.publish_now(Publish {
+                topic: &t,
+                event: None,
+                data: "x",
+                idempotency_key: Some(&keys[n]),
+            })
+        };
+        assert_eq!(retry(1999), ids[1999]);
+        assert_ne!(retry(0), ids[0]);
+    }
+
+    #[test]
+    fn a_topic_costs_its_log_and_gives_it_back_when_swept() {
+        let hub = Arc::new(NoSubscribers);
+        let engine = MemoryEngine::new(hub, 10, Duration::from_millis(1), Duration::from_millis(1));
+        let key = IdempotencyKey::parse("k").unwrap();
+        for n in 0..3 {
+            let topic = TopicName::parse(&format!("t{n}"), 8).unwrap();
+            engine.publish_now(Publish {
+                topic: &topic,
+                event: None,
+                data: "x",
+                idempotency_key: Some(&key),
+            });
+        }
+        let (topics, bytes) = engine.retained().unwrap();
+        assert_eq!(topics, 3);
+        assert!(
+            bytes as usize >= 3 * (TOPIC_OVERHEAD + KEY_OVERHEAD + EVENT_OVERHEAD),
+            "{bytes}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        engine.sweep();
+        assert_eq!(engine.retained(), Some((0, 0)));
     }
 }

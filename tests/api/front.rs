@@ -217,16 +217,26 @@ async fn odd_but_valid_stream_heads_are_served_alike_by_both_paths() {
             .write_all(b"GET /events?topic=live&topic=odd HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        node.wait_metric("herald_connections", 1).await;
-        sockets.push(socket);
+        // The stream has joined (and read each topic's position) once its first bytes arrive: only then
+        // may the events be published, or one node would start after them.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&answer).contains("retry: ") {
+            let n = tokio::time::timeout(PATIENCE, socket.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "the stream ended before its first bytes");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        sockets.push((socket, answer));
     }
     lean.publish("live", "five").await;
     actix.publish("odd", "six").await;
     lean.shutdown.run().await;
     actix.shutdown.run().await;
     let mut answers = Vec::new();
-    for mut socket in sockets {
-        let mut answer = Vec::new();
+    for (mut socket, mut answer) in sockets {
         tokio::time::timeout(PATIENCE, socket.read_to_end(&mut answer))
             .await
             .expect("the stream ends at shutdown")
