@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::domain::EventId;
+use crate::domain::{EventId, EventName, EventNameError};
 
 /// Encodes one event: `id:` when given, `event:` when set, then one `data:` line per line of `data`.
 ///
@@ -53,28 +53,63 @@ pub fn decode_event(frame: &[u8]) -> (Option<String>, String) {
     (event, data.unwrap_or_default())
 }
 
+/// What a frame on a topic's stored-event channel must keep to beyond its shape: the publish rules
+/// (`limits.max_event_name_len`, `limits.max_body_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRules {
+    pub max_event_len: usize,
+    pub max_data_bytes: usize,
+}
+
+/// Why a message on a stored-event channel is not passed on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameRefusal {
+    #[error("it is not one well-formed event frame")]
+    Shape,
+    #[error("its event name breaks the publish rule: {0}")]
+    EventName(EventNameError),
+    #[error("its data is {len} bytes; a publish takes at most {max}")]
+    TooLarge { len: usize, max: usize },
+}
+
 /// The id of a frame as [`encode_event`] (or the Redis function) makes it, if it is exactly that: `id:`,
-/// an optional `event:` without control characters, one or more `data:` lines, and the blank line that
-/// ends it; valid UTF-8, no CR, nothing else (no `retry:`, no second event). Such a frame can be passed
-/// to clients as it is without letting its sender set anything but one event's data and type.
-pub fn stored_frame_id(frame: &[u8]) -> Option<EventId> {
-    let text = std::str::from_utf8(frame).ok()?.strip_suffix("\n\n")?;
-    if text.contains('\r') {
-        return None;
-    }
+/// an optional `event:` that a publish could have named (`EventName::parse`: no controls, not reserved,
+/// not too long), one or more `data:` lines holding no more than a publish body may, and the blank line
+/// that ends it; valid UTF-8, no CR, nothing else (no `retry:`, no second event). Such a frame can be
+/// passed to clients as it is without letting its sender set anything but one event's data and type.
+pub fn stored_frame(frame: &[u8], rules: FrameRules) -> Result<EventId, FrameRefusal> {
+    let text = std::str::from_utf8(frame)
+        .ok()
+        .and_then(|t| t.strip_suffix("\n\n"))
+        .filter(|t| !t.contains('\r'))
+        .ok_or(FrameRefusal::Shape)?;
     let mut lines = text.split('\n');
-    let id = lines.next()?.strip_prefix("id: ")?.parse().ok()?;
-    let mut line = lines.next()?;
+    let id = lines
+        .next()
+        .and_then(|l| l.strip_prefix("id: "))
+        .and_then(|id| id.parse().ok())
+        .ok_or(FrameRefusal::Shape)?;
+    let mut line = lines.next().ok_or(FrameRefusal::Shape)?;
     if let Some(event) = line.strip_prefix("event: ") {
-        if event.is_empty() || event.chars().any(char::is_control) {
-            return None;
-        }
-        line = lines.next()?;
+        EventName::parse(event, rules.max_event_len).map_err(FrameRefusal::EventName)?;
+        line = lines.next().ok_or(FrameRefusal::Shape)?;
     }
-    std::iter::once(line)
-        .chain(lines)
-        .all(|l| l.starts_with("data: ") || l == "data:")
-        .then_some(id)
+    // The data as a client reads it: the lines' contents joined by LF.
+    let mut len = 0;
+    for (n, l) in std::iter::once(line).chain(lines).enumerate() {
+        let content = l
+            .strip_prefix("data: ")
+            .or_else(|| (l == "data:").then_some(""))
+            .ok_or(FrameRefusal::Shape)?;
+        len += content.len() + usize::from(n > 0);
+    }
+    if len > rules.max_data_bytes {
+        return Err(FrameRefusal::TooLarge {
+            len,
+            max: rules.max_data_bytes,
+        });
+    }
+    Ok(id)
 }
 
 /// A comment frame (`: text`): ignored by clients, keeps proxies and NATs from closing an idle stream.
@@ -131,12 +166,17 @@ mod tests {
         assert_eq!(split("a\r"), vec!["a", ""]);
     }
 
+    const RULES: FrameRules = FrameRules {
+        max_event_len: 64,
+        max_data_bytes: 100,
+    };
+
     #[test]
     fn frame_shape() {
         let id = EventId { ms: 5, seq: 1 };
         let frame = encode_event(Some(id), Some("up"), "x\ny");
         assert_eq!(&frame[..], b"id: 5-1\nevent: up\ndata: x\ndata: y\n\n");
-        assert_eq!(stored_frame_id(&frame), Some(id));
+        assert_eq!(stored_frame(&frame, RULES), Ok(id));
         assert_eq!(decode_event(&frame), (Some("up".into()), "x\ny".into()));
         assert_eq!(&encode_event(Some(id), None, "")[..], b"id: 5-1\ndata: \n\n");
         assert_eq!(decode_event(&encode_event(None, None, "\n")), (None, "\n".into()));
@@ -150,7 +190,7 @@ mod tests {
             &encode_event(Some(id), None, "")[..],
             b"id: 5-1\nevent: e\ndata: a\ndata:\n\n",
         ] {
-            assert_eq!(stored_frame_id(good), Some(id), "{good:?}");
+            assert_eq!(stored_frame(good, RULES), Ok(id), "{good:?}");
         }
         let bad: [&[u8]; 10] = [
             b"data: x\n\n",
@@ -165,12 +205,28 @@ mod tests {
             b"id: 5-1\ndata: \xff\n\n",
         ];
         for frame in bad {
-            assert_eq!(
-                stored_frame_id(frame),
-                None,
+            assert!(
+                stored_frame(frame, RULES).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(frame)
             );
         }
+        // A publish could not have made these: the same rules apply to what arrives from Redis.
+        let long = format!("id: 5-1\nevent: {}\ndata: x\n\n", "e".repeat(65));
+        assert!(matches!(
+            stored_frame(long.as_bytes(), RULES),
+            Err(FrameRefusal::EventName(EventNameError::TooLong { .. }))
+        ));
+        assert_eq!(
+            stored_frame(b"id: 5-1\nevent: herald.gap\ndata: x\n\n", RULES),
+            Err(FrameRefusal::EventName(EventNameError::Reserved))
+        );
+        let at_limit = encode_event(Some(id), None, &"a\n".repeat(50));
+        assert_eq!(stored_frame(&at_limit, RULES), Ok(id));
+        let over = encode_event(Some(id), None, &format!("{}b", "a\n".repeat(50)));
+        assert_eq!(
+            stored_frame(&over, RULES),
+            Err(FrameRefusal::TooLarge { len: 101, max: 100 })
+        );
     }
 }

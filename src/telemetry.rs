@@ -25,6 +25,40 @@ pub fn init_logs(json: bool) {
     };
 }
 
+/// Lets one log line through per interval, and counts the ones held back: what a hostile or broken
+/// peer can repeat (a forged Redis message, a scanner's bad request) must not flood the logs.
+#[derive(Debug)]
+pub struct LogEvery {
+    every: std::time::Duration,
+    /// When a line last went out, and how many were held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogEvery {
+    pub fn new(every: std::time::Duration) -> Self {
+        LogEvery {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may go out now, else `None` (counted).
+    pub fn ready(&self) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if state.0.is_some_and(|last| now.duration_since(last) < self.every) {
+            state.1 += 1;
+            return None;
+        }
+        let held = state.1;
+        *state = (Some(now), 0);
+        Some(held)
+    }
+}
+
 /// Process-wide counters. Relaxed atomics: each is read alone, never used to order other memory.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -281,5 +315,21 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod log_every_tests {
+    use super::LogEvery;
+    use std::time::Duration;
+
+    #[test]
+    fn one_line_per_interval_and_the_rest_counted() {
+        let log = LogEvery::new(Duration::from_secs(3600));
+        assert_eq!(log.ready(), Some(0));
+        assert_eq!((0..5).filter_map(|_| log.ready()).count(), 0);
+        let fast = LogEvery::new(Duration::ZERO);
+        assert_eq!(fast.ready(), Some(0));
+        assert_eq!(fast.ready(), Some(0));
     }
 }

@@ -199,7 +199,7 @@ async fn a_cluster_delivers_exactly_over_all_shards_and_resumes_a_six_topic_stre
             .node(owner)
             .cli(&["FCALL", "herald_version", "0"])
             .as_deref(),
-        Some("7")
+        Some("8")
     );
     assert_eq!(resumed.next().await.data, "after the flush");
 }

@@ -449,7 +449,28 @@ async fn nothing_sent_to_a_topic_channel_can_inject_fields_or_silence_a_node() {
     publish("herald:{x}:stored", b"id: 9999999999999-0\ndata: forged\n\n");
     publish("herald:{x}:stored", b"id: 1-0\ndata: old\n\n");
     publish("herald:{y}:stored", b"garbage\xff");
+    // Frames a publish could not have made, with plausible ids: they are checked like a publish.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let forged: Vec<Vec<u8>> = vec![
+        format!("id: {}-0\ndata: half a minute ahead\n\n", now + 30_000).into_bytes(),
+        format!("id: {now}-7\nevent: herald.gap\ndata: {{}}\n\n").into_bytes(),
+        format!("id: {now}-8\nevent: {}\ndata: x\n\n", "e".repeat(5000)).into_bytes(),
+        format!("id: {now}-9\ndata: {}\n\n", "d".repeat(70_000)).into_bytes(),
+    ];
+    for frame in &forged {
+        publish("herald:{x}:stored", frame);
+    }
     let p1 = a.publish("x", "after on x").await;
+    // No forged id moved the topic's clock.
+    let p1_ms: u64 = p1
+        .split('-')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(p1_ms < now + 30_000, "{p1}");
     let p2 = b.publish("y", "after on y").await;
     for (i, sub) in subs.iter_mut().enumerate() {
         let events = sub.take(4).await;
@@ -498,7 +519,7 @@ async fn nothing_sent_to_a_topic_channel_can_inject_fields_or_silence_a_node() {
         sub.assert_silent(Duration::from_millis(200)).await;
     }
     for node in [&a, &b] {
-        assert_eq!(node.metric("herald_redis_refused_messages_total").await, 3);
+        assert_eq!(node.metric("herald_redis_refused_messages_total").await, 7);
     }
 }
 
@@ -838,4 +859,162 @@ async fn ids_from_release_6_keep_resuming_after_the_upgrade() {
     );
     let mut from_old_b = node.subscribe(&["b"], Some(&b2)).await;
     assert_eq!(from_old_b.next().await.data, "new b");
+}
+
+/// The functions check every key and argument, as the HTTP API does: a redis-cli user (or anyone with
+/// FCALL rights) cannot write another topic's idempotency key, block a topic's clock with a far-future
+/// floor or store with settings that make no sense; each refusal says what to send instead.
+#[tokio::test]
+async fn the_redis_functions_refuse_bad_keys_and_arguments_with_clear_errors() {
+    let redis = RedisServer::start();
+    let node = spawn_redis_node(&redis).await;
+    let refusals: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "another topic's idempotency key",
+            vec![
+                "FCALL",
+                "herald_publish",
+                "2",
+                "herald:{t}",
+                "herald:{u}:idem:k",
+                "x",
+                "",
+                "k",
+            ],
+            "the second key must be herald:{t}:idem:k",
+        ),
+        (
+            "a second key without an idempotency key",
+            vec![
+                "FCALL",
+                "herald_publish",
+                "2",
+                "herald:{t}",
+                "herald:{t}:idem:k",
+                "x",
+            ],
+            "the second key must be",
+        ),
+        (
+            "three keys",
+            vec!["FCALL", "herald_publish", "3", "herald:{t}", "a", "b", "x"],
+            "usage: FCALL herald_publish 1",
+        ),
+        (
+            "no key",
+            vec!["FCALL", "herald_last", "0"],
+            "usage: FCALL_RO herald_last 1",
+        ),
+        (
+            "an idempotency key with a space",
+            vec!["FCALL", "herald_publish", "1", "herald:{t}", "x", "", "a b"],
+            "1 to 128 visible ASCII",
+        ),
+        (
+            "max_len 0",
+            vec!["FCALL", "herald_publish", "1", "herald:{t}", "x", "", "", "0"],
+            "max_len (ARGV 4) must be a whole number from 1",
+        ),
+        (
+            "max_len not a number",
+            vec!["FCALL", "herald_publish", "1", "herald:{t}", "x", "", "", "ten"],
+            "max_len (ARGV 4)",
+        ),
+        (
+            "a negative max age",
+            vec![
+                "FCALL",
+                "herald_publish",
+                "1",
+                "herald:{t}",
+                "x",
+                "",
+                "",
+                "10",
+                "-1",
+            ],
+            "max_age_ms (ARGV 5)",
+        ),
+        (
+            "idempotency window 0",
+            vec![
+                "FCALL",
+                "herald_publish",
+                "1",
+                "herald:{t}",
+                "x",
+                "",
+                "",
+                "10",
+                "0",
+                "0",
+            ],
+            "idem_ttl_ms (ARGV 6)",
+        ),
+        (
+            "a floor at u64::MAX",
+            vec![
+                "FCALL",
+                "herald_floor",
+                "1",
+                "herald:{t}",
+                "18446744073709551615-0",
+            ],
+            "more than an hour past Redis's clock",
+        ),
+        (
+            "a publish floor far ahead",
+            vec![
+                "FCALL",
+                "herald_publish",
+                "1",
+                "herald:{t}",
+                "x",
+                "",
+                "",
+                "10",
+                "0",
+                "1000",
+                "64",
+                "99999999999999-0",
+            ],
+            "the floor (ARGV 8)",
+        ),
+        (
+            "a history from no id",
+            vec!["FCALL_RO", "herald_history", "1", "herald:{t}", "yesterday", "10"],
+            "the after-id (ARGV 1) must be an id",
+        ),
+        (
+            "a history of -1 events",
+            vec!["FCALL_RO", "herald_history", "1", "herald:{t}", "0-0", "-1"],
+            "the count (ARGV 2)",
+        ),
+    ];
+    for (what, args, expected) in &refusals {
+        let answer = redis.cli(args).unwrap_or_default();
+        assert!(answer.contains(expected), "{what}: {answer:?}");
+        assert!(
+            answer.contains("herald: "),
+            "{what}: Herald's own words: {answer:?}"
+        );
+    }
+    // Nothing was written: no topic, no idempotency key, no clock moved.
+    for key in ["herald:{t}", "herald:{u}:idem:k", "herald:{t}:idem:k"] {
+        assert_eq!(redis.cli(&["EXISTS", key]).as_deref(), Some("0"), "{key}");
+    }
+    // The topic still takes publishes, with ids from Redis's clock.
+    let id = node.publish("t", "fine").await;
+    let ms: u64 = id
+        .split('-')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(ms < 99_999_999_999_999, "{id}");
+    // A floor within the hour is still taken (a failover's clock may lag a little).
+    let near = format!("{}-5", ms + 1000);
+    let raised = redis
+        .cli(&["FCALL", "herald_floor", "1", "herald:{t}", &near])
+        .unwrap_or_default();
+    assert!(raised.contains(&near), "{raised}");
 }

@@ -18,7 +18,7 @@ pub(super) const FUNCTIONS: &str = include_str!("herald.lua");
 /// writes its own there when it loads the library.
 const SETTINGS_LINE: &str =
     "local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, \
-     max_event_len = 64, sharded = false }";
+     max_event_len = 64, max_data_bytes = 65536, sharded = false }";
 
 /// The settings the publish function needs: passed with every call from a node (so another hub's
 /// settings cannot change them), and written into the library a node loads, for `redis-cli` publishers.
@@ -28,6 +28,8 @@ const SETTINGS_LINE: &str =
 pub(super) struct FunctionSettings {
     /// max_len, max_age_ms, idem_ttl_ms, max_event_len: the order `herald.lua` reads them in.
     pub(super) args: [String; 4],
+    /// `limits.max_body_bytes`, the publish function's ARGV 12.
+    pub(super) max_data_bytes: String,
     /// The library with these settings as its defaults.
     library: std::sync::Arc<str>,
     /// `"1"` where a release-6 dataset may be found (standalone and Sentinel): the functions read its keys too.
@@ -43,11 +45,13 @@ impl FunctionSettings {
             s.limits.idempotency_window_secs.as_millis().to_string(),
             s.limits.max_event_name_len.to_string(),
         ];
+        let max_data_bytes = s.limits.max_body_bytes.to_string();
         let line = format!(
-            "local DEFAULTS = {{ max_len = {}, max_age_ms = {}, idem_ttl_ms = {}, max_event_len = {}, sharded = {} }}",
-            args[0], args[1], args[2], args[3], sharded
+            "local DEFAULTS = {{ max_len = {}, max_age_ms = {}, idem_ttl_ms = {}, max_event_len = {}, max_data_bytes = {}, sharded = {} }}",
+            args[0], args[1], args[2], args[3], max_data_bytes, sharded
         );
         FunctionSettings {
+            max_data_bytes,
             library: FUNCTIONS.replacen(SETTINGS_LINE, &line, 1).into(),
             args,
             legacy: if sharded { "" } else { "1" },

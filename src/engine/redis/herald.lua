@@ -19,9 +19,9 @@
 -- DEFAULTS below, which each node rewrites with its own settings when it loads the library. So a function
 -- only touches keys of its call's slot (as a Cluster requires), and FLUSHALL cannot lose the settings.
 
-local VERSION = '7'
+local VERSION = '8'
 -- herald:settings (the next line is replaced by the loading node; keep its shape)
-local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64, sharded = false }
+local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64, max_data_bytes = 65536, sharded = false }
 
 -- KEYS[1] is "P:{E}", E the topic with "%", "{" and "}" written %25, %7B and %7D (any other UTF-8 kept,
 -- control characters refused): returns P and E, or raises an error a redis-cli user can act on.
@@ -71,11 +71,34 @@ local function encode(id, event, data)
   return table.concat(out)
 end
 
+-- An integer argument at least `min` (at most 2^53, where Lua's numbers stay exact), or `default` when
+-- absent or empty; anything else raises an error naming the argument.
+local function int_arg(arg, name, min, default)
+  if arg == nil or arg == '' then
+    return default
+  end
+  local n = string.match(arg, '^%d+$') and tonumber(arg)
+  if not n or n < min or n > 9007199254740992 then
+    error('herald: ' .. name .. ' must be a whole number from ' .. min .. ' up (got ' .. arg .. ')')
+  end
+  return n
+end
+
 -- The node's settings travel with its calls (ARGV 4..7); a redis-cli call uses DEFAULTS.
 local function settings(args)
   local d = DEFAULTS
-  return tonumber(args[4]) or d.max_len, tonumber(args[5]) or d.max_age_ms, tonumber(args[6]) or d.idem_ttl_ms,
-    tonumber(args[7]) or d.max_event_len
+  return int_arg(args[4], 'max_len (ARGV 4)', 1, d.max_len), int_arg(args[5], 'max_age_ms (ARGV 5)', 0, d.max_age_ms),
+    int_arg(args[6], 'idem_ttl_ms (ARGV 6)', 1, d.idem_ttl_ms), int_arg(args[7], 'max_event_len (ARGV 7)', 1, d.max_event_len)
+end
+
+-- Refuses a call whose number of keys is none of the counts given.
+local function key_count(keys, usage, ...)
+  for _, want in ipairs({ ... }) do
+    if #keys == want then
+      return
+    end
+  end
+  error('herald: usage: ' .. usage)
 end
 
 -- The characters in s if it is valid UTF-8 without control characters (C0, DEL, C1), else nil: the rule
@@ -134,6 +157,23 @@ local function id_arg(arg)
     return nil
   end
   return arg
+end
+
+-- How far ahead of Redis's clock a floor may lie: ids are made from Redis's TIME, so one further ahead
+-- was not handed out by any node (a forged or mistyped id would otherwise block the topic's clock).
+local MAX_AHEAD_MS = 3600000
+
+-- A floor id argument (as id_arg), refused when it lies more than MAX_AHEAD_MS past `now` or past 2^53.
+local function floor_arg(arg, name, now)
+  local id = id_arg(arg)
+  if id then
+    local m, seq = parse_id(id)
+    if m > now + MAX_AHEAD_MS or seq > 9007199254740992 then
+      error('herald: ' .. name .. ' ' .. id .. ' lies more than an hour past Redis\'s clock (' .. now
+        .. ' ms); no node handed out such an id')
+    end
+  end
+  return id
 end
 
 local function now_ms()
@@ -249,15 +289,23 @@ end
 -- '1' to be answered { id, '1' if a loss was found else '' }; '1' to read a release-6 dataset. A node also
 -- passes P:{T}:idem:K as a second key when it sends an idempotency key, so a Cluster moving the topic
 -- holds the call until both keys are on one node.
+local PUBLISH_USAGE = 'FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]'
+
 local function publish(keys, args)
+  key_count(keys, PUBLISH_USAGE, 1, 2)
   local key = keys[1]
   split_key(key)
   local data = args[1]
   if data == nil then
-    error('herald: usage: FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]')
+    error('herald: usage: ' .. PUBLISH_USAGE)
   end
   local event = args[2] or ''
   local max_len, max_age_ms, idem_ttl_ms, max_event_len = settings(args)
+  -- ARGV 12 (after the node's floor, minimum and flags): the publish body limit, as over HTTP.
+  local max_data = int_arg(args[12], 'max_data_bytes (ARGV 12)', 1, DEFAULTS.max_data_bytes)
+  if #data > max_data then
+    error('herald: the data is ' .. #data .. ' bytes; at most ' .. max_data .. ' are allowed (limits.max_body_bytes)')
+  end
   local answer_lost = args[10] == '1'
   if event ~= '' then
     local chars = plain_chars(event)
@@ -275,7 +323,14 @@ local function publish(keys, args)
   -- Everything is read before anything is written: a Cluster moving the topic can refuse a read, and the
   -- call must then have changed nothing (the node retries it).
   local idem = args[3] or ''
-  local idem_key = keys[2] or (key .. ':idem:' .. idem)
+  local idem_key = key .. ':idem:' .. idem
+  -- A second key may only be this topic's key for this call's idempotency key (a Cluster routes by it).
+  if keys[2] ~= nil and (idem == '' or keys[2] ~= idem_key) then
+    error('herald: the second key must be ' .. idem_key .. ' (the idempotency key of this topic), got ' .. keys[2])
+  end
+  if idem ~= '' and (#idem > 128 or not string.match(idem, '^[!-~]+$')) then
+    error('herald: the idempotency key must be 1 to 128 visible ASCII characters (a UUID is a good choice)')
+  end
   if idem ~= '' then
     local seen = redis.call('GET', idem_key)
     if seen then
@@ -289,10 +344,10 @@ local function publish(keys, args)
     upgrade(key)
   end
 
-  local floor, minimum = id_arg(args[8]), id_arg(args[9])
+  local now = now_ms()
+  local floor, minimum = floor_arg(args[8], 'the floor (ARGV 8)', now), floor_arg(args[9], 'the minimum (ARGV 9)', now)
   local lost = false
   local at = '*'
-  local now = now_ms()
   if floor or minimum then
     local top = newest(key)
     local need = top
@@ -342,7 +397,16 @@ end
 local HISTORY_BATCH = 64
 
 local function history(keys, args)
+  key_count(keys, 'FCALL_RO herald_history 1 <prefix>:{<topic>} <after-id> <count> [<max-bytes>]', 1)
   local prefix = split_key(keys[1])
+  if parse_id(args[1]) == nil then
+    error('herald: the after-id (ARGV 1) must be an id <ms>-<seq>, 0-0 for the start (got ' .. tostring(args[1]) .. ')')
+  end
+  int_arg(args[2], 'the count (ARGV 2)', 0, nil)
+  if args[3] ~= nil and not string.match(args[3], '^%d+$') then
+    error('herald: max-bytes (ARGV 3) must be a whole number (got ' .. args[3] .. ')')
+  end
+  int_arg(args[4], 'max-age-ms (ARGV 4)', 0, nil)
   local log = stored(keys[1], args[5])
   local out = { '', '', '' }
   local gone = nil
@@ -415,13 +479,14 @@ end
 -- the topic it has seen: if Redis is behind it (a failover or restart lost writes, or a FLUSHALL), the
 -- clock is raised above it and the loss recorded, so new ids stay above every id handed out.
 local function floor(keys, args)
+  key_count(keys, 'FCALL herald_floor 1 <prefix>:{<topic>} <floor>', 1)
   local key = keys[1]
   split_key(key)
+  local wanted = floor_arg(args[1], 'the floor (ARGV 1)', now_ms())
   if args[2] == '1' then
     upgrade(key)
   end
   local top = newest(key)
-  local wanted = id_arg(args[1])
   if wanted and is_newer(wanted, top) then
     if redis.call('EXISTS', key) == 0 then
       -- The stream is gone: a placeholder entry carries the clock, removed at once (XDEL records it as
@@ -443,6 +508,7 @@ end
 
 -- FCALL_RO herald_last 1 P:{T} [<legacy>]  →  the topic's newest id, or '0-0'
 local function last(keys, args)
+  key_count(keys, 'FCALL_RO herald_last 1 <prefix>:{<topic>}', 1)
   split_key(keys[1])
   return newest(stored(keys[1], args[1]))
 end

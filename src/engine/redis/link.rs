@@ -22,7 +22,7 @@ use crate::domain::{now_ms, EventId, TopicName};
 use crate::engine::{EngineError, EngineEvents, PageBound};
 use crate::event::{Event, Stored};
 use crate::sse;
-use crate::telemetry::Metrics;
+use crate::telemetry::{LogEvery, Metrics};
 
 /// Reconnect delays double from the first to the last, each with up to 50 % jitter off. The cap keeps
 /// recovery within a second of Redis answering again.
@@ -84,6 +84,10 @@ pub(super) struct Link {
     pub(super) connect_timeout: Duration,
     pub(super) ping_interval: Duration,
     pub(super) max_topic_len: usize,
+    /// What a stored-event frame must keep to (the publish rules), or it is dropped.
+    pub(super) frame_rules: sse::FrameRules,
+    /// Dropped frames are counted each, and logged once per interval (a forger could flood the logs).
+    pub(super) refused_log: LogEvery,
     pub(super) url: String,
 }
 
@@ -398,9 +402,12 @@ impl Link {
             let data = String::from_utf8_lossy(payload);
             return Decoded::Event(Arc::new(Event::live(topic, &data)));
         }
-        let Some(id) = sse::stored_frame_id(payload) else {
-            self.refuse(&topic, "it is not one well-formed event frame");
-            return Decoded::Skip;
+        let id = match sse::stored_frame(payload, self.frame_rules) {
+            Ok(id) => id,
+            Err(why) => {
+                self.refuse(&topic, &why.to_string());
+                return Decoded::Skip;
+            }
         };
         if self.floors.get(&topic).is_some_and(|floor| id <= *floor) {
             return Decoded::Skip;
@@ -437,7 +444,13 @@ impl Link {
 
     pub(super) fn refuse(&self, topic: &TopicName, why: &str) {
         self.metrics.redis_refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%topic, "dropped a message on the topic's stored-event channel: {why}");
+        if let Some(held_back) = self.refused_log.ready() {
+            tracing::warn!(
+                %topic,
+                held_back,
+                "dropped a message on the topic's stored-event channel: {why} (herald_redis_refused_messages_total counts them all; one line per 10 s)"
+            );
+        }
     }
 }
 
@@ -468,8 +481,10 @@ pub(super) enum Decoded {
     Check(Stored),
 }
 
-/// How far ahead of this node's clock an id's time may be before it is checked against the stream.
-pub(super) const FUTURE_TOLERANCE_MS: u64 = 60_000;
+/// How far ahead of this node's clock an id's time may be before it is checked against the stream: ids
+/// come from Redis's clock, so only the skew between the two hosts' clocks (NTP keeps it far below
+/// this); a forged id further ahead would otherwise move the topic's clock and fake a loss.
+pub(super) const FUTURE_TOLERANCE_MS: u64 = 2_000;
 
 pub(super) fn backoff(failures: u32) -> Duration {
     let full = BACKOFF_FIRST

@@ -243,6 +243,11 @@ impl RedisEngine {
             connect_timeout,
             ping_interval: settings.ping_interval_ms,
             max_topic_len,
+            frame_rules: crate::sse::FrameRules {
+                max_event_len: all.limits.max_event_name_len,
+                max_data_bytes: all.limits.max_body_bytes,
+            },
+            refused_log: crate::telemetry::LogEvery::new(Duration::from_secs(10)),
             url: url.clone(),
         };
         io.handle.spawn(link.run());
@@ -303,7 +308,8 @@ impl Engine for RedisEngine {
                 .arg(self.shared.seen.floor_arg(m.topic))
                 .arg(self.legacy_clock.as_str())
                 .arg("1")
-                .arg(self.function_settings.legacy);
+                .arg(self.function_settings.legacy)
+                .arg(&self.function_settings.max_data_bytes);
             let deadline = Instant::now() + self.command_timeout;
             let settings = &self.function_settings;
             let (id, lost): (String, String) = match (self.min_replicas, self.sharded) {
