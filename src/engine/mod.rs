@@ -38,12 +38,62 @@ pub struct PageBound {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The engine refused or could not be reached: the event was not stored.
-    #[error("the message store is unavailable: {0}")]
-    Unavailable(String),
+    /// The engine could not be reached, or refused for now: the event was not stored; retrying helps.
+    #[error("the message store is unavailable ({0}); nothing was stored, retry in a moment")]
+    Unavailable(Cause),
     /// The engine stopped answering mid-call: the event may or may not have been stored.
-    #[error("the message store did not answer in time; the event may or may not be stored: {0}")]
-    Unknown(String),
+    #[error("the message store did not answer in time; the event may or may not be stored ({0})")]
+    Unknown(Cause),
+    /// The engine refused the operation for good (a script error, a bad argument, a missing permission,
+    /// a reply Herald cannot read): retrying cannot help; the log has the details.
+    #[error("the message store refused the operation ({0}); retrying will not help")]
+    Failed(Cause),
+}
+
+impl EngineError {
+    /// The store's own words (a Redis error text), for the log only: clients get Herald's.
+    pub fn raw(&self) -> Option<&str> {
+        match self {
+            EngineError::Unavailable(c) | EngineError::Unknown(c) | EngineError::Failed(c) => {
+                c.raw.as_deref()
+            }
+        }
+    }
+}
+
+/// Why an engine call failed: in Herald's words (what a client is told), and the store's own text, if
+/// any, which may name internals and goes to the log only.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub said: String,
+    pub raw: Option<String>,
+}
+
+impl Cause {
+    pub fn with_raw(said: impl Into<String>, raw: impl Into<String>) -> Self {
+        Cause {
+            said: said.into(),
+            raw: Some(raw.into()),
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(said: String) -> Self {
+        Cause { said, raw: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(said: &str) -> Self {
+        said.to_string().into()
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.said)
+    }
 }
 
 /// One message to publish.

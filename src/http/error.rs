@@ -24,6 +24,7 @@ impl ResponseError for ApiError {
             // The publisher must be able to tell "maybe stored" from "refused": retry with the same
             // Idempotency-Key to find out.
             ApiError::Engine(EngineError::Unknown(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Engine(EngineError::Failed(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Auth(AuthError::Forbidden { .. } | AuthError::NotPublisher)
             | ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
@@ -34,10 +35,21 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
+        let detail = self.to_string();
+        let mut body = problem_json(status, self.code(), &detail);
         if status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
+            // The client gets Herald's words and an id; the log gets the store's own text under that id.
+            let id = request_id();
+            let raw = match self {
+                ApiError::Engine(e) => e.raw(),
+                _ => None,
+            };
+            tracing::warn!(request_id = %id, error = %detail, store_said = raw, "request failed");
+            body["request_id"] = id.into();
         }
-        let mut response = problem(status, self.code(), &self.to_string());
+        let mut response = HttpResponse::build(status)
+            .content_type(PROBLEM_JSON)
+            .body(body.to_string());
         let headers = response.headers_mut();
         match self {
             ApiError::RateLimited { retry_after } => {
@@ -59,6 +71,7 @@ impl ResponseError for ApiError {
                     HeaderValue::from_static("Bearer realm=\"herald\""),
                 );
             }
+            // Only where retrying can help: a permanent failure (500) gets none.
             _ if status == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -77,6 +90,10 @@ pub fn problem(status: StatusCode, code: &str, detail: &str) -> HttpResponse {
 
 /// The body of every problem+json answer, also of those the front door makes before any route.
 pub(crate) fn problem_body(status: StatusCode, code: &str, detail: &str) -> String {
+    problem_json(status, code, detail).to_string()
+}
+
+fn problem_json(status: StatusCode, code: &str, detail: &str) -> serde_json::Value {
     json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
@@ -84,7 +101,21 @@ pub(crate) fn problem_body(status: StatusCode, code: &str, detail: &str) -> Stri
         "code": code,
         "detail": detail,
     })
-    .to_string()
+}
+
+/// An id for one failed request, unique on this node across restarts (its start time and a count): the
+/// problem+json carries it, and the log line with the details.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u128> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let start = START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    });
+    format!("{start:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Turns any error response that is not problem+json yet (unknown route, wrong method, extractor

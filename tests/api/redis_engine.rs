@@ -1018,3 +1018,107 @@ async fn the_redis_functions_refuse_bad_keys_and_arguments_with_clear_errors() {
         .unwrap_or_default();
     assert!(raised.contains(&near), "{raised}");
 }
+
+/// A publish Redis refuses for good (here the topic's key holds a string, so the function's XADD fails)
+/// is answered 500 `store-error`, without `Retry-After` (retrying cannot help), in Herald's words; Redis's
+/// own text goes to the log, under the request id the answer carries. A store that is merely down is
+/// still 503 with `Retry-After`.
+#[tokio::test]
+async fn a_permanent_store_error_is_500_in_heralds_words_and_its_details_are_logged() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let redis = RedisServer::start();
+    assert_eq!(
+        redis.cli(&["SET", "herald:{wrong}", "a string"]).as_deref(),
+        Some("OK")
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--port", "0", "--redis-url", &redis.url()])
+        .env("HERALD__LOG__FORMAT", "json")
+        .env("RUST_LOG", "warn,herald=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the herald binary runs");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = || lines.recv_timeout(PATIENCE).expect("a log line");
+    let url = loop {
+        let line = next_line();
+        if let Some(at) = line.find("listening on http://") {
+            let rest = &line[at + "listening on ".len()..];
+            break rest.split(' ').next().unwrap_or_default().to_string();
+        }
+    };
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("{url}/topics/wrong"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.headers().get("retry-after").is_none(),
+        "{:?}",
+        answer.headers()
+    );
+    let problem = crate::helpers::assert_problem(answer, 500, "store-error").await;
+    let detail = problem["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("retrying will not help"), "{problem}");
+    for internal in ["WRONGTYPE", "ERR ", "user_function", "herald.lua"] {
+        assert!(
+            !detail.contains(internal),
+            "Redis's words in the detail: {problem}"
+        );
+    }
+    let id = problem["request_id"].as_str().expect("a request id").to_string();
+    let logged = loop {
+        let line = next_line();
+        if line.contains(&id) {
+            break line;
+        }
+    };
+    let logged: serde_json::Value = serde_json::from_str(&logged).unwrap();
+    assert_eq!(logged["level"], "WARN", "{logged}");
+    assert!(
+        logged["fields"]["store_said"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("WRONGTYPE"),
+        "{logged}"
+    );
+    // The same node with its Redis gone: 503 with Retry-After, and no Redis text either.
+    drop(redis);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let down = loop {
+        let answer = client
+            .post(format!("{url}/topics/ok"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 503 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(down.headers().get("retry-after").is_some());
+    let problem = crate::helpers::assert_problem(down, 503, "store-unavailable").await;
+    assert!(problem["request_id"].is_string(), "{problem}");
+    assert!(
+        !problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("os error"),
+        "{problem}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::functions::Seen;
 use super::primary::Primary;
 use crate::domain::{EventId, TopicName};
-use crate::engine::EngineError;
+use crate::engine::{Cause, EngineError};
 use crate::telemetry::Metrics;
 
 /// A thread of its own for every Redis socket (the shared connection, the pub/sub link and their
@@ -221,10 +221,9 @@ impl Shared {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        let (generation, conn) = self
-            .get_on(lane)
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("no Redis connection: {e}")))?;
+        let (generation, conn) = self.get_on(lane).await.map_err(|e| {
+            EngineError::Unavailable(Cause::with_raw("no connection to Redis", e.to_string()))
+        })?;
         let result = f(conn).await;
         if let Err(e) = &result {
             if broken(e) {
@@ -259,7 +258,10 @@ impl Shared {
             let last_try = || Instant::now() + pause >= deadline;
             match self.get_on(lane).await {
                 Err(e) if last_try() => {
-                    return Err(EngineError::Unavailable(format!("no Redis connection: {e}")));
+                    return Err(EngineError::Unavailable(Cause::with_raw(
+                        "no connection to Redis",
+                        e.to_string(),
+                    )));
                 }
                 Err(_) => {}
                 Ok((generation, conn)) => {
@@ -328,11 +330,42 @@ fn broken(e: &RedisError) -> bool {
     (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error()) && !e.is_timeout()
 }
 
-/// `UNAVAILABLE` when the call surely did not run; `UNKNOWN` when Redis may have run it.
+/// `Unknown` when Redis may have run the call; `Failed` when it refused in a way no retry changes;
+/// `Unavailable` when it surely did not run and may next time (failing over, loading, out of memory,
+/// short of replicas). Redis's own text goes along for the log.
 pub(super) fn classify(e: RedisError) -> EngineError {
+    let raw = e.to_string();
     if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
-        EngineError::Unknown(e.to_string())
+        EngineError::Unknown(Cause::with_raw(
+            "the connection to Redis broke or timed out during the call",
+            raw,
+        ))
+    } else if permanent(&e) {
+        EngineError::Failed(Cause::with_raw(
+            "Redis refused the call: a script error, a bad argument or a missing permission",
+            raw,
+        ))
     } else {
-        EngineError::Unavailable(e.to_string())
+        EngineError::Unavailable(Cause::with_raw("Redis refused the call for now", raw))
+    }
+}
+
+/// Errors a retry of the same call cannot fix: the script or its arguments are wrong, the ACL user may
+/// not run it, or the reply is not what Herald reads.
+fn permanent(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        // "ERR" is also "max number of clients reached", which passes.
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            !e.detail().is_some_and(|d| d.contains("max number of clients"))
+        }
+        ErrorKind::Server(
+            ServerErrorKind::ExecAbort | ServerErrorKind::CrossSlot | ServerErrorKind::NoPerm,
+        )
+        | ErrorKind::Parse
+        | ErrorKind::UnexpectedReturnType
+        | ErrorKind::AuthenticationFailed => true,
+        ErrorKind::Extension => e.code() == Some("WRONGTYPE"),
+        _ => false,
     }
 }

@@ -19,7 +19,7 @@ use super::functions::{last_ids, load_functions, raise_floor, read_history, Func
 use super::keys::Keys;
 use super::primary::Primary;
 use crate::domain::{now_ms, EventId, TopicName};
-use crate::engine::{EngineError, EngineEvents, PageBound};
+use crate::engine::{Cause, EngineError, EngineEvents, PageBound};
 use crate::event::{Event, Stored};
 use crate::sse;
 use crate::telemetry::{LogEvery, Metrics};
@@ -465,7 +465,10 @@ pub(super) fn answer(
             None
         }
         Err(e) => {
-            let _ = reply.send(Err(EngineError::Unavailable(e.to_string())));
+            let _ = reply.send(Err(EngineError::Unavailable(Cause::with_raw(
+                "the Redis link failed",
+                e.to_string(),
+            ))));
             Some(e)
         }
     }

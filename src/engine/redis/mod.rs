@@ -33,7 +33,7 @@ use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
+use super::{Cause, Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
@@ -339,17 +339,17 @@ impl Engine for RedisEngine {
                     };
                     if confirmed < replicas {
                         // Stored on the primary, maybe not on any replica: a failover could lose it.
-                        return Err(EngineError::Unknown(format!(
+                        return Err(EngineError::Unknown(Cause::from(format!(
                             "event {id} is on the primary, but only {confirmed} of the {replicas} replicas \
                              redis.min_replicas asks for confirmed it within {wait_ms} ms"
-                        )));
+                        ))));
                     }
                     (id, lost)
                 }
             };
             let id = id
                 .parse()
-                .map_err(|_| EngineError::Unavailable(format!("Redis answered a malformed id `{id}`")))?;
+                .map_err(|_| EngineError::Failed(format!("Redis answered a malformed id `{id}`").into()))?;
             if !lost.is_empty() {
                 self.shared.report_loss(m.topic, id);
             }
