@@ -34,6 +34,7 @@ use crate::error::ApiError;
 use crate::limits::Slots;
 use crate::node::{query_pairs, Node, RequestHead};
 use crate::subscribe::{open, Open};
+use crate::telemetry::LogEvery;
 
 /// The largest first request head accepted, in bytes up to and including its blank line; a longer one
 /// is answered 431.
@@ -179,6 +180,18 @@ async fn first_head(io: &TcpStream, limit: Duration, lean: bool) -> (First, Vec<
             Ok(Err(_)) | Ok(Ok(0)) => return (First::Gone, buf),
             Ok(Ok(_)) => {}
         }
+        // A TLS handshake (a record of type 22, handshake): the client meant the HTTPS port. Answered at
+        // once rather than after the head timeout; a curl user sees the hint with `--http1.1 http://`.
+        if buf.first() == Some(&0x16) {
+            return (
+                First::Refuse(
+                    StatusCode::BAD_REQUEST,
+                    "plain-http-port",
+                    "this port speaks plain HTTP, and a TLS handshake arrived: use http:// here, or the HTTPS listener (server.tls_cert_file)".into(),
+                ),
+                buf,
+            );
+        }
         // Empty lines before the request line are ignored (RFC 9112 § 2.2), and not kept.
         let blank = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
         if blank > 0 {
@@ -323,12 +336,11 @@ fn check_framing(req: &httparse::Request<'_, '_>) -> Result<Uri, First> {
                 "HTTP/1.0 has no Transfer-Encoding; send Content-Length",
             );
         }
-        if count("transfer-encoding") > 1
-            || !(coding.eq_ignore_ascii_case("chunked") || coding.eq_ignore_ascii_case("identity"))
-        {
+        // `identity` is no transfer coding (RFC 9112 dropped it); actix-http would answer it a bare 400.
+        if count("transfer-encoding") > 1 || !coding.eq_ignore_ascii_case("chunked") {
             return bad(
                 "bad-transfer-encoding",
-                "Transfer-Encoding must appear once, as chunked; or send Content-Length instead",
+                "Transfer-Encoding must appear once, as chunked (identity is no transfer coding); or send Content-Length instead",
             );
         }
         if content_length.is_some() {
@@ -380,8 +392,21 @@ fn head_too_large() -> First {
     )
 }
 
+/// Refusals of heads are logged at WARN, once per this long (a scanner sends thousands).
+static REFUSALS: std::sync::LazyLock<LogEvery> =
+    std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(10)));
+
 /// Answers a refused head and closes the connection.
 async fn refuse(mut io: TcpStream, status: StatusCode, code: &str, detail: &str) {
+    if let Some(held_back) = REFUSALS.ready() {
+        let peer = io.peer_addr().ok();
+        tracing::warn!(
+            ?peer,
+            code,
+            held_back,
+            "refused a request head: {detail} (one line per 10 s)"
+        );
+    }
     let body = problem_body(status, code, detail);
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n",

@@ -103,6 +103,8 @@ async fn every_head_refused_before_routing_gets_a_problem_json() {
         ("Content-Length and chunked", b"POST /topics/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n".to_vec(), 400, "bad-transfer-encoding"),
         ("an unknown transfer coding", b"POST /topics/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400, "bad-transfer-encoding"),
         ("an HTTP/1.0 POST without length", b"POST /topics/t HTTP/1.0\r\n\r\nx".to_vec(), 411, "length-required"),
+        ("Transfer-Encoding: identity", b"POST /topics/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n".to_vec(), 400, "bad-transfer-encoding"),
+        ("a TLS handshake", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(), 400, "plain-http-port"),
         ("a head that stops half-way", b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\n".to_vec(), 408, "request-timeout"),
     ];
     for (what, request, status, code) in cases {
