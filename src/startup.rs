@@ -12,7 +12,7 @@ use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
 use actix_web::dev::{AppConfig, Server, ServerHandle, Service};
 use actix_web::http::ConnectionType;
 use actix_web::rt::net::TcpStream;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpServer, ResponseError};
 
 use crate::auth::{Auth, AuthConfigError};
 use crate::config::Settings;
@@ -22,6 +22,7 @@ use crate::engine::redis::{RedisEngine, RedisStartError};
 use crate::engine::{Engine, EngineEvents};
 use crate::http;
 use crate::http::front::{self, Front, OpenConnection};
+use crate::http::publish;
 use crate::hub::Hub;
 use crate::limits::{PerIp, Slots};
 use crate::node::Node;
@@ -272,7 +273,18 @@ impl Application {
                     .shutdown_timeout(1)
                     .workers(workers)
                     .listen("herald", listener, move || {
+                        let expect_node = front.node.clone();
                         let http = HttpService::build()
+                            // Authorization (and the body limit) before `100 Continue`, not after.
+                            .expect(fn_service(move |req: actix_http::Request| {
+                                let checked = publish::before_continue(&expect_node, &req);
+                                async move {
+                                    match checked {
+                                        Ok(()) => Ok(req),
+                                        Err(e) => Err(actix_http::Response::from(e.error_response())),
+                                    }
+                                }
+                            }))
                             .client_request_timeout(head_timeout)
                             .client_disconnect_timeout(Duration::from_secs(1))
                             .h1_allow_half_closed(false)

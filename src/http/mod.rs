@@ -6,7 +6,7 @@ pub mod error;
 pub(crate) mod front;
 mod health;
 mod history;
-mod publish;
+pub(crate) mod publish;
 mod status;
 mod subscribe;
 
@@ -22,7 +22,11 @@ use crate::domain::{TopicError, TopicName};
 /// The `{topic}` of `/topics/{topic}[/…]`, decoded strictly from the raw path: actix's own extraction
 /// replaces bytes that are not UTF-8, which would quietly name another topic.
 fn path_topic(req: &HttpRequest, max_len: usize) -> Result<TopicName, TopicError> {
-    let raw = req.uri().path().strip_prefix("/topics/").unwrap_or_default();
+    topic_of_path(req.uri().path(), max_len)
+}
+
+fn topic_of_path(path: &str, max_len: usize) -> Result<TopicName, TopicError> {
+    let raw = path.strip_prefix("/topics/").unwrap_or_default();
     let raw = raw.split_once('/').map_or(raw, |(segment, _)| segment);
     let topic = crate::node::percent_decode(raw, false).map_err(TopicError::Encoding)?;
     TopicName::parse(&topic, max_len)
@@ -76,7 +80,15 @@ where
 
 /// What the request logic reads of an actix request.
 fn head<'a>(req: &'a HttpRequest, query: &'a [(String, String)]) -> RequestHead<'a> {
-    let headers = req.headers();
+    head_of(req.headers(), req.peer_addr(), query)
+}
+
+/// The same, from a request's parts (also before routing: see `publish::before_continue`).
+fn head_of<'a>(
+    headers: &'a header::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+    query: &'a [(String, String)],
+) -> RequestHead<'a> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     RequestHead {
         query,
@@ -91,7 +103,7 @@ fn head<'a>(req: &'a HttpRequest, query: &'a [(String, String)]) -> RequestHead<
         referer: text(header::REFERER),
         host: text(header::HOST),
         last_event_id: headers.get("last-event-id").map(|v| v.to_str().ok()),
-        peer: req.peer_addr().map(|a| a.ip()),
+        peer: peer.map(|a| a.ip()),
         forwarded_for: text(header::HeaderName::from_static("x-forwarded-for")),
     }
 }

@@ -1,7 +1,7 @@
 //! `POST /topics/{topic}[?event=<type>]`: the body is the event's data; answers the id once stored.
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -13,6 +13,30 @@ use crate::auth::Access;
 use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError};
 use crate::engine::Publish;
 use crate::node::Node;
+
+/// Runs before `100 Continue` is sent (actix-http's expect service, plain HTTP): a publish its sender may
+/// not make, or whose declared body is over the limit, is refused before the client sends the body.
+/// The same checks as the route, in the same functions (the route runs them again).
+pub(crate) fn before_continue(state: &Node, req: &actix_http::Request) -> Result<(), ApiError> {
+    let limits = &state.settings.limits;
+    if req.method() != actix_web::http::Method::POST || !req.path().starts_with("/topics/") {
+        return Ok(());
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+        return Err(ApiError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        });
+    }
+    let topic = super::topic_of_path(req.path(), limits.max_topic_len)?;
+    let pairs = query_pairs(req.uri().query().unwrap_or(""))?;
+    let request = super::head_of(req.headers(), req.peer_addr(), &pairs);
+    state.authorize(&request, Access::Write, std::slice::from_ref(&topic))?;
+    Ok(())
+}
 
 pub async fn publish(
     req: HttpRequest,

@@ -915,3 +915,58 @@ async fn anonymous_callers_see_no_private_topic_names_on_the_status_json() {
     assert_eq!(named["topics_not_shown"], 0);
     drop(held);
 }
+
+/// `Expect: 100-continue`: a publish that will be refused is refused before the client is told to send
+/// its body (401/403 for the token, 413 for a declared length over the limit); an allowed one gets
+/// `100 Continue`, then its answer.
+#[tokio::test]
+async fn a_publish_is_authorized_before_100_continue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = secured().await;
+    let first_line = |auth: Option<String>, length: usize| {
+        let port = app.port;
+        async move {
+            let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let auth = auth
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let head = format!(
+                "POST /topics/news HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !answer.windows(2).any(|w| w == b"\r\n") {
+                let n = tokio::time::timeout(PATIENCE, socket.read(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "closed without an answer");
+                answer.extend_from_slice(&buf[..n]);
+            }
+            (socket, String::from_utf8_lossy(&answer).to_string())
+        }
+    };
+    let (_, none) = first_line(None, 5).await;
+    assert!(none.starts_with("HTTP/1.1 401 "), "{none}");
+    assert!(none.contains("token-missing"), "{none}");
+    let (_, wrong) = first_line(Some(hs(&claims(&["other"], &[]))), 5).await;
+    assert!(wrong.starts_with("HTTP/1.1 403 "), "{wrong}");
+    let (_, big) = first_line(Some(hs(&claims(&["news"], &[]))), 10_000_000).await;
+    assert!(big.starts_with("HTTP/1.1 413 "), "{big}");
+    let (mut socket, allowed) = first_line(Some(hs(&claims(&["news"], &[]))), 5).await;
+    assert!(allowed.starts_with("HTTP/1.1 100 Continue"), "{allowed}");
+    socket.write_all(b"hello").await.unwrap();
+    let mut rest = allowed.into_bytes();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&rest).contains("\"id\"") {
+        let n = tokio::time::timeout(PATIENCE, socket.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("HTTP/1.1 200 OK"));
+    assert_eq!(app.metric("herald_published_total").await, 1);
+}
