@@ -59,6 +59,7 @@ impl ApiError {
             ApiError::Join(JoinError::ShuttingDown) => "shutting-down",
             ApiError::Engine(EngineError::Unavailable(_)) => "store-unavailable",
             ApiError::Engine(EngineError::Unknown(_)) => "outcome-unknown",
+            ApiError::Engine(EngineError::NotEnoughReplicas(_)) => "not-enough-replicas",
             ApiError::Engine(EngineError::Failed(_)) => "store-error",
             ApiError::Auth(AuthError::Missing(_)) => "token-missing",
             ApiError::Auth(AuthError::Invalid(_)) => "token-invalid",

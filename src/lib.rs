@@ -24,7 +24,8 @@
 //!   `EngineEvents`.
 //! - `engine`: the `Engine` trait (stores history, carries events to every node) and `EngineEvents`;
 //!   `memory`, and `redis/` split by concern (start-up, `connection`, `keys`, `functions` with
-//!   `herald.lua`, the pub/sub `link`, `primary`: one URL or Sentinel).
+//!   `herald.lua`, the pub/sub `link`, `primary`: one URL or Sentinel, `replicas`: the primary's
+//!   replicas, for `min_replicas`).
 //! - [`event`]: `Event` (an SSE frame encoded once; `id: None` for live-only) and `Stored` (in history).
 //! - `sse`: WHATWG event-stream framing.
 //! - [`auth`]: JWT verification in Mercure's claim shape; the one access rule (`Auth::authorize`).

@@ -41,6 +41,10 @@ pub enum EngineError {
     /// The engine could not be reached, or refused for now: the event was not stored; retrying helps.
     #[error("the message store is unavailable ({0}); nothing was stored, retry in a moment")]
     Unavailable(Cause),
+    /// Fewer replicas are connected than `redis.min_replicas` asks for: refused before anything was
+    /// written; retrying helps once a replica is back.
+    #[error("not enough replicas ({0}); nothing was stored, retry once a replica is back")]
+    NotEnoughReplicas(Cause),
     /// The engine stopped answering mid-call: the event may or may not have been stored.
     #[error("the message store did not answer in time; the event may or may not be stored ({0})")]
     Unknown(Cause),
@@ -54,9 +58,10 @@ impl EngineError {
     /// The store's own words (a Redis error text), for the log only: clients get Herald's.
     pub fn raw(&self) -> Option<&str> {
         match self {
-            EngineError::Unavailable(c) | EngineError::Unknown(c) | EngineError::Failed(c) => {
-                c.raw.as_deref()
-            }
+            EngineError::Unavailable(c)
+            | EngineError::NotEnoughReplicas(c)
+            | EngineError::Unknown(c)
+            | EngineError::Failed(c) => c.raw.as_deref(),
         }
     }
 }

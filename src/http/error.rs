@@ -18,7 +18,8 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Join(_) | ApiError::Engine(EngineError::Unavailable(_)) => {
+            ApiError::Join(_)
+            | ApiError::Engine(EngineError::Unavailable(_) | EngineError::NotEnoughReplicas(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             // The publisher must be able to tell "maybe stored" from "refused": retry with the same

@@ -640,3 +640,78 @@ async fn a_publish_is_acknowledged_only_once_a_replica_has_it() {
         "stored once"
     );
 }
+
+/// `min_replicas = 1` with one replica: once a failover has promoted it, the new primary has no replica
+/// left. Every publish is then refused at once (503 `not-enough-replicas`, well inside 100 ms, not after
+/// `command_timeout_ms`), before anything is written, and none of them reaches a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_too_few_replicas_a_publish_is_refused_at_once_and_never_delivered() {
+    let mut setup = SentinelSetup::start(1);
+    let old_port = setup.primary.port;
+    let node = sentinel_node(&setup, 1).await;
+    let mut sub = node.subscribe(&["r"], None).await;
+    publish_when_ready(&node, "r", "before").await;
+    assert_eq!(sub.next().await.data, "before");
+    setup.primary.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup.primary_port().is_none_or(|port| port == old_port) {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinels never promoted the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Wait until the node talks to the new primary (its publishes stop failing for the dead one).
+    let mut refused = 0;
+    let mut slowest = Duration::ZERO;
+    let mut other = Vec::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while refused < 50 && Instant::now() < until {
+        let started = Instant::now();
+        let answer = node
+            .client
+            .post(node.url("/topics/r"))
+            .body(format!("refused {refused}"))
+            .send()
+            .await
+            .expect("publish");
+        let took = started.elapsed();
+        let status = answer.status().as_u16();
+        let problem: serde_json::Value = answer.json().await.unwrap_or_default();
+        if problem["code"] == "not-enough-replicas" {
+            assert_eq!(status, 503, "{problem}");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("0 replicas"),
+                "{problem}"
+            );
+            refused += 1;
+            slowest = slowest.max(took);
+        } else {
+            assert_ne!(
+                status, 200,
+                "a publish was acknowledged with no replica to confirm it: {problem}"
+            );
+            other.push((status, problem["code"].clone()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!("refused {refused} at once (slowest {slowest:?}); before that, while the node moved: {other:?}");
+    assert_eq!(
+        refused, 50,
+        "publishes were not refused as not-enough-replicas: {other:?}"
+    );
+    assert!(slowest < Duration::from_millis(100), "a refusal took {slowest:?}");
+    // None of the refused publishes (nor any answered otherwise) reached the subscriber.
+    sub.assert_silent(Duration::from_millis(500)).await;
+    let stored = setup.primary_port().and_then(|port| {
+        setup
+            .replicas
+            .iter()
+            .find(|r| r.port == port)
+            .and_then(|r| r.cli(&["XLEN", "herald:{r}"]))
+    });
+    assert_eq!(stored.as_deref(), Some("1"), "only the first event is stored");
+}

@@ -106,6 +106,8 @@ pub(super) struct Shared {
     url: String,
     /// Bumped when the primary moved (`-READONLY`, or a sentinel's `+switch-master`): the link reconnects.
     pub(super) failovers: watch::Sender<u64>,
+    /// The primary's connected replicas (kept fresh with `redis.min_replicas` only).
+    pub(super) replicas: super::replicas::Replicas,
 }
 
 struct Slot {
@@ -159,6 +161,7 @@ impl Shared {
             metrics,
             url,
             failovers: watch::channel(0).0,
+            replicas: Default::default(),
         }
     }
 
@@ -305,6 +308,8 @@ impl Shared {
     }
 
     fn retire_on(&self, lane: Lane, generation: u64) {
+        // A new connection may reach another primary, with other replicas.
+        self.replicas.forget();
         let mut current = self.lanes[lane as usize].current();
         if current.as_ref().is_some_and(|(g, _)| *g == generation) {
             *current = None;
@@ -316,6 +321,7 @@ impl Shared {
         match generation {
             Some(generation) => self.retire_on(Lane::Commands, generation),
             None => {
+                self.replicas.forget();
                 for slot in &self.lanes {
                     *slot.current() = None;
                 }
@@ -335,6 +341,13 @@ fn broken(e: &RedisError) -> bool {
 /// short of replicas). Redis's own text goes along for the log.
 pub(super) fn classify(e: RedisError) -> EngineError {
     let raw = e.to_string();
+    if e.code() == Some("NOREPLICAS") {
+        // Redis's own min-replicas-to-write refused it: nothing was written.
+        return EngineError::NotEnoughReplicas(Cause::with_raw(
+            "Redis has too few replicas in sync to write",
+            raw,
+        ));
+    }
     if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
         EngineError::Unknown(Cause::with_raw(
             "the connection to Redis broke or timed out during the call",

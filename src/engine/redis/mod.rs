@@ -23,6 +23,7 @@ mod functions;
 mod keys;
 mod link;
 mod primary;
+mod replicas;
 mod sharded;
 
 use std::sync::Arc;
@@ -258,6 +259,9 @@ impl RedisEngine {
         if !up {
             return Err(unreachable("the pub/sub connection did not come up".into()));
         }
+        if settings.min_replicas > 0 && settings.cluster_nodes.is_empty() {
+            replicas::watch(&shared);
+        }
         Ok(Arc::new(RedisEngine {
             shared,
             keys,
@@ -327,6 +331,27 @@ impl Engine for RedisEngine {
                         .await?
                 }
                 (replicas, sharded) => {
+                    if !sharded {
+                        // Refused before anything is written or fanned out: WAIT could only time out.
+                        let connected = match self.shared.replicas.get() {
+                            Some(n) => n,
+                            None => match self.shared.run(replicas::ask).await {
+                                Ok(n) => {
+                                    self.shared.replicas.set(n);
+                                    n
+                                }
+                                // An ACL user without ROLE: WAIT alone decides, as before.
+                                Err(EngineError::Failed(_)) => replicas,
+                                Err(e) => return Err(e),
+                            },
+                        };
+                        if connected < replicas {
+                            return Err(EngineError::NotEnoughReplicas(Cause::from(format!(
+                                "the primary has {connected} replicas connected and redis.min_replicas asks \
+                                 for {replicas}"
+                            ))));
+                        }
+                    }
                     let wait_ms = self.command_timeout.as_millis() as u64;
                     let call = |mut conn: Conn| {
                         let cmd = cmd.clone();
