@@ -116,6 +116,18 @@ pub fn selector_matches(selector: &str, topic: &str) -> bool {
     }
 }
 
+/// `topic` matched by one of a token's `selectors`, or refused for `action`.
+fn allowed_by(selectors: &[String], topic: &TopicName, action: &'static str) -> Result<(), AuthError> {
+    if selectors.iter().any(|s| selector_matches(s, topic.as_str())) {
+        Ok(())
+    } else {
+        Err(AuthError::Forbidden {
+            action,
+            topic: topic.to_string(),
+        })
+    }
+}
+
 /// Whether some valid topic name matches `selector` (`""`, or a name with a control character, matches
 /// none).
 fn can_match_a_topic(selector: &str) -> bool {
@@ -287,20 +299,7 @@ impl Auth {
     }
 
     fn check_write(&self, grant: &Grant, topic: &TopicName) -> Result<(), AuthError> {
-        if grant
-            .claims
-            .mercure
-            .publish
-            .iter()
-            .any(|s| selector_matches(s, topic.as_str()))
-        {
-            Ok(())
-        } else {
-            Err(AuthError::Forbidden {
-                action: "publishing",
-                topic: topic.to_string(),
-            })
-        }
+        allowed_by(&grant.claims.mercure.publish, topic, "publishing")
     }
 
     /// Reading `topics`: private ones need a token listing them; a token, when sent, must be valid.
@@ -325,20 +324,7 @@ impl Auth {
         let Some(grant) = grant else {
             return Err(AuthError::Missing("a private topic"));
         };
-        if grant
-            .claims
-            .mercure
-            .subscribe
-            .iter()
-            .any(|s| selector_matches(s, topic.as_str()))
-        {
-            Ok(())
-        } else {
-            Err(AuthError::Forbidden {
-                action: "subscribing",
-                topic: topic.to_string(),
-            })
-        }
+        allowed_by(&grant.claims.mercure.subscribe, topic, "subscribing")
     }
 }
 

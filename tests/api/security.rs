@@ -73,6 +73,20 @@ enum Via {
     None,
 }
 
+/// One open stream per topic, read with `token`, held until the answer is dropped; the node counts them.
+async fn hold_streams(app: &TestApp, topics: &[&str], token: &str) -> Vec<reqwest::Response> {
+    let mut held = Vec::new();
+    for topic in topics {
+        let stream = app
+            .client
+            .get(app.url(&format!("/events?topic={topic}")))
+            .bearer_auth(token);
+        held.push(stream.send().await.unwrap());
+    }
+    app.wait_metric("herald_connections", topics.len() as u64).await;
+    held
+}
+
 async fn publish_with(app: &TestApp, topic: &str, token: &str, via: Via) -> reqwest::Response {
     let mut url = app.url(&format!("/topics/{topic}"));
     let mut request = app.client.post(&url).body("payload");
@@ -535,15 +549,7 @@ async fn every_route_applies_the_one_access_rule() {
     let app = secured().await;
     // A subscriber on each topic, so that the status page has both to name (or to hide).
     let reader = hs(&claims(&[], &["*"]));
-    let mut held = Vec::new();
-    for topic in ["public.t", "private.t"] {
-        let stream = app
-            .client
-            .get(app.url(&format!("/events?topic={topic}")))
-            .bearer_auth(&reader);
-        held.push(stream.send().await.unwrap());
-    }
-    app.wait_metric("herald_connections", 2).await;
+    let _held = hold_streams(&app, &["public.t", "private.t"], &reader).await;
     for topic in ["public.t", "private.t"] {
         // Something private to leak, stored with a token that may publish it.
         let writer = hs(&claims(&["*"], &[]));
@@ -871,15 +877,7 @@ async fn anonymous_callers_see_no_private_topic_names_on_the_status_json() {
     let reader = hs(
         &serde_json::json!({ "mercure": { "publish": ["news"], "subscribe": ["*"] }, "exp": now() + 600 }),
     );
-    let mut held = Vec::new();
-    for topic in ["news", "secret-user-42", "secret-user-43"] {
-        let stream = app
-            .client
-            .get(app.url(&format!("/events?topic={topic}")))
-            .bearer_auth(&reader);
-        held.push(stream.send().await.unwrap());
-    }
-    app.wait_metric("herald_connections", 3).await;
+    let held = hold_streams(&app, &["news", "secret-user-42", "secret-user-43"], &reader).await;
     let status: serde_json::Value = app
         .client
         .get(app.url("/status.json"))
