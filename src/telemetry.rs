@@ -76,6 +76,8 @@ pub struct Metrics {
     pub gap_filled: AtomicU64,
     /// Messages on a stored-event channel that were malformed or named an id the stream does not have.
     pub redis_refused: AtomicU64,
+    /// Plain-HTTP connections whose first request head is not complete yet (a gauge).
+    pub unfinished_heads: AtomicU64,
     /// Times this node found Redis behind the newest id it had seen (writes lost) and raised its clock.
     pub redis_data_lost: AtomicU64,
     /// Events sitting in connection queues now (added per fan-out, removed per batch written).
@@ -200,12 +202,18 @@ impl Metrics {
 
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self, g: &Gauges) -> String {
-        let rows: [(&str, &str, &str, u64); 15] = [
+        let rows: [(&str, &str, &str, u64); 16] = [
             (
                 "herald_connections",
                 "gauge",
                 "SSE connections open now",
                 g.connections,
+            ),
+            (
+                "herald_unfinished_heads",
+                "gauge",
+                "plain-HTTP connections still sending their first request head",
+                self.unfinished_heads.load(Relaxed),
             ),
             (
                 "herald_subscriptions",

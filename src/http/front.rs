@@ -13,7 +13,7 @@ use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -65,6 +65,22 @@ pub(crate) struct Front {
     pub pending: Slots,
     /// `server.trusted_proxies`: their connections carry many clients, so they take no pending slot.
     pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// Counts a connection in `herald_unfinished_heads` while its first head is on its way.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a connection while it is open.
@@ -127,8 +143,9 @@ where
     };
     // The short-lived steps are boxed, so that they do not size the future a lean stream lives in (a
     // future is as large as its largest state): reading the head, opening, refusing.
+    let waiting = Waiting::new(&front.node.metrics.unfinished_heads);
     let (first, read) = Box::pin(first_head(&io, front.head_timeout, front.lean)).await;
-    drop(pending);
+    drop((pending, waiting));
     match first {
         First::Gone => Ok(()),
         First::Refuse(status, code, detail) => {

@@ -341,6 +341,19 @@ async fn unfinished_heads_are_capped_per_address() {
         s.server.request_head_timeout_ms = Duration::from_secs(20);
     })
     .await;
+    let pooled = reqwest::Client::new();
+    let before = pooled
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        before.lines().any(|l| l == "herald_unfinished_heads 0"),
+        "{before}"
+    );
     let mut waiting = Vec::new();
     for _ in 0..3 {
         let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
@@ -352,7 +365,27 @@ async fn unfinished_heads_are_capped_per_address() {
             .unwrap();
         waiting.push(socket);
     }
-    // The three are accepted in order, but asynchronously: ask until the fourth is refused.
+    // Accepted asynchronously: the node counts them once it waits for their heads. Asked on a connection
+    // made before them (a new one would be refused: its head would be the fourth).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = pooled
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == "herald_unfinished_heads 3") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never counted 3 unfinished heads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let refused = loop {
         let answer = exchange(

@@ -582,9 +582,10 @@ async fn a_primary_that_is_down_is_503_until_it_returns() {
     }
 }
 
-/// `min_replicas = 1`: a 200 means a replica has the event; with the replica cut off, a publish is 504
-/// (outcome unknown) after `command_timeout_ms`, and its retry with the same Idempotency-Key, once the
-/// replica is back, answers the same id and stores nothing twice.
+/// `min_replicas = 1`: a 200 means a replica has the event; with the replica stalled (connected, but not
+/// answering), a publish is 504 (outcome unknown) after `command_timeout_ms`, and its retry with the
+/// same Idempotency-Key, once the replica is back, answers the same id and stores nothing twice. With
+/// the replica cut off (the primary knows it is gone), a publish is refused 503 and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_is_acknowledged_only_once_a_replica_has_it() {
     let setup = SentinelSetup::start(1);
@@ -601,7 +602,7 @@ async fn a_publish_is_acknowledged_only_once_a_replica_has_it() {
         // Acknowledged means replicated: the replica has it the moment the 200 arrives.
         assert_eq!(replica.cli(&["XLEN", "herald:{t}"]), Some((i + 1).to_string()));
     }
-    setup.cut_replicas();
+    replica.signal("STOP");
     let publish = || {
         node.client
             .post(node.url("/topics/t"))
@@ -620,10 +621,7 @@ async fn a_publish_is_acknowledged_only_once_a_replica_has_it() {
             .contains("replicas"),
         "{problem}"
     );
-    assert_eq!(
-        setup.primary.cli(&["ACL", "SETUSER", "repl", "on"]).as_deref(),
-        Some("OK")
-    );
+    replica.signal("CONT");
     let deadline = Instant::now() + PATIENCE;
     let retried = loop {
         let response = publish().await.expect("publish");
@@ -638,6 +636,40 @@ async fn a_publish_is_acknowledged_only_once_a_replica_has_it() {
         replica.cli(&["XLEN", "herald:{t}"]).as_deref(),
         Some("21"),
         "stored once"
+    );
+    // Cut off: the primary drops the replica, and the node refuses at once, writing nothing.
+    setup.cut_replicas();
+    let deadline = Instant::now() + PATIENCE;
+    let refused = loop {
+        let response = node
+            .client
+            .post(node.url("/topics/t"))
+            .body("no replica")
+            .send()
+            .await
+            .expect("publish");
+        if response.status() == 503 {
+            break response;
+        }
+        assert_ne!(response.status(), 200, "acknowledged with no replica connected");
+        assert!(
+            Instant::now() < deadline,
+            "never refused with the replica cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    crate::helpers::assert_problem(refused, 503, "not-enough-replicas").await;
+    let before = setup.primary.cli(&["XLEN", "herald:{t}"]);
+    node.client
+        .post(node.url("/topics/t"))
+        .body("no replica")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(
+        setup.primary.cli(&["XLEN", "herald:{t}"]),
+        before,
+        "a refused publish wrote nothing"
     );
 }
 

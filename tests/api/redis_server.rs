@@ -119,6 +119,18 @@ impl RedisServer {
     }
 
     /// Kills the server the hard way (SIGKILL), as a crash would.
+    /// Sends `signal` (`STOP`, `CONT`) to the process: a stopped Redis keeps its connections open but
+    /// answers nothing.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -{signal}");
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
