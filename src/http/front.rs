@@ -122,23 +122,26 @@ where
     let _ = io.set_nodelay(true);
     let peer = io.peer_addr().ok();
     let pending = match peer.map(|p| p.ip()) {
-        Some(ip) if !front.trusted_proxies.contains(&ip) => match front.pending.take(ip) {
-            Some(slot) => Some(slot),
-            None => {
-                let detail = format!(
+        // With the cap off (0), no address is counted: no lock taken per connection.
+        Some(ip) if front.pending.max() > 0 && !front.trusted_proxies.contains(&ip) => {
+            match front.pending.take(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    let detail = format!(
                     "your address has {} connections open that have not finished sending their request head; finish or close those first",
                     front.pending.max()
                 );
-                Box::pin(refuse(
-                    io,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too-many-pending-heads",
-                    &detail,
-                ))
-                .await;
-                return Ok(());
+                    Box::pin(refuse(
+                        io,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too-many-pending-heads",
+                        &detail,
+                    ))
+                    .await;
+                    return Ok(());
+                }
             }
-        },
+        }
         _ => None,
     };
     // The short-lived steps are boxed, so that they do not size the future a lean stream lives in (a
