@@ -448,3 +448,22 @@ pub fn pct(s: &str) -> String {
         })
         .collect()
 }
+
+/// Reads from `socket` into `into` until it holds `needle`; panics if the peer closes first, or if
+/// nothing arrives for `PATIENCE`.
+pub async fn read_until(socket: &mut tokio::net::TcpStream, into: &mut Vec<u8>, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(into).contains(needle) {
+        let n = tokio::time::timeout(PATIENCE, socket.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} did not arrive: {:?}", String::from_utf8_lossy(into)))
+            .expect("the socket reads");
+        assert!(
+            n > 0,
+            "closed before {needle:?} arrived: {:?}",
+            String::from_utf8_lossy(into)
+        );
+        into.extend_from_slice(&buf[..n]);
+    }
+}
