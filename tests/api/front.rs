@@ -334,14 +334,11 @@ async fn unfinished_heads_are_capped_per_address() {
     })
     .await;
     let pooled = reqwest::Client::new();
-    let before = pooled
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = || async {
+        let answer = pooled.get(app.url("/metrics")).send().await.unwrap();
+        answer.text().await.unwrap()
+    };
+    let before = metrics().await;
     assert!(
         before.lines().any(|l| l == "herald_unfinished_heads 0"),
         "{before}"
@@ -361,14 +358,7 @@ async fn unfinished_heads_are_capped_per_address() {
     // made before them (a new one would be refused: its head would be the fourth).
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let text = pooled
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics().await;
         if text.lines().any(|l| l == "herald_unfinished_heads 3") {
             break;
         }
