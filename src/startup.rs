@@ -12,7 +12,7 @@ use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
 use actix_web::dev::{AppConfig, Server, ServerHandle, Service};
 use actix_web::http::ConnectionType;
 use actix_web::rt::net::TcpStream;
-use actix_web::{web, App, HttpServer, ResponseError};
+use actix_web::{web, App, ResponseError};
 
 use crate::auth::{Auth, AuthConfigError};
 use crate::config::Settings;
@@ -39,6 +39,28 @@ pub enum StartupError {
     Auth(#[from] AuthConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// Authorization (and the body limit) before `100 Continue`, not after: actix-http's expect service,
+/// on plain HTTP and HTTPS alike.
+fn continue_check(
+    node: web::Data<Node>,
+) -> impl ServiceFactory<
+    actix_http::Request,
+    Config = (),
+    Response = actix_http::Request,
+    Error = actix_http::Response<actix_http::body::BoxBody>,
+    InitError = (),
+> {
+    fn_service(move |req: actix_http::Request| {
+        let checked = publish::before_continue(&node, &req);
+        async move {
+            match checked {
+                Ok(()) => Ok(req),
+                Err(e) => Err(actix_http::Response::from(e.error_response())),
+            }
+        }
+    })
 }
 
 /// Connections the kernel completes and queues before the node accepts them.
@@ -235,25 +257,37 @@ impl Application {
         let workers = worker_count(settings.server.workers, settings.redis.enabled());
         let server = match &certificates {
             Some(certificates) => {
-                HttpServer::new(app)
+                // HTTPS (HTTP/1.1 and HTTP/2 by ALPN) through actix-http's service, as plain HTTP is
+                // (minus the front door): so the same expect hook runs before `100 Continue`.
+                let tls = certificates.server_config()?;
+                let node = state.clone();
+                actix_server::Server::build()
                     // Signals are ours to handle (see `main`), so tests can run many nodes in one process.
                     .disable_signals()
                     .shutdown_timeout(1) // `Shutdown::run` has already waited for connections
-                    // Slow-header clients are answered 408 and dropped.
-                    .client_request_timeout(head_timeout)
-                    // Each event goes out as soon as it is written: Nagle's algorithm would hold a frame
-                    // until the previous one is acknowledged (events are already coalesced per write).
-                    .tcp_nodelay(true)
-                    // As on the lean path: a client that closes (FIN) or resets its connection is dropped
-                    // at once, freeing its stream's slot, queue and Redis interest, instead of at the next
-                    // heartbeat write. A client must not half-close its side while waiting for an answer
-                    // (no browser or common HTTP client does).
-                    .h1_allow_half_closed(false)
-                    .on_connect(move |_, data| {
-                        data.insert(OpenConnection::new(&counted));
-                    })
                     .workers(workers)
-                    .listen_rustls_0_23(listener, certificates.server_config()?)
+                    .listen("herald-https", listener, move || {
+                        let counted = Arc::clone(&counted);
+                        HttpService::build()
+                            .expect(continue_check(node.clone()))
+                            // Slow-header clients are answered 408 and dropped.
+                            .client_request_timeout(head_timeout)
+                            .client_disconnect_timeout(Duration::from_secs(1))
+                            // Each event goes out as soon as it is written: Nagle's algorithm would hold
+                            // a frame until the previous one is acknowledged (events are already
+                            // coalesced per write).
+                            .tcp_nodelay(true)
+                            // As on the lean path: a client that closes (FIN) or resets its connection is
+                            // dropped at once, freeing its stream's slot, queue and Redis interest,
+                            // instead of at the next heartbeat write. A client must not half-close its
+                            // side while waiting for an answer (no browser or common HTTP client does).
+                            .h1_allow_half_closed(false)
+                            .on_connect_ext(move |_, data| {
+                                data.insert(OpenConnection::new(&counted));
+                            })
+                            .finish(map_config(app(), |_| AppConfig::default()))
+                            .rustls_0_23(tls.clone())
+                    })
                     .map_err(bind)?
                     .run()
             }
@@ -273,18 +307,8 @@ impl Application {
                     .shutdown_timeout(1)
                     .workers(workers)
                     .listen("herald", listener, move || {
-                        let expect_node = front.node.clone();
                         let http = HttpService::build()
-                            // Authorization (and the body limit) before `100 Continue`, not after.
-                            .expect(fn_service(move |req: actix_http::Request| {
-                                let checked = publish::before_continue(&expect_node, &req);
-                                async move {
-                                    match checked {
-                                        Ok(()) => Ok(req),
-                                        Err(e) => Err(actix_http::Response::from(e.error_response())),
-                                    }
-                                }
-                            }))
+                            .expect(continue_check(front.node.clone()))
                             .client_request_timeout(head_timeout)
                             .client_disconnect_timeout(Duration::from_secs(1))
                             .h1_allow_half_closed(false)

@@ -14,7 +14,7 @@ use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError};
 use crate::engine::Publish;
 use crate::node::Node;
 
-/// Runs before `100 Continue` is sent (actix-http's expect service, plain HTTP): a publish its sender may
+/// Runs before `100 Continue` is sent (actix-http's expect service, plain HTTP and HTTPS): a publish its sender may
 /// not make, or whose declared body is over the limit, is refused before the client sends the body.
 /// The same checks as the route, in the same functions (the route runs them again).
 pub(crate) fn before_continue(state: &Node, req: &actix_http::Request) -> Result<(), ApiError> {

@@ -288,3 +288,51 @@ async fn a_bad_certificate_or_key_stops_start_up_naming_the_file() {
         assert!(error.to_string().contains(want), "`{want}` missing from: {error}");
     }
 }
+
+/// Over HTTPS as over plain HTTP: a publish that will be refused is refused before `100 Continue`, and
+/// an allowed one gets `100 Continue`, then its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_a_publish_is_authorized_before_100_continue() {
+    const SECRET: &str = "an-https-test-secret-of-32-bytes-or-more";
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certificates(dir.path());
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let (cert_file, key_file) = (cert.display().to_string(), key.display().to_string());
+    let app = spawn_app_with(move |s| {
+        s.server.tls_cert_file = cert_file;
+        s.server.tls_key_file = key_file;
+        s.auth.anonymous_publish = false;
+        s.auth.hs_secret = SECRET.into();
+    })
+    .await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({ "mercure": { "publish": ["news"] }, "exp": 4_000_000_000u64 }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token");
+    let port = app.port;
+    let send = move |auth: String| {
+        tokio::task::spawn_blocking(move || {
+            s_client(
+                port,
+                "http/1.1",
+                &format!(
+                    "POST /topics/news HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\
+                     Content-Length: 5\r\nExpect: 100-continue\r\n\r\nhello"
+                ),
+            )
+        })
+    };
+    let refused = send(String::new()).await.expect("s_client");
+    assert!(refused.contains("HTTP/1.1 401 "), "{refused}");
+    assert!(!refused.contains("100 Continue"), "{refused}");
+    assert!(refused.contains("application/problem+json"), "{refused}");
+    let allowed = send(format!("Authorization: Bearer {token}\r\n"))
+        .await
+        .expect("s_client");
+    let continued = allowed.find("HTTP/1.1 100 Continue").expect("100 Continue");
+    let answered = allowed.find("HTTP/1.1 200 OK").expect("200 OK");
+    assert!(continued < answered, "{allowed}");
+    assert!(allowed.contains(r#""topic":"news""#), "{allowed}");
+}
