@@ -4,15 +4,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RetryMethod, Value};
+use redis::{AsyncConnectionConfig, RedisError, RetryMethod};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use super::error::classify;
 use super::functions::Seen;
-use super::primary::Primary;
+use super::primary::{Conn, Primary};
+use super::replicas;
 use crate::domain::{EventId, TopicName};
 use crate::engine::{Cause, EngineError};
 use crate::telemetry::Metrics;
@@ -39,42 +39,6 @@ impl IoThread {
                 let _ = runtime.block_on(stopped);
             })?;
         Ok(IoThread { handle, _stop: stop })
-    }
-}
-
-/// A command connection: to one Redis (standalone, or the primary Sentinel names), or to a Cluster (each
-/// call goes to the node holding its keys; MOVED and ASK are followed there). Cheap to clone.
-#[derive(Clone)]
-pub(super) enum Conn {
-    Plain(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Plain(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Plain(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
     }
 }
 
@@ -107,7 +71,7 @@ pub(super) struct Shared {
     /// Bumped when the primary moved (`-READONLY`, or a sentinel's `+switch-master`): the link reconnects.
     pub(super) failovers: watch::Sender<u64>,
     /// The primary's connected replicas (kept fresh with `redis.min_replicas` only).
-    pub(super) replicas: super::replicas::Replicas,
+    pub(super) replicas: replicas::Replicas,
 }
 
 struct Slot {
@@ -294,6 +258,25 @@ impl Shared {
         }
     }
 
+    /// Keeps `replicas` fresh for as long as the engine lives (with `redis.min_replicas`).
+    pub(super) fn watch_replicas(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.io.spawn(async move {
+            let mut tick = tokio::time::interval(replicas::EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                match shared.run(replicas::ask).await {
+                    Ok(n) => shared.replicas.set(n),
+                    Err(_) => shared.replicas.forget(),
+                }
+            }
+        });
+    }
+
     /// Logs and counts a loss of data this node found: Redis was behind the newest id it had seen of
     /// `topic`, and raised the topic's clock above it.
     pub(super) fn report_loss(&self, topic: &TopicName, newest: EventId) {
@@ -334,51 +317,4 @@ impl Shared {
 /// as an I/O error too, but it leaves the connection usable.
 fn broken(e: &RedisError) -> bool {
     (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error()) && !e.is_timeout()
-}
-
-/// `Unknown` when Redis may have run the call; `Failed` when it refused in a way no retry changes;
-/// `Unavailable` when it surely did not run and may next time (failing over, loading, out of memory,
-/// short of replicas). Redis's own text goes along for the log.
-pub(super) fn classify(e: RedisError) -> EngineError {
-    let raw = e.to_string();
-    if e.code() == Some("NOREPLICAS") {
-        // Redis's own min-replicas-to-write refused it: nothing was written.
-        return EngineError::NotEnoughReplicas(Cause::with_raw(
-            "Redis has too few replicas in sync to write",
-            raw,
-        ));
-    }
-    if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
-        EngineError::Unknown(Cause::with_raw(
-            "the connection to Redis broke or timed out during the call",
-            raw,
-        ))
-    } else if permanent(&e) {
-        EngineError::Failed(Cause::with_raw(
-            "Redis refused the call: a script error, a bad argument or a missing permission",
-            raw,
-        ))
-    } else {
-        EngineError::Unavailable(Cause::with_raw("Redis refused the call for now", raw))
-    }
-}
-
-/// Errors a retry of the same call cannot fix: the script or its arguments are wrong, the ACL user may
-/// not run it, or the reply is not what Herald reads.
-fn permanent(e: &RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    match e.kind() {
-        // "ERR" is also "max number of clients reached", which passes.
-        ErrorKind::Server(ServerErrorKind::ResponseError) => {
-            !e.detail().is_some_and(|d| d.contains("max number of clients"))
-        }
-        ErrorKind::Server(
-            ServerErrorKind::ExecAbort | ServerErrorKind::CrossSlot | ServerErrorKind::NoPerm,
-        )
-        | ErrorKind::Parse
-        | ErrorKind::UnexpectedReturnType
-        | ErrorKind::AuthenticationFailed => true,
-        ErrorKind::Extension => e.code() == Some("WRONGTYPE"),
-        _ => false,
-    }
 }

@@ -14,9 +14,10 @@ use redis::RedisError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 
-use super::connection::{Conn, Shared};
+use super::connection::Shared;
 use super::functions::{last_ids, load_functions, raise_floor, read_history, FunctionSettings};
 use super::keys::Keys;
+use super::primary::Conn;
 use super::primary::Primary;
 use crate::domain::{now_ms, EventId, TopicName};
 use crate::engine::{Cause, EngineError, EngineEvents, PageBound};

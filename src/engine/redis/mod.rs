@@ -10,15 +10,17 @@
 //!
 //! # Layout
 //! - this file: the engine and its start-up handshake (connect, version check, functions, link up);
+//! - [`error`]: what start-up can fail with, and how a Redis error maps onto an [`EngineError`];
 //! - [`connection`]: the I/O thread and the one multiplexed command connection every call shares;
 //! - [`keys`]: key and channel names;
 //! - [`functions`]: `herald.lua` and the Rust wrappers of its functions;
 //! - [`link`]: the pub/sub link that follows local interest, re-subscribes and gap-fills;
 //! - [`primary`]: where the primary is (one URL, asked of the sentinels for every new connection, or the
-//!   Cluster's node for each key's slot);
+//!   Cluster's node for each key's slot), and the connection (`Conn`) it opens there;
 //! - [`sharded`]: the link on a Cluster (sharded pub/sub, re-subscribed after failovers and slot moves).
 
 mod connection;
+mod error;
 mod functions;
 mod keys;
 mod link;
@@ -38,59 +40,15 @@ use super::{Cause, Engine, EngineError, EngineEvents, HistoryPage, PageBound, Pu
 use crate::config::Settings;
 use crate::domain::{EventId, TopicName};
 use crate::telemetry::Metrics;
-use connection::{Conn, IoThread, Lane, Shared};
+use connection::{IoThread, Lane, Shared};
+pub use error::RedisStartError;
 use functions::{
     fcall, fcall_replicated, last_ids, legacy_clock, load_functions, read_history, FunctionSettings,
 };
 use keys::Keys;
 use link::{Command, Link};
-use primary::Primary;
+use primary::{Conn, Primary};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RedisStartError {
-    #[error("{url} (redis.url or redis.sentinels) is not a Redis URL: {source}")]
-    BadUrl { url: String, source: RedisError },
-    #[error(
-        "cannot reach Redis at {url} after {waited_secs} s ({last_error}); start redis-server, or fix \
-         redis.url (HERALD__REDIS__URL / --redis-url) or, for rediss://, redis.tls_ca_file / \
-         tls_cert_file / tls_key_file; or raise redis.startup_wait_secs"
-    )]
-    Unreachable {
-        url: String,
-        waited_secs: u64,
-        last_error: String,
-    },
-    #[error(
-        "Redis at {url} refused the credentials for {waited_secs} s: fix redis.username / \
-         redis.password (HERALD__REDIS__PASSWORD), or the user:password in redis.url, or the ACL user"
-    )]
-    Credentials { url: String, waited_secs: u64 },
-    #[error(
-        "cannot reach {url} after {waited_secs} s ({last_error}); start the sentinels and the primary, or \
-         fix redis.sentinels / redis.sentinel_master / redis.sentinel_password, or raise \
-         redis.startup_wait_secs"
-    )]
-    NoPrimary {
-        url: String,
-        waited_secs: u64,
-        last_error: String,
-    },
-    #[error(
-        "Redis at {url} is version {version}; Herald needs Redis 7.0 or newer (it uses Redis Functions)"
-    )]
-    TooOld { url: String, version: String },
-    #[error("Redis at {url} refused the Herald functions library: {source}")]
-    Functions { url: String, source: RedisError },
-    #[error("{key}: cannot read {path}: {source}")]
-    TlsFile {
-        key: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot start the Redis I/O thread: {0}")]
-    Thread(std::io::Error),
-}
 
 pub struct RedisEngine {
     shared: Arc<Shared>,
@@ -260,7 +218,7 @@ impl RedisEngine {
             return Err(unreachable("the pub/sub connection did not come up".into()));
         }
         if settings.min_replicas > 0 && settings.cluster_nodes.is_empty() {
-            replicas::watch(&shared);
+            shared.watch_replicas();
         }
         Ok(Arc::new(RedisEngine {
             shared,

@@ -1,23 +1,60 @@
 //! Where the primary is: one fixed Redis (`redis.url`), or whichever the sentinels name now
 //! (`redis.sentinels`), asked afresh for every new connection so a failover is followed; or, on a Redis
 //! Cluster (`redis.cluster_nodes`), whichever node holds each key's slot (the cluster client follows the
-//! slot map, MOVED and ASK).
+//! slot map, MOVED and ASK). What it opens there is a [`Conn`]; `connection` shares it between calls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, ClientTlsConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult,
-    TlsCertificates,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
 };
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use super::connection::Conn;
-use super::RedisStartError;
+use super::error::RedisStartError;
 use crate::config::{redact_url, RedisSettings};
+
+/// A command connection: to one Redis (standalone, or the primary Sentinel names), or to a Cluster (each
+/// call goes to the node holding its keys; MOVED and ASK are followed there). Cheap to clone.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 pub(super) enum Primary {
     Fixed(redis::Client),

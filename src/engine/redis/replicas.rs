@@ -3,16 +3,15 @@
 //! or fanned out, instead of being stored, delivered and then answered 504 after `WAIT` timed out.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{RedisError, Value};
 
-use super::connection::{Conn, Shared};
+use super::primary::Conn;
 
 /// How often the watcher asks the primary (`ROLE`): a replica lost between two asks is the one case a
 /// publish still waits out `WAIT` and is answered 504.
-const EVERY: Duration = Duration::from_millis(100);
+pub(super) const EVERY: Duration = Duration::from_millis(100);
 
 /// The replicas the primary had connected when last asked, if that answer still holds.
 #[derive(Default)]
@@ -51,23 +50,4 @@ pub(super) async fn ask(mut conn: Conn) -> Result<u32, RedisError> {
         Some(Value::Array(replicas)) if is_primary => u32::try_from(replicas.len()).unwrap_or(u32::MAX),
         _ => 0,
     })
-}
-
-/// Keeps `shared.replicas` fresh for as long as the engine lives.
-pub(super) fn watch(shared: &Arc<Shared>) {
-    let weak = Arc::downgrade(shared);
-    shared.io.spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(shared) = weak.upgrade() else {
-                return;
-            };
-            match shared.run(ask).await {
-                Ok(n) => shared.replicas.set(n),
-                Err(_) => shared.replicas.forget(),
-            }
-        }
-    });
 }

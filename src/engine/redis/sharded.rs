@@ -16,9 +16,9 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::connection::Conn;
 use super::functions::load_functions;
 use super::link::{answer, Command, Link, LinkError, MAX_BATCH};
+use super::primary::Conn;
 use super::primary::Seeds;
 use crate::domain::TopicName;
 use crate::event::Event;
