@@ -5,9 +5,12 @@
 //! topic" cannot resume a multi-topic stream exactly. A composite can: `<tag>.<p1>.<p2>…`, where the
 //! positions follow the stream's topics sorted by name, each written `<ms>-<seq>` in base 36, and the tag
 //! (base 36 of a 32-bit FNV-1a hash of the sorted names) says which topic set they belong to.
+//! [`Positions`] keeps a multi-topic stream's position per topic as it sends events.
 
 use std::fmt::Write;
 use std::str::FromStr;
+
+use bytes::BytesMut;
 
 use crate::domain::{EventId, EventIdError, TopicName};
 
@@ -144,6 +147,77 @@ fn base36(s: &str) -> Option<u64> {
         };
         n.checked_mul(36)?.checked_add(u64::from(d))
     })
+}
+
+/// A multi-topic stream's position in each topic, which its composite `id:` lines carry.
+pub(crate) struct Positions {
+    tag: u32,
+    /// In name order: the topic, the newest of its ids this stream has sent (or started after), and for
+    /// a resuming stream the engine's newest id when it joined (what the replay sends up to: live events
+    /// up to it are duplicates), `0-0` for a fresh one (every live event is new to it, even one published
+    /// before its starting position was read).
+    topics: Vec<(TopicName, EventId, EventId)>,
+}
+
+impl Positions {
+    /// `newest` follows `topics`' order, as do the resume positions `after`.
+    pub(crate) fn new(topics: &[TopicName], after: Option<&[EventId]>, newest: &[EventId]) -> Self {
+        let mut entries: Vec<(TopicName, EventId, EventId)> = topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let newest = newest.get(i).copied().unwrap_or(EventId::ZERO);
+                match after {
+                    Some(after) => (t.clone(), after.get(i).copied().unwrap_or(newest), newest),
+                    None => (t.clone(), newest, EventId::ZERO),
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let sorted: Vec<&TopicName> = entries.iter().map(|e| &e.0).collect();
+        Positions {
+            tag: set_tag(&sorted),
+            topics: entries,
+        }
+    }
+
+    /// Records that `topic`'s event `id` is sent; false when the replay sent it already. The position
+    /// never goes back: an event older than the starting position was published before it was read.
+    pub(crate) fn advance(&mut self, topic: &TopicName, id: EventId) -> bool {
+        match self.topics.iter_mut().find(|e| e.0 == *topic) {
+            Some(entry) if id > entry.2 => {
+                entry.1 = entry.1.max(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a replayed event of `topic` as sent.
+    pub(crate) fn replayed_one(&mut self, topic: &TopicName, id: EventId) {
+        if let Some(entry) = self.topics.iter_mut().find(|e| e.0 == *topic) {
+            entry.1 = entry.1.max(id);
+        }
+    }
+
+    /// Once the replay is sent, every topic's position is at least where the replay stopped.
+    pub(crate) fn replayed(&mut self) {
+        for entry in &mut self.topics {
+            entry.1 = entry.1.max(entry.2);
+        }
+    }
+
+    /// `frame` (a stored event's) with the composite of the positions as its `id:` line.
+    pub(crate) fn write_frame(&self, frame: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(b"id: ");
+        write_composite(out, self.tag, self.topics.iter().map(|e| e.1));
+        out.extend_from_slice(b"\n");
+        let rest = frame
+            .strip_prefix(b"id: ")
+            .and_then(|r| r.iter().position(|&b| b == b'\n').map(|at| &r[at + 1..]))
+            .unwrap_or(frame);
+        out.extend_from_slice(rest);
+    }
 }
 
 #[cfg(test)]
