@@ -17,7 +17,7 @@ use crate::telemetry::{Metrics, Recent};
 
 /// What the request logic reads of a request; the HTTP layer fills it from its own types.
 pub(crate) struct RequestHead<'a> {
-    /// The query string's pairs in order, repeated keys kept.
+    /// The query string's pairs in order, repeated keys kept (the gate reads `authorization=` of it).
     pub query: &'a [(String, String)],
     /// `Authorization` (an unreadable value is read as empty, which is refused as not `Bearer`).
     pub authorization: Option<&'a str>,
@@ -131,7 +131,10 @@ impl Node {
                 }
             }
         }
-        Ok(query_value(head.query, "authorization")
+        // The last `authorization=` of the query, as every query value is read (`http::request`).
+        let param = head.query.iter().rev().find(|(k, _)| k == "authorization");
+        Ok(param
+            .map(|(_, t)| t.as_str())
             .filter(|t| !t.is_empty())
             .map(|t| Token::new(t, false)))
     }
@@ -149,84 +152,5 @@ impl Token {
             value: value.to_string(),
             from_cookie,
         }
-    }
-}
-
-/// Query-string pairs in order, repeated keys kept (`topic=a&topic=b`); `+` is a space, as in forms.
-///
-/// Decoded strictly: a `%` not starting two hex digits, or bytes that are not UTF-8, are refused rather
-/// than kept or replaced, so `topic=%FF` can never quietly name the topic `\u{FFFD}`.
-pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((percent_decode(key, true)?, percent_decode(value, true)?))
-        })
-        .collect::<Result<_, String>>()
-        .map_err(|e| ApiError::BadRequest(format!("the query string {e}")))
-}
-
-/// A path segment or query part with its `%XX` escapes (and with `plus_is_space`, `+`) decoded; the
-/// error completes "the query string …" or "the topic …".
-pub(crate) fn percent_decode(raw: &str, plus_is_space: bool) -> Result<String, String> {
-    if !raw.contains(['%', '+']) {
-        return Ok(raw.to_string());
-    }
-    let mut bytes = Vec::with_capacity(raw.len());
-    let mut rest = raw.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        rest = tail;
-        match b {
-            b'%' => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                let (hi, lo) = match rest {
-                    [hi, lo, ..] => (hex(*hi), hex(*lo)),
-                    _ => (None, None),
-                };
-                let (Some(hi), Some(lo)) = (hi, lo) else {
-                    return Err("has a `%` not followed by two hex digits (write `%` itself as %25)".into());
-                };
-                bytes.push((hi * 16 + lo) as u8);
-                rest = &rest[2..];
-            }
-            b'+' if plus_is_space => bytes.push(b' '),
-            b => bytes.push(b),
-        }
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "is not UTF-8 once percent-decoded (byte {} of the decoded text)",
-            e.utf8_error().valid_up_to()
-        )
-    })
-}
-
-/// The single value of `key` in the query, if given.
-pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_decoding_is_strict() {
-        let pairs = query_pairs("topic=a+b%2Fc&topic=%E6%97%A5&&flag&x=").unwrap();
-        let expected = [("topic", "a b/c"), ("topic", "日"), ("flag", ""), ("x", "")];
-        assert_eq!(pairs.len(), expected.len());
-        for ((k, v), (ek, ev)) in pairs.iter().zip(expected) {
-            assert_eq!((k.as_str(), v.as_str()), (ek, ev));
-        }
-        for bad in ["topic=%FF", "topic=%", "topic=%4", "topic=%G0", "%C3=x"] {
-            assert!(query_pairs(bad).is_err(), "{bad} accepted");
-        }
-        assert_eq!(percent_decode("a+b%2B", false).unwrap(), "a+b+");
     }
 }

@@ -2,10 +2,9 @@
 //! when bytes arrive, into one buffer that grows with them and is scanned once for the head's end), and
 //! then:
 //! - answers a malformed, oversized or slow head itself, with problem+json (actix would answer a bare
-//!   400/408/431);
-//! - serves an SSE `GET /events` itself on the lean path: after the response head, the connection holds
-//!   no read or write buffer, only the stream's state, and a client that closes or resets is noticed at
-//!   once because the read side is watched;
+//!   400/408/431; what a complete head says is `framing`'s);
+//! - hands a stream request of a lean route (`GET /events`, see `lean::ROUTES`) to the lean path
+//!   (`lean`), which holds no read or write buffer per stream;
 //! - hands every other connection to actix-web, the bytes already read first ([`Prefixed`]), and a
 //!   connection on which a refused stream request is followed by another request.
 
@@ -20,36 +19,22 @@ use std::time::{Duration, SystemTime};
 
 use actix_http::Protocol;
 use actix_service::Service;
-use actix_web::http::{StatusCode, Uri};
+use actix_web::http::StatusCode;
 use actix_web::rt::net::TcpStream;
-use actix_web::{web, ResponseError};
-use bytes::Bytes;
-use futures_util::StreamExt;
+use actix_web::web;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::cors;
 use super::error::problem_body;
-use crate::error::ApiError;
+use super::framing::{head_too_large, read_head, First, MAX_HEAD};
+use super::lean::{lean_stream, CLOSING_WRITE};
 use crate::limits::Slots;
-use crate::node::{query_pairs, Node, RequestHead};
-use crate::subscribe::{open, Open};
+use crate::node::Node;
 use crate::telemetry::LogEvery;
 
-/// The largest first request head accepted, in bytes up to and including its blank line; a longer one
-/// is answered 431.
-pub(crate) const MAX_HEAD: usize = 32 * 1024;
 /// Bytes taken off the socket per read of a head, through a buffer on the stack of one poll: the head
 /// buffer then grows by what arrived, not by a read's room.
 const READ_CHUNK: usize = 4096;
-/// What a client may send into its open stream (a pipelined request, a stray body) before the stream is
-/// closed: an SSE client sends nothing after its request, and reading without end would be free CPU
-/// for a hostile one.
-const STREAM_INPUT_LIMIT: usize = 64 * 1024;
-/// Headers per request (as actix-http's own limit); more are answered 431.
-const MAX_HEADERS: usize = 96;
-/// A stream being closed gets this long to take its closing comment, then the socket is dropped anyway.
-const CLOSING_WRITE: Duration = Duration::from_secs(1);
 
 /// What the front door needs of the node, shared by every connection of every worker.
 pub(crate) struct Front {
@@ -99,18 +84,6 @@ impl Drop for OpenConnection {
     }
 }
 
-/// How a connection's first head reads.
-enum First {
-    /// Anything for actix-web.
-    Pass,
-    /// A `GET /events` for the lean path: the head's length and what the stream logic reads of it.
-    Stream(usize, Box<OwnedHead>),
-    /// A head no route will see: answered here, then the connection is closed.
-    Refuse(StatusCode, &'static str, String),
-    /// The client left, or sent nothing before the head timeout.
-    Gone,
-}
-
 /// One plain-HTTP connection, from accept to close.
 pub(crate) async fn serve<S>(io: TcpStream, http: Rc<S>, front: Arc<Front>) -> Result<(), ()>
 where
@@ -155,7 +128,7 @@ where
             Box::pin(refuse(io, status, code, &detail)).await;
             Ok(())
         }
-        First::Stream(len, head) => match lean_stream(io, head, peer, &front).await {
+        First::Stream(len, head) => match lean_stream(io, head, peer, &front.node).await {
             // Anything the client sent after the head is the next request's.
             Some(io) => pass(&*http, Prefixed::new(io, read, len), peer).await,
             None => Ok(()),
@@ -267,151 +240,6 @@ fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
     None
 }
 
-/// What a complete (or broken) head says, or `None` if httparse still finds it incomplete. Not async:
-/// the parser's header array (3 KiB) lives on the stack for the call only, never in a connection's
-/// future.
-fn read_head(bytes: &[u8], lean: bool) -> Option<First> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    Some(match req.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => match check_framing(&req) {
-            Err(refusal) => refusal,
-            Ok(uri) => match lean.then(|| OwnedHead::for_stream(&req, &uri)).flatten() {
-                Some(head) => First::Stream(len, Box::new(head)),
-                None => First::Pass,
-            },
-        },
-        Ok(httparse::Status::Partial) => return None,
-        Err(httparse::Error::TooManyHeaders) => First::Refuse(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers-too-large",
-            format!("the request has more than {MAX_HEADERS} header fields; send fewer"),
-        ),
-        Err(httparse::Error::Version) if !names_another_version(bytes) => {
-            malformed("the request line must be: method, one space, target, one space, HTTP/1.1")
-        }
-        Err(httparse::Error::Version) => First::Refuse(
-            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-            "http-version-not-supported",
-            "this listener speaks HTTP/1.0 and HTTP/1.1 (HTTP/2 is offered over HTTPS, by ALPN)".into(),
-        ),
-        Err(e) => malformed(&format!("{e}; check the request line and header syntax")),
-    })
-}
-
-/// The checks actix-web's parser makes of a complete head, which it would answer with a bare 400: a bad
-/// target, a missing or repeated `Host`, and message framing a request could be smuggled through.
-fn check_framing(req: &httparse::Request<'_, '_>) -> Result<Uri, First> {
-    let bad = |code: &'static str, detail: &str| {
-        Err(First::Refuse(StatusCode::BAD_REQUEST, code, detail.to_string()))
-    };
-    let target = req.path.unwrap_or("");
-    let Ok(uri) = Uri::try_from(target) else {
-        return bad(
-            "bad-target",
-            "the request target is not a valid URI; percent-encode reserved characters (a topic in a path as %2F for /)",
-        );
-    };
-    // Asterisk and authority forms (`OPTIONS *`, `CONNECT host:443`) name no resource here: actix would
-    // answer them a bare 404.
-    if !target.starts_with('/') && uri.scheme().is_none() {
-        return bad(
-            "bad-target",
-            "the request target must be a path such as /events?topic=news (or an absolute URI); this hub serves no `*` or host:port targets",
-        );
-    }
-    let http11 = req.version == Some(1);
-    let count = |name: &str| {
-        req.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .count()
-    };
-    match count("host") {
-        0 if http11 => return bad("missing-host", "an HTTP/1.1 request must carry a Host header"),
-        0 | 1 => {}
-        _ => return bad("bad-host", "the request has more than one Host header; send one"),
-    }
-    let value = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-    };
-    let content_length = value("content-length");
-    if count("content-length") > 1
-        || content_length
-            .as_deref()
-            .is_some_and(|v| v.starts_with('+') || v.parse::<u64>().is_err())
-    {
-        return bad(
-            "bad-content-length",
-            "Content-Length must appear once, as a decimal number of bytes",
-        );
-    }
-    if let Some(coding) = value("transfer-encoding") {
-        if !http11 {
-            return bad(
-                "bad-transfer-encoding",
-                "HTTP/1.0 has no Transfer-Encoding; send Content-Length",
-            );
-        }
-        // `identity` is no transfer coding (RFC 9112 dropped it); actix-http would answer it a bare 400.
-        if count("transfer-encoding") > 1 || !coding.eq_ignore_ascii_case("chunked") {
-            return bad(
-                "bad-transfer-encoding",
-                "Transfer-Encoding must appear once, as chunked (identity is no transfer coding); or send Content-Length instead",
-            );
-        }
-        if content_length.is_some() {
-            return bad(
-                "bad-transfer-encoding",
-                "send Content-Length or Transfer-Encoding, not both",
-            );
-        }
-    }
-    if !http11 && req.method == Some("POST") && content_length.is_none() {
-        return Err(First::Refuse(
-            StatusCode::LENGTH_REQUIRED,
-            "length-required",
-            "an HTTP/1.0 POST must say its body's length in Content-Length".into(),
-        ));
-    }
-    Ok(uri)
-}
-
-fn malformed(why: &str) -> First {
-    First::Refuse(
-        StatusCode::BAD_REQUEST,
-        "malformed-request",
-        format!("the request head is not valid HTTP/1.1: {why}"),
-    )
-}
-
-/// Whether a request line is well formed but for its version (`GET / HTTP/2.0`): that is 505, while a
-/// line that merely fails to end in a version (a space in the target) is malformed.
-fn names_another_version(head: &[u8]) -> bool {
-    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or(&[]);
-    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-    match parts.as_slice() {
-        [_, _, version] => version
-            .strip_prefix(b"HTTP/")
-            .is_some_and(|v| !v.is_empty() && v.iter().all(|b| b.is_ascii_digit() || *b == b'.')),
-        _ => false,
-    }
-}
-
-fn head_too_large() -> First {
-    First::Refuse(
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "headers-too-large",
-        format!(
-            "the request head is over {} KiB; send shorter headers (a long token belongs in a cookie or the body, not in many headers)",
-            MAX_HEAD / 1024
-        ),
-    )
-}
-
 /// Refusals of heads are logged at WARN, once per this long (a scanner sends thousands).
 static REFUSALS: std::sync::LazyLock<LogEvery> =
     std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(10)));
@@ -447,206 +275,6 @@ async fn refuse(mut io: TcpStream, status: StatusCode, code: &str, detail: &str)
         Ok::<_, std::io::Error>(())
     };
     let _ = timeout(CLOSING_WRITE, answer).await;
-}
-
-/// What the stream logic reads of a head, copied out of the head buffer (which is then freed).
-struct OwnedHead {
-    query: String,
-    authorization: Option<String>,
-    cookies: Vec<String>,
-    origin: Option<String>,
-    referer: Option<String>,
-    host: Option<String>,
-    last_event_id: Option<Option<String>>,
-    forwarded_for: Option<String>,
-    http10: bool,
-    /// Whether the client keeps the connection for another request (HTTP/1.1 unless `close`; HTTP/1.0
-    /// only with `keep-alive`).
-    keep_alive: bool,
-}
-
-impl OwnedHead {
-    /// The head of a plain `GET /events` (origin or absolute form) the lean path can serve; `None` for
-    /// anything else, which actix-web then serves or refuses. `uri` is the target as actix-web reads it
-    /// (`http::Uri`): both paths see one path and one query (a `#fragment` is no part of either).
-    fn for_stream(req: &httparse::Request<'_, '_>, uri: &Uri) -> Option<Self> {
-        if req.method != Some("GET") || uri.path() != "/events" {
-            return None;
-        }
-        let headers = req.headers.iter();
-        let mut head = OwnedHead {
-            query: uri.query().unwrap_or("").to_string(),
-            authorization: None,
-            cookies: Vec::new(),
-            origin: None,
-            referer: None,
-            host: None,
-            last_event_id: None,
-            forwarded_for: None,
-            http10: req.version == Some(0),
-            keep_alive: req.version != Some(0),
-        };
-        for header in headers {
-            // Read as actix reads a header value: text only when it is all visible ASCII (or tab).
-            let text = std::str::from_utf8(header.value)
-                .ok()
-                .filter(|v| v.bytes().all(|b| b == b'\t' || (32..127).contains(&b)))
-                .map(|v| v.trim_matches([' ', '\t']).to_string());
-            let name = header.name;
-            let first = |slot: &mut Option<String>| {
-                if slot.is_none() {
-                    *slot = text.clone();
-                }
-            };
-            if name.eq_ignore_ascii_case("authorization") {
-                if head.authorization.is_none() {
-                    head.authorization = Some(text.clone().unwrap_or_default());
-                }
-            } else if name.eq_ignore_ascii_case("cookie") {
-                head.cookies.extend(text.clone());
-            } else if name.eq_ignore_ascii_case("origin") {
-                first(&mut head.origin);
-            } else if name.eq_ignore_ascii_case("referer") {
-                first(&mut head.referer);
-            } else if name.eq_ignore_ascii_case("host") {
-                first(&mut head.host);
-            } else if name.eq_ignore_ascii_case("last-event-id") {
-                if head.last_event_id.is_none() {
-                    head.last_event_id = Some(text.clone());
-                }
-            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-                first(&mut head.forwarded_for);
-            } else if name.eq_ignore_ascii_case("connection") {
-                for option in text.as_deref().unwrap_or("").split(',').map(str::trim) {
-                    if option.eq_ignore_ascii_case("close") {
-                        head.keep_alive = false;
-                    } else if option.eq_ignore_ascii_case("keep-alive") {
-                        head.keep_alive = true;
-                    }
-                }
-            } else if name.eq_ignore_ascii_case("upgrade")
-                || name.eq_ignore_ascii_case("expect")
-                || name.eq_ignore_ascii_case("transfer-encoding")
-                || (name.eq_ignore_ascii_case("content-length") && text.as_deref() != Some("0"))
-            {
-                // A GET with a body, or asking to switch protocols: not a plain stream request.
-                return None;
-            }
-        }
-        Some(head)
-    }
-}
-
-/// Opens and runs a stream on the lean path, or answers why not; gives the connection back when another
-/// request may follow on it (after a refusal, as actix-web keeps a connection alive after an error).
-async fn lean_stream(
-    mut io: TcpStream,
-    owned: Box<OwnedHead>,
-    peer: Option<SocketAddr>,
-    front: &Front,
-) -> Option<TcpStream> {
-    let node = &front.node;
-    let allowed_origin = owned
-        .origin
-        .clone()
-        .filter(|o| cors::allowed(&node.settings, o.as_bytes()));
-    let opened = match query_pairs(&owned.query) {
-        Ok(query) => {
-            let head = RequestHead {
-                query: &query,
-                authorization: owned.authorization.as_deref(),
-                cookies: owned.cookies.iter().map(String::as_str).collect(),
-                origin: owned.origin.as_deref(),
-                referer: owned.referer.as_deref(),
-                host: owned.host.as_deref(),
-                last_event_id: owned.last_event_id.as_ref().map(Option::as_deref),
-                peer: peer.map(|p| p.ip()),
-                forwarded_for: owned.forwarded_for.as_deref(),
-            };
-            Box::pin(open(node, &head, Open::Stream)).await
-        }
-        Err(e) => Err(e),
-    };
-    let connection = match opened {
-        Ok(Some(connection)) => connection,
-        // `Open::Stream` always opens one.
-        Ok(None) => return None,
-        Err(e) => {
-            let answer = Box::pin(refusal(e, &owned, allowed_origin.as_deref())).await;
-            if !write(&mut io, answer).await {
-                return None;
-            }
-            // Any next request on the connection is actix-web's.
-            return owned.keep_alive.then_some(io);
-        }
-    };
-    let mut response = String::with_capacity(256);
-    // HTTP/1.0 closes after the answer by default: no `connection` header, as actix-web answers it.
-    response.push_str(if owned.http10 {
-        "HTTP/1.0 200 OK\r\n"
-    } else {
-        "HTTP/1.1 200 OK\r\nconnection: close\r\n"
-    });
-    response.push_str(STREAM_HEADERS);
-    if let Some(origin) = &allowed_origin {
-        response.push_str("access-control-allow-origin: ");
-        response.push_str(origin);
-        response.push_str("\r\nvary: Origin\r\n");
-    }
-    response.push_str("date: ");
-    response.push_str(&httpdate::fmt_http_date(SystemTime::now()));
-    response.push_str("\r\n\r\n");
-    // What the head said is not needed any more while the stream runs.
-    drop(owned);
-    drop(allowed_origin);
-    let stream = connection.into_stream();
-    tokio::pin!(stream);
-    if !write(&mut io, Bytes::from(response)).await {
-        return None;
-    }
-    // A client sends nothing more on a stream: a read that ends (FIN) or fails (RST) means it is gone,
-    // and anything else it sends (a pipelined request) is dropped, as the response says `close`, up to
-    // `STREAM_INPUT_LIMIT` bytes; past that, the stream is closed.
-    let mut received = 0;
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            ready = io.readable() => {
-                match ready.map(|()| drain(&io)) {
-                    Ok(Some(n)) if received + n <= STREAM_INPUT_LIMIT => {
-                        received += n;
-                        continue;
-                    }
-                    _ => return None,
-                }
-            }
-        };
-        let Some(Ok(chunk)) = next else {
-            let _ = timeout(CLOSING_WRITE, io.shutdown()).await;
-            return None;
-        };
-        if !write(&mut io, chunk).await {
-            return None;
-        }
-    }
-}
-
-/// Reads and drops what a stream's client sent, in large chunks through a buffer on the stack of this
-/// call; how many bytes, or `None` when the client closed or reset.
-fn drain(io: &TcpStream) -> Option<usize> {
-    let mut stack = [0u8; 8192];
-    let mut total = 0;
-    loop {
-        match io.try_read(&mut stack) {
-            Ok(0) => return None,
-            Ok(n) => total += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(total),
-            Err(_) => return None,
-        }
-        if total > STREAM_INPUT_LIMIT {
-            return Some(total);
-        }
-    }
 }
 
 /// A connection handed to actix-web: the bytes the front door already read of it come first (freed once
@@ -713,55 +341,4 @@ impl AsyncWrite for Prefixed {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-}
-
-/// The headers of every SSE answer, after the status line; the route's (`http::subscribe`) are the same.
-const STREAM_HEADERS: &str =
-    "content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n";
-
-/// A refused stream request's answer, as actix-web answers it: the error's one rendering
-/// (`ApiError::error_response`), with the CORS headers and the connection handling of every answer.
-async fn refusal(error: ApiError, owned: &OwnedHead, allowed_origin: Option<&str>) -> Bytes {
-    let response = error.error_response();
-    let status = response.status();
-    let mut head = format!(
-        "{} {} {}\r\n",
-        if owned.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    for (name, value) in response.headers() {
-        head.push_str(name.as_str());
-        head.push_str(": ");
-        head.push_str(&String::from_utf8_lossy(value.as_bytes()));
-        head.push_str("\r\n");
-    }
-    if let Some(origin) = allowed_origin {
-        head.push_str("access-control-allow-origin: ");
-        head.push_str(origin);
-        head.push_str("\r\nvary: Origin\r\n");
-    }
-    match (owned.http10, owned.keep_alive) {
-        (false, false) => head.push_str("connection: close\r\n"),
-        (true, true) => head.push_str("connection: keep-alive\r\n"),
-        _ => {}
-    }
-    let body = actix_web::body::to_bytes(response.into_body())
-        .await
-        .unwrap_or_default();
-    head.push_str(&format!(
-        "content-length: {}\r\ndate: {}\r\n\r\n",
-        body.len(),
-        httpdate::fmt_http_date(SystemTime::now())
-    ));
-    let mut answer = head.into_bytes();
-    answer.extend_from_slice(&body);
-    Bytes::from(answer)
-}
-
-/// Writes one chunk; false when the client is gone. The deadline is the kernel's: every client socket
-/// has `TCP_USER_TIMEOUT` = `server.write_timeout_secs` (set on the listener, see `startup`), so a client
-/// that takes nothing for that long fails the write (a timer here would cost every idle stream memory).
-async fn write(io: &mut TcpStream, chunk: Bytes) -> bool {
-    io.write_all(&chunk).await.is_ok()
 }

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{head, query_pairs, query_value};
+use super::request::{head, path_topic, query_pairs, query_value};
 use crate::auth::Access;
 use crate::domain::EventId;
 use crate::engine::PageBound;
@@ -16,7 +16,7 @@ use crate::node::Node;
 
 pub async fn history(req: HttpRequest, state: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let settings = &state.settings;
-    let topic = super::path_topic(&req, settings.limits.max_topic_len)?;
+    let topic = path_topic(&req, settings.limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
     state.authorize(&head(&req, &pairs), Access::Read, std::slice::from_ref(&topic))?;
     let after = match query_value(&pairs, "after") {

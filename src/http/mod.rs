@@ -1,36 +1,23 @@
-//! HTTP routes, one file each; this module only wires them.
+//! HTTP routes, one file each; this module only wires them. What every route reads of a request
+//! (query, path topic, head) is in `request`; the plain-HTTP front door and its lean SSE path in
+//! `front` and `lean`.
 
 mod cors;
 mod demo;
 pub mod error;
+mod framing;
 pub(crate) mod front;
 mod health;
 mod history;
+mod lean;
 pub(crate) mod publish;
+pub(crate) mod request;
 mod status;
 mod subscribe;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, HttpRequest};
-
-use crate::node::RequestHead;
-pub(crate) use crate::node::{query_pairs, query_value};
-
-use crate::domain::{TopicError, TopicName};
-
-/// The `{topic}` of `/topics/{topic}[/…]`, decoded strictly from the raw path: actix's own extraction
-/// replaces bytes that are not UTF-8, which would quietly name another topic.
-fn path_topic(req: &HttpRequest, max_len: usize) -> Result<TopicName, TopicError> {
-    topic_of_path(req.uri().path(), max_len)
-}
-
-fn topic_of_path(path: &str, max_len: usize) -> Result<TopicName, TopicError> {
-    let raw = path.strip_prefix("/topics/").unwrap_or_default();
-    let raw = raw.split_once('/').map_or(raw, |(segment, _)| segment);
-    let topic = crate::node::percent_decode(raw, false).map_err(TopicError::Encoding)?;
-    TopicName::parse(&topic, max_len)
-}
 
 /// Registers every route and the middleware that applies to all of them.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -76,34 +63,4 @@ where
     resource(path, "GET, HEAD")
         .route(web::get().to(handler.clone()))
         .route(web::head().to(handler))
-}
-
-/// What the request logic reads of an actix request.
-fn head<'a>(req: &'a HttpRequest, query: &'a [(String, String)]) -> RequestHead<'a> {
-    head_of(req.headers(), req.peer_addr(), query)
-}
-
-/// The same, from a request's parts (also before routing: see `publish::before_continue`).
-fn head_of<'a>(
-    headers: &'a header::HeaderMap,
-    peer: Option<std::net::SocketAddr>,
-    query: &'a [(String, String)],
-) -> RequestHead<'a> {
-    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    RequestHead {
-        query,
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or("")),
-        cookies: headers
-            .get_all(header::COOKIE)
-            .filter_map(|v| v.to_str().ok())
-            .collect(),
-        origin: text(header::ORIGIN),
-        referer: text(header::REFERER),
-        host: text(header::HOST),
-        last_event_id: headers.get("last-event-id").map(|v| v.to_str().ok()),
-        peer: peer.map(|a| a.ip()),
-        forwarded_for: text(header::HeaderName::from_static("x-forwarded-for")),
-    }
 }

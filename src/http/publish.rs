@@ -8,7 +8,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 use super::error::ApiError;
-use super::{head, query_pairs, query_value};
+use super::request::{head, head_of, path_topic, query_pairs, query_value, topic_of_path};
 use crate::auth::Access;
 use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError};
 use crate::engine::Publish;
@@ -31,9 +31,9 @@ pub(crate) fn before_continue(state: &Node, req: &actix_http::Request) -> Result
             limit: limits.max_body_bytes,
         });
     }
-    let topic = super::topic_of_path(req.path(), limits.max_topic_len)?;
+    let topic = topic_of_path(req.path(), limits.max_topic_len)?;
     let pairs = query_pairs(req.uri().query().unwrap_or(""))?;
-    let request = super::head_of(req.headers(), req.peer_addr(), &pairs);
+    let request = head_of(req.headers(), req.peer_addr(), &pairs);
     state.authorize(&request, Access::Write, std::slice::from_ref(&topic))?;
     Ok(())
 }
@@ -50,7 +50,7 @@ pub async fn publish(
         .per_ip
         .publish(state.client_ip(&request))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    let topic = super::path_topic(&req, limits.max_topic_len)?;
+    let topic = path_topic(&req, limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
     request.query = &pairs;
     state.authorize(&request, Access::Write, std::slice::from_ref(&topic))?;

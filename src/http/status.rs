@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{head, query_pairs};
+use super::request::{head, query_pairs};
 use crate::auth::Access;
 use crate::node::Node;
 
