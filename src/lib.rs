@@ -52,6 +52,7 @@ pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod node;
 pub mod probe;
+pub(crate) mod publish;
 pub(crate) mod sse;
 pub mod startup;
 pub(crate) mod subscribe;

@@ -1,18 +1,18 @@
 //! `POST /topics/{topic}[?event=<type>]`: the body is the event's data; answers the id once stored.
+//! This file reads the native request; admission and the engine call are `crate::publish`'s.
 
 use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde_json::json;
-use std::sync::atomic::Ordering;
 
 use super::error::ApiError;
 use super::request::{head, head_of, path_topic, query_pairs, query_value, topic_of_path};
 use crate::auth::Access;
 use crate::domain::{EventName, IdempotencyKey, IdempotencyKeyError};
-use crate::engine::Publish;
 use crate::node::Node;
+use crate::publish;
 
 /// Runs before `100 Continue` is sent (actix-http's expect service, plain HTTP and HTTPS): a publish its sender may
 /// not make, or whose declared body is over the limit, is refused before the client sends the body.
@@ -44,16 +44,10 @@ pub async fn publish(
     state: web::Data<Node>,
 ) -> Result<HttpResponse, ApiError> {
     let limits = &state.settings.limits;
-    // The cheapest refusal first, so floods (of bad tokens too) cost little: the query is read after.
-    let mut request = head(&req, &[]);
-    state
-        .per_ip
-        .publish(state.client_ip(&request))
-        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let topic = path_topic(&req, limits.max_topic_len)?;
     let pairs = query_pairs(req.query_string())?;
-    request.query = &pairs;
-    state.authorize(&request, Access::Write, std::slice::from_ref(&topic))?;
+    let request = head(&req, &pairs);
+    let permit = publish::admit(&state, &request, &topic)?;
     let event = query_value(&pairs, "event")
         .map(|name| EventName::parse(name, limits.max_event_name_len))
         .transpose()?;
@@ -68,14 +62,9 @@ pub async fn publish(
         .map(|v| v.to_str().ok().and_then(|v| IdempotencyKey::parse(v).ok()))
         .map(|key| key.ok_or_else(|| ApiError::BadRequest(IdempotencyKeyError.to_string())))
         .transpose()?;
-    let message = Publish {
-        topic: &topic,
-        event: event.as_ref(),
-        data,
-        idempotency_key: idempotency_key.as_ref(),
-    };
-    let id = state.engine.publish(message).await?;
-    state.metrics.published.fetch_add(1, Ordering::Relaxed);
+    let id = permit
+        .publish(event.as_ref(), data, idempotency_key.as_ref())
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id.to_string(), "topic": topic.as_str() })))
 }
 
