@@ -17,16 +17,16 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Folder with default.toml and $HERALD_ENV.toml (default: ./config).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (server.host).
-    #[arg(long)]
+    #[arg(long, global = true)]
     host: Option<String>,
     /// Port to listen on; 0 picks a free one (server.port).
-    #[arg(long)]
+    #[arg(long, global = true)]
     port: Option<u16>,
     /// Run on Redis at this URL instead of the memory engine (redis.url).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     redis_url: Option<String>,
 }
 
@@ -36,6 +36,13 @@ enum Command {
     Check {
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
         url: String,
+    },
+    /// Say what the configured Redis holds (its version, the functions library, the key layout of
+    /// `migrations/`) and whether this binary can serve it; exit 1 if not. Upgrades run when a node
+    /// starts; `--check` changes nothing.
+    Migrate {
+        #[arg(long, required = true)]
+        check: bool,
     },
     /// Print an HS256 token signed with the configured auth.hs_secret (for tests and scripts).
     Token {
@@ -57,6 +64,18 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Check { url }) => {
             let status = herald::probe::status(&url, Duration::from_secs(3))?;
             anyhow::ensure!(status == 200, "{url} answered {status}");
+            Ok(())
+        }
+        Some(Command::Migrate { check: _ }) => {
+            let settings = Settings::load(&sources(&cli.config, &cli.host, cli.port, &cli.redis_url))
+                .context("invalid configuration")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a runtime")?;
+            let (report, can_serve) = runtime.block_on(herald::startup::check_store(&settings))?;
+            println!("{report}");
+            anyhow::ensure!(can_serve, "this binary cannot serve this Redis");
             Ok(())
         }
         Some(Command::Token {

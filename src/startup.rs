@@ -63,6 +63,19 @@ fn continue_check(
     })
 }
 
+/// `herald migrate --check`: what the configured Redis holds (its version, the functions library, the
+/// key layout) and whether this binary can serve it; changes nothing. `Ok((report, can_serve))`.
+pub async fn check_store(settings: &Settings) -> Result<(String, bool), StartupError> {
+    if !settings.redis.enabled() {
+        return Ok((
+            "engine: memory (nothing is stored across restarts, so nothing to migrate)".into(),
+            true,
+        ));
+    }
+    let check = crate::engine::redis::check(&settings.redis).await?;
+    Ok((check.to_string(), check.refusal.is_none()))
+}
+
 /// Connections the kernel completes and queues before the node accepts them.
 const LISTEN_BACKLOG: i32 = 2048;
 

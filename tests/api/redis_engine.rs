@@ -773,11 +773,12 @@ async fn iri_topics_round_trip_on_both_engines_and_redis_cli_uses_the_documented
 /// Data written by release 6 (one clock `herald:seq` for all topics, logs in `herald:{T}:log`, trim
 /// markers in `herald:{T}:trimmed`), loaded with that release's own functions library: after the
 /// upgrade, ids clients took before resume exactly (single- and multi-topic streams, gap included), new
-/// ids stay above the old clock, and a topic's first publish moves its log to `herald:{T}`.
+/// ids stay above the old clock, and the node's start moved every log to `herald:{T}` once (the
+/// migration of `migrations/`, recorded in `herald:layout`), so no publish looks for old keys.
 #[tokio::test]
 async fn ids_from_release_6_keep_resuming_after_the_upgrade() {
     let redis = RedisServer::start();
-    let old = include_str!("../fixtures/herald-v6.lua");
+    let old = include_str!("../../migrations/history/herald-v6.lua");
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
     let _: String = redis::cmd("FUNCTION")
@@ -815,8 +816,25 @@ async fn ids_from_release_6_keep_resuming_after_the_upgrade() {
     let ahead = format!("{}-0", id_key(&a_end).0 + 600_000);
     assert_eq!(redis.cli(&["SET", "herald:seq", &ahead]).as_deref(), Some("OK"));
 
+    // An idempotency key whose name ends like an old log is no topic's log: the upgrade leaves it.
+    assert_eq!(
+        redis.cli(&["SET", "herald:{b}:idem:x:log", "1-1"]).as_deref(),
+        Some("OK")
+    );
+    assert_eq!(redis.cli(&["GET", "herald:layout"]).unwrap_or_default(), "");
+
     let url = redis.url();
     let node = crate::helpers::spawn_app_with(move |s| s.redis.url = url).await;
+    // Moved at start, before anything was published: the logs, the trim marker with them.
+    assert_eq!(redis.cli(&["GET", "herald:layout"]).as_deref(), Some("7"));
+    for gone in ["herald:{a}:log", "herald:{b}:log", "herald:{a}:trimmed"] {
+        assert_eq!(redis.cli(&["EXISTS", gone]).as_deref(), Some("0"), "{gone}");
+    }
+    assert_eq!(redis.cli(&["XLEN", "herald:{b}"]).as_deref(), Some("2"));
+    assert_eq!(
+        redis.cli(&["GET", "herald:{b}:idem:x:log"]).as_deref(),
+        Some("1-1")
+    );
     // A single-topic stream resumes from an old id: exactly what follows, then live.
     let mut single = node.subscribe(&["b"], Some(&b1)).await;
     let got = single.next().await;
@@ -846,9 +864,6 @@ async fn ids_from_release_6_keep_resuming_after_the_upgrade() {
     assert_eq!(single.next().await.id, new_b);
     let live: Vec<String> = multi.take(2).await.into_iter().map(|e| e.data).collect();
     assert_eq!(live, ["new a", "new b"]);
-    // The logs moved, the trim marker with them.
-    assert_eq!(redis.cli(&["EXISTS", "herald:{a}:log"]).as_deref(), Some("0"));
-    assert_eq!(redis.cli(&["EXISTS", "herald:{a}:trimmed"]).as_deref(), Some("0"));
     let mut after_move = node.subscribe(&["a"], Some(&ids[0])).await;
     assert_eq!(after_move.next().await.event, "herald.gap");
     let resumed: Vec<String> = after_move.take(4).await.into_iter().map(|e| e.data).collect();
@@ -1121,4 +1136,64 @@ async fn a_permanent_store_error_is_500_in_heralds_words_and_its_details_are_log
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `herald migrate --check` (the binary) says what a Redis holds and changes nothing: a release-6
+/// dataset's old topics before a node starts, the recorded layout and this binary's library after; a
+/// layout newer than this binary's is refused with exit status 1.
+#[tokio::test]
+async fn migrate_check_reports_the_layout_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(include_str!("../../migrations/history/herald-v6.lua"))
+        .query(&mut conn)
+        .expect("the release-6 library loads");
+    for topic in ["a", "b"] {
+        let _: String = redis::cmd("FCALL")
+            .arg("herald_publish")
+            .arg(1)
+            .arg(format!("herald:{{{topic}}}"))
+            .arg("old")
+            .query(&mut conn)
+            .expect("a release-6 publish");
+    }
+    let check = |url: String| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["migrate", "--check", "--redis-url", &url])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("herald runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, before) = check(redis.url());
+    assert_eq!(code, Some(0), "{before}");
+    assert!(
+        before.contains("2 topics in release-6 keys") && before.contains("none recorded"),
+        "{before}"
+    );
+    assert!(before.contains("this binary can serve it"), "{before}");
+    assert_eq!(
+        redis.cli(&["EXISTS", "herald:{a}:log"]).as_deref(),
+        Some("1"),
+        "unchanged"
+    );
+
+    let url = redis.url();
+    let node = crate::helpers::spawn_app_with(move |s| s.redis.url = url).await;
+    let (code, after) = check(redis.url());
+    assert_eq!(code, Some(0), "{after}");
+    assert!(after.contains("layout:    7 (recorded)"), "{after}");
+    assert!(after.contains("loaded (this binary's)"), "{after}");
+    drop(node);
+
+    assert_eq!(redis.cli(&["SET", "herald:layout", "8"]).as_deref(), Some("OK"));
+    let (code, newer) = check(redis.url());
+    assert_eq!(code, Some(1), "{newer}");
+    assert!(newer.contains("newer than this binary's 7"), "{newer}");
 }

@@ -46,6 +46,11 @@ pub enum RedisStartError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "cannot check Redis at {url} ({error}); start it, or fix redis.url, redis.sentinels or \
+         redis.cluster_nodes (and the credentials)"
+    )]
+    Check { url: String, error: String },
     #[error("cannot start the Redis I/O thread: {0}")]
     Thread(std::io::Error),
 }

@@ -1,4 +1,4 @@
-//! The functions library (`herald.lua`, beside this file) and the Rust wrappers of its functions.
+//! The functions library (`migrations/herald.lua`) and the Rust wrappers of its functions.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -11,8 +11,9 @@ use crate::domain::{EventId, TopicName};
 use crate::engine::{HistoryPage, PageBound};
 use crate::event::Stored;
 
-/// The Lua library, versioned; loaded with `FUNCTION LOAD REPLACE` at start-up and after Redis comes back.
-pub(super) const FUNCTIONS: &str = include_str!("herald.lua");
+/// The Lua library, versioned (`migrations/`); loaded with `FUNCTION LOAD REPLACE` at start-up and after
+/// Redis comes back.
+pub(super) const FUNCTIONS: &str = include_str!("../../../migrations/herald.lua");
 
 /// The line of `herald.lua` that holds the settings for calls that bring none (`redis-cli`): each node
 /// writes its own there when it loads the library.
@@ -28,16 +29,14 @@ const SETTINGS_LINE: &str =
 pub(super) struct FunctionSettings {
     /// max_len, max_age_ms, idem_ttl_ms, max_event_len: the order `herald.lua` reads them in.
     pub(super) args: [String; 4],
-    /// `limits.max_body_bytes`, the publish function's ARGV 12.
+    /// `limits.max_body_bytes`, the publish function's ARGV 11.
     pub(super) max_data_bytes: String,
     /// The library with these settings as its defaults.
     library: std::sync::Arc<str>,
-    /// `"1"` where a release-6 dataset may be found (standalone and Sentinel): the functions read its keys too.
-    pub(super) legacy: &'static str,
 }
 
 impl FunctionSettings {
-    /// `sharded`: the dataset is a Cluster (events announced with SPUBLISH, and no release-6 keys to read).
+    /// `sharded`: the dataset is a Cluster (events announced with SPUBLISH).
     pub(super) fn new(s: &Settings, sharded: bool) -> Self {
         let args = [
             s.history.max_len.to_string(),
@@ -54,7 +53,6 @@ impl FunctionSettings {
             max_data_bytes,
             library: FUNCTIONS.replacen(SETTINGS_LINE, &line, 1).into(),
             args,
-            legacy: if sharded { "" } else { "1" },
         }
     }
 
@@ -134,8 +132,7 @@ pub(super) async fn read_history(
         .arg(after.to_string())
         .arg(bound.count)
         .arg(bound.bytes)
-        .arg(settings.max_age_ms())
-        .arg(settings.legacy);
+        .arg(settings.max_age_ms());
     let flat: Vec<Vec<u8>> = fcall(conn, cmd, settings).await?;
     let parse_id = |b: &[u8]| {
         std::str::from_utf8(b)
@@ -175,10 +172,7 @@ pub(super) async fn last_ids<C: ConnectionLike + Clone + Send>(
     let reads = topics.iter().map(|topic| {
         let mut conn = conn.clone();
         let mut cmd = redis::cmd("FCALL_RO");
-        cmd.arg("herald_last")
-            .arg(1)
-            .arg(keys.topic(topic))
-            .arg(settings.legacy);
+        cmd.arg("herald_last").arg(1).arg(keys.topic(topic));
         async move {
             let raw: String = fcall(&mut conn, cmd, settings).await?;
             Ok::<_, RedisError>(raw.parse().unwrap_or(EventId::ZERO))
@@ -262,8 +256,7 @@ pub(super) async fn raise_floor(
     cmd.arg("herald_floor")
         .arg(1)
         .arg(keys.topic(topic))
-        .arg(seen.floor_arg(topic))
-        .arg(settings.legacy);
+        .arg(seen.floor_arg(topic));
     let (newest, lost): (String, String) = fcall(conn, cmd, settings).await?;
     let newest = newest.parse().unwrap_or(EventId::ZERO);
     seen.saw(topic, newest);

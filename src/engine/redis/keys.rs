@@ -85,6 +85,11 @@ impl Keys {
         format!("{}:{{{}}}:idem:{key}", self.prefix, escape(topic.as_str()))
     }
 
+    /// `P:layout`: the key layout the Redis holds (`migrate::LAYOUT`), recorded once it is upgraded.
+    pub(super) fn layout(&self) -> String {
+        format!("{}:layout", self.prefix)
+    }
+
     /// The one id clock of releases before 7 (standalone and Sentinel only): new ids stay above it.
     pub(super) fn legacy_clock(&self) -> String {
         format!("{}:seq", self.prefix)

@@ -17,6 +17,7 @@ use tokio::time::{timeout, Instant};
 use super::connection::Shared;
 use super::functions::{last_ids, load_functions, raise_floor, read_history, FunctionSettings};
 use super::keys::Keys;
+use super::migrate;
 use super::primary::Conn;
 use super::primary::Primary;
 use crate::domain::{now_ms, EventId, TopicName};
@@ -268,6 +269,8 @@ impl Link {
     pub(super) async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), LinkError> {
         let (_, mut conn) = self.shared.get().await?;
         load_functions(&mut conn, &self.function_settings).await?;
+        // Redis may be back from an older backup: its layout is upgraded before any topic is read.
+        migrate::upgrade(&mut conn, &self.keys).await?;
         let topics = self.node.topics();
         if !topics.is_empty() {
             let channels: Vec<String> = topics.iter().flat_map(|t| self.keys.channels(t)).collect();

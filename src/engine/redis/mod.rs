@@ -1,5 +1,5 @@
 //! The Redis engine: history in one stream per topic, live delivery over pub/sub, shared by any number of
-//! nodes. The Lua functions in `herald.lua` (beside `functions.rs`) do each publish in one atomic call (id from the shared
+//! nodes. The Lua functions in `migrations/herald.lua` do each publish in one atomic call (id from the shared
 //! clock, XADD, trim, PUBLISH of the encoded frame), so every node receives events in id order.
 //!
 //! One dedicated pub/sub connection per node (the link) follows local interest: it subscribes to a topic's
@@ -13,7 +13,8 @@
 //! - [`error`]: what start-up can fail with, and how a Redis error maps onto an [`EngineError`];
 //! - [`connection`]: the I/O thread and the one multiplexed command connection every call shares;
 //! - [`keys`]: key and channel names;
-//! - [`functions`]: `herald.lua` and the Rust wrappers of its functions;
+//! - [`functions`]: the library (`migrations/herald.lua`) and the Rust wrappers of its functions;
+//! - [`migrate`]: the one-time key-layout upgrades of `migrations/`, run at start and when Redis comes back;
 //! - [`link`]: the pub/sub link that follows local interest, re-subscribes and gap-fills;
 //! - [`primary`]: where the primary is (one URL, asked of the sentinels for every new connection, or the
 //!   Cluster's node for each key's slot), and the connection (`Conn`) it opens there;
@@ -24,6 +25,7 @@ mod error;
 mod functions;
 mod keys;
 mod link;
+mod migrate;
 mod primary;
 mod replicas;
 mod sharded;
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::AsyncConnectionConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -47,8 +49,8 @@ use functions::{
 };
 use keys::Keys;
 use link::{Command, Link};
-use primary::{Conn, Primary};
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+pub(crate) use migrate::check;
+use primary::{server_info, Conn, Primary};
 
 pub struct RedisEngine {
     shared: Arc<Shared>,
@@ -145,17 +147,7 @@ impl RedisEngine {
                 url: url.clone(),
                 source,
             })?;
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .unwrap_or("unknown")
-            .trim()
-            .to_string();
-        let major: u32 = version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0);
+        let (version, major) = primary::redis_version(&info);
         if major < 7 {
             return Err(RedisStartError::TooOld { url, version });
         }
@@ -169,14 +161,18 @@ impl RedisEngine {
                 url: url.clone(),
                 source,
             })?;
-        let legacy_clock = match function_settings.legacy {
-            "" => None,
-            _ => legacy_clock(&mut conn, &keys)
-                .await
-                .map_err(|source| RedisStartError::Functions {
+        let legacy_clock = match !settings.cluster_nodes.is_empty() {
+            true => None,
+            false => {
+                let migrated = async {
+                    migrate::upgrade(&mut conn, &keys).await?;
+                    legacy_clock(&mut conn, &keys).await
+                };
+                migrated.await.map_err(|source| RedisStartError::Functions {
                     url: url.clone(),
                     source,
-                })?,
+                })?
+            }
         };
         drop(conn);
 
@@ -235,21 +231,6 @@ impl RedisEngine {
     }
 }
 
-/// `INFO server` of the Redis (on a Cluster, of any one node: they all run one version).
-async fn server_info(conn: &mut Conn) -> Result<String, RedisError> {
-    let mut cmd = redis::cmd("INFO");
-    cmd.arg("server");
-    match conn {
-        Conn::Plain(conn) => cmd.query_async(conn).await,
-        Conn::Cluster(conn) => {
-            let value = conn
-                .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-                .await?;
-            Ok(redis::from_redis_value(value)?)
-        }
-    }
-}
-
 impl Engine for RedisEngine {
     fn publish<'a>(&'a self, m: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
         async move {
@@ -270,7 +251,6 @@ impl Engine for RedisEngine {
                 .arg(self.shared.seen.floor_arg(m.topic))
                 .arg(self.legacy_clock.as_str())
                 .arg("1")
-                .arg(self.function_settings.legacy)
                 .arg(&self.function_settings.max_data_bytes);
             let deadline = Instant::now() + self.command_timeout;
             let settings = &self.function_settings;

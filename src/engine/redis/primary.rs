@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     AsyncConnectionConfig, ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
     RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
@@ -391,4 +392,35 @@ fn tls_certificates(settings: &RedisSettings) -> Result<TlsCertificates, RedisSt
         client_tls,
         root_cert,
     })
+}
+
+/// `INFO server` of the Redis (on a Cluster, of any one node: they all run one version).
+pub(super) async fn server_info(conn: &mut Conn) -> Result<String, RedisError> {
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("server");
+    match conn {
+        Conn::Plain(conn) => cmd.query_async(conn).await,
+        Conn::Cluster(conn) => {
+            let value = conn
+                .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                .await?;
+            Ok(redis::from_redis_value(value)?)
+        }
+    }
+}
+
+/// The version `INFO server` names, and its major number (0 when unreadable).
+pub(super) fn redis_version(info: &str) -> (String, u32) {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    (version, major)
 }

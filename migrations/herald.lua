@@ -13,13 +13,14 @@
 --                 as data only (no id, no event type), so it can neither inject fields nor move a cursor
 -- Channels are sharded (SPUBLISH) on a Cluster, so a publish reaches only the shard holding the topic.
 -- Releases before VERSION 7 kept the log in P:{T}:log, the trim marker in P:{T}:trimmed and one clock for
--- all topics in P:seq (with its loss marker P:lost): nodes on a standalone or Sentinel Redis ask for those
--- to be read too ('legacy'), and a publish moves an old log to P:{T}.
+-- all topics in P:seq (with its loss marker P:lost): herald_upgrade moves a topic's old keys to P:{T},
+-- once, when a node starts on a Redis whose P:layout (written by the node) is not yet 7
+-- (migrations/README.md); no other function looks for them.
 -- No other key: settings come with each node's call (ARGV), and for calls without them (redis-cli) from
 -- DEFAULTS below, which each node rewrites with its own settings when it loads the library. So a function
 -- only touches keys of its call's slot (as a Cluster requires), and FLUSHALL cannot lose the settings.
 
-local VERSION = '8'
+local VERSION = '9'
 -- herald:settings (the next line is replaced by the loading node; keep its shape)
 local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64, max_data_bytes = 65536, sharded = false }
 
@@ -220,27 +221,28 @@ local function mark_gone(key, id)
   end
 end
 
--- The key that holds the topic's history: P:{T}, or with `legacy` ('1') a release-6 dataset's P:{T}:log
--- until the topic's first publish moves it.
-local function stored(key, legacy)
-  if legacy == '1' and redis.call('EXISTS', key) == 0 then
-    return key .. ':log'
-  end
-  return key
-end
-
--- Releases before VERSION 7 kept a topic's log in P:{T}:log and its trim marker in P:{T}:trimmed:
--- moved to P:{T} on the topic's first publish (only standalone and Sentinel Redis can hold them).
-local function upgrade(key)
+-- FCALL herald_upgrade 1 P:{T}  →  '1' if the topic's release-6 keys were moved, else ''
+-- Releases before VERSION 7 kept a topic's log in P:{T}:log, its trim marker in P:{T}:trimmed and the
+-- loss marker of their one clock in P:lost: the log moves to P:{T}, and the newer marker becomes its
+-- max-deleted-entry-id, so a reader resuming from before it is sent herald.gap. Only standalone and
+-- Sentinel Redis can hold such keys (P:lost is outside the topic's slot). Run once per topic by the
+-- one-time migration (migrations/README.md, "6 → 7"); a topic already moved is left as it is.
+local function upgrade(keys)
+  key_count(keys, 'FCALL herald_upgrade 1 <prefix>:{<topic>}', 1)
+  local key = keys[1]
+  local prefix = split_key(key)
   local old = key .. ':log'
-  if redis.call('EXISTS', key) == 0 and redis.call('EXISTS', old) == 1 then
-    redis.call('RENAME', old, key)
-    local trimmed = redis.call('GET', key .. ':trimmed')
-    if trimmed then
-      mark_gone(key, trimmed)
-      redis.call('DEL', key .. ':trimmed')
+  if redis.call('EXISTS', key) == 1 or redis.call('EXISTS', old) == 0 then
+    return ''
+  end
+  redis.call('RENAME', old, key)
+  for _, marker in ipairs({ redis.call('GET', key .. ':trimmed'), redis.call('GET', prefix .. ':lost') }) do
+    if marker and parse_id(marker) ~= nil then
+      mark_gone(key, marker)
     end
   end
+  redis.call('DEL', key .. ':trimmed')
+  return '1'
 end
 
 -- Entries kept past max_len before a trim: trimming then runs once per this many publishes.
@@ -286,7 +288,7 @@ end
 -- Nodes add, after the idempotency key: their max_len, max_age_ms, idem_ttl_ms and max_event_len; the
 -- topic's newest id they have seen (if Redis is behind it, writes were lost: the clock is raised above it
 -- and the loss recorded); an id the clock must pass without a loss being recorded (the old shared clock);
--- '1' to be answered { id, '1' if a loss was found else '' }; '1' to read a release-6 dataset. A node also
+-- '1' to be answered { id, '1' if a loss was found else '' }; and the data limit. A node also
 -- passes P:{T}:idem:K as a second key when it sends an idempotency key, so a Cluster moving the topic
 -- holds the call until both keys are on one node.
 local PUBLISH_USAGE = 'FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]'
@@ -301,8 +303,8 @@ local function publish(keys, args)
   end
   local event = args[2] or ''
   local max_len, max_age_ms, idem_ttl_ms, max_event_len = settings(args)
-  -- ARGV 12 (after the node's floor, minimum and flags): the publish body limit, as over HTTP.
-  local max_data = int_arg(args[12], 'max_data_bytes (ARGV 12)', 1, DEFAULTS.max_data_bytes)
+  -- ARGV 11 (after the node's floor, minimum and answer flag): the publish body limit, as over HTTP.
+  local max_data = int_arg(args[11], 'max_data_bytes (ARGV 11)', 1, DEFAULTS.max_data_bytes)
   if #data > max_data then
     error('herald: the data is ' .. #data .. ' bytes; at most ' .. max_data .. ' are allowed (limits.max_body_bytes)')
   end
@@ -340,10 +342,6 @@ local function publish(keys, args)
       return seen
     end
   end
-  if args[11] == '1' then
-    upgrade(key)
-  end
-
   local now = now_ms()
   local floor, minimum = floor_arg(args[8], 'the floor (ARGV 8)', now), floor_arg(args[9], 'the minimum (ARGV 9)', now)
   local lost = false
@@ -390,15 +388,15 @@ local function publish(keys, args)
   return id
 end
 
--- FCALL_RO herald_history 1 P:{T} <after-id> <count> [<max-bytes> [<max-age-ms> [<legacy>]]]
+-- FCALL_RO herald_history 1 P:{T} <after-id> <count> [<max-bytes> [<max-age-ms>]]
 --   → { newest id that may be gone or '', first-id or '', more ('1' or ''), id1, data1, event1, ... }
 -- Past the first event, a page stops before its data and event names exceed max-bytes; `more` says
--- that events may follow the last one returned. <legacy> '1' also reads a release-6 dataset's keys.
+-- that events may follow the last one returned.
 local HISTORY_BATCH = 64
 
 local function history(keys, args)
   key_count(keys, 'FCALL_RO herald_history 1 <prefix>:{<topic>} <after-id> <count> [<max-bytes>]', 1)
-  local prefix = split_key(keys[1])
+  split_key(keys[1])
   if parse_id(args[1]) == nil then
     error('herald: the after-id (ARGV 1) must be an id <ms>-<seq>, 0-0 for the start (got ' .. tostring(args[1]) .. ')')
   end
@@ -407,16 +405,9 @@ local function history(keys, args)
     error('herald: max-bytes (ARGV 3) must be a whole number (got ' .. args[3] .. ')')
   end
   int_arg(args[4], 'max-age-ms (ARGV 4)', 0, nil)
-  local log = stored(keys[1], args[5])
+  local log = keys[1]
   local out = { '', '', '' }
   local gone = nil
-  if args[5] == '1' then
-    for _, marker in ipairs({ redis.call('GET', keys[1] .. ':trimmed'), redis.call('GET', prefix .. ':lost') }) do
-      if marker and (gone == nil or is_newer(marker, gone)) then
-        gone = marker
-      end
-    end
-  end
   local _, deleted = clock(log)
   if deleted ~= '0-0' and (gone == nil or is_newer(deleted, gone)) then
     gone = deleted
@@ -474,7 +465,7 @@ local function history(keys, args)
   return out
 end
 
--- FCALL herald_floor 1 P:{T} <floor> [<legacy>]  →  { the topic's newest id (or '0-0'), '1' if it found a loss }
+-- FCALL herald_floor 1 P:{T} <floor>  →  { the topic's newest id (or '0-0'), '1' if it found a loss }
 -- A node calls it for each topic it receives when its pub/sub link (re)connects, with the newest id of
 -- the topic it has seen: if Redis is behind it (a failover or restart lost writes, or a FLUSHALL), the
 -- clock is raised above it and the loss recorded, so new ids stay above every id handed out.
@@ -483,9 +474,6 @@ local function floor(keys, args)
   local key = keys[1]
   split_key(key)
   local wanted = floor_arg(args[1], 'the floor (ARGV 1)', now_ms())
-  if args[2] == '1' then
-    upgrade(key)
-  end
   local top = newest(key)
   if wanted and is_newer(wanted, top) then
     if redis.call('EXISTS', key) == 0 then
@@ -506,15 +494,16 @@ local function floor(keys, args)
   return { top, '' }
 end
 
--- FCALL_RO herald_last 1 P:{T} [<legacy>]  →  the topic's newest id, or '0-0'
+-- FCALL_RO herald_last 1 P:{T}  →  the topic's newest id, or '0-0'
 local function last(keys, args)
   key_count(keys, 'FCALL_RO herald_last 1 <prefix>:{<topic>}', 1)
   split_key(keys[1])
-  return newest(stored(keys[1], args[1]))
+  return newest(keys[1])
 end
 
 redis.register_function('herald_publish', publish)
 redis.register_function('herald_floor', floor)
+redis.register_function('herald_upgrade', upgrade)
 redis.register_function{ function_name = 'herald_history', callback = history, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'herald_last', callback = last, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'herald_version', callback = function() return VERSION end, flags = { 'no-writes' } }
