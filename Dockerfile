@@ -19,6 +19,7 @@ RUN mkdir -p src bench/src \
 COPY static static
 COPY docs/openapi.yaml docs/openapi.yaml
 COPY config config
+COPY migrations migrations
 COPY src src
 # Touch so cargo rebuilds our crate over the placeholder; the binary is moved out and target/ dropped, so
 # this layer stays small (the dependencies stay in the layer above).

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::AuthSettings;
 use crate::domain::TopicName;
+use crate::selector;
 
 /// The claims Herald reads; anything else in the token is ignored.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -108,32 +109,15 @@ pub struct Auth {
     pub cookie_name: String,
 }
 
-/// `*` matches everything, `prefix*` any topic starting with prefix, anything else itself.
-pub fn selector_matches(selector: &str, topic: &str) -> bool {
-    match selector.strip_suffix('*') {
-        Some(prefix) => topic.starts_with(prefix),
-        None => selector == topic,
-    }
-}
-
 /// `topic` matched by one of a token's `selectors`, or refused for `action`.
 fn allowed_by(selectors: &[String], topic: &TopicName, action: &'static str) -> Result<(), AuthError> {
-    if selectors.iter().any(|s| selector_matches(s, topic.as_str())) {
+    if selectors.iter().any(|s| selector::matches(s, topic.as_str())) {
         Ok(())
     } else {
         Err(AuthError::Forbidden {
             action,
             topic: topic.to_string(),
         })
-    }
-}
-
-/// Whether some valid topic name matches `selector` (`""`, or a name with a control character, matches
-/// none).
-fn can_match_a_topic(selector: &str) -> bool {
-    match selector.strip_suffix('*') {
-        Some(prefix) => !prefix.chars().any(char::is_control),
-        None => TopicName::parse(selector, usize::MAX).is_ok(),
     }
 }
 
@@ -214,7 +198,7 @@ impl Auth {
     pub fn is_private(&self, topic: &TopicName) -> bool {
         self.private_topics
             .iter()
-            .any(|p| selector_matches(p, topic.as_str()))
+            .any(|p| selector::matches(p, topic.as_str()))
     }
 
     /// Verifies signature, algorithm, `exp`, `nbf` and `aud`.
@@ -278,10 +262,13 @@ impl Auth {
             Access::Status => {
                 let grant = self.publisher(token, "the node's status")?;
                 // A publish list that can match no topic (`[]`, `[""]`) makes no publisher.
-                if grant
-                    .as_ref()
-                    .is_some_and(|g| !g.claims.mercure.publish.iter().any(|s| can_match_a_topic(s)))
-                {
+                if grant.as_ref().is_some_and(|g| {
+                    !g.claims
+                        .mercure
+                        .publish
+                        .iter()
+                        .any(|s| selector::can_match_a_topic(s))
+                }) {
                     return Err(AuthError::NotPublisher);
                 }
                 Ok(grant)
@@ -374,19 +361,5 @@ pub fn claims(
         mercure: MercureClaim { publish, subscribe },
         exp: Some(now_secs().saturating_add(ttl_secs)),
         aud: audience.map(Audience::One),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selectors() {
-        assert!(selector_matches("*", "anything"));
-        assert!(selector_matches("user.*", "user.42"));
-        assert!(!selector_matches("user.*", "users"));
-        assert!(selector_matches("news", "news"));
-        assert!(!selector_matches("news", "news2"));
     }
 }

@@ -5,7 +5,7 @@
 //! topic" cannot resume a multi-topic stream exactly. A composite can: `<tag>.<p1>.<p2>…`, where the
 //! positions follow the stream's topics sorted by name, each written `<ms>-<seq>` in base 36, and the tag
 //! (base 36 of a 32-bit FNV-1a hash of the sorted names) says which topic set they belong to.
-//! [`Positions`] keeps a multi-topic stream's position per topic as it sends events.
+//! `Positions` keeps a multi-topic stream's position per topic as it sends events.
 
 use std::fmt::Write;
 use std::str::FromStr;

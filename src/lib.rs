@@ -6,38 +6,51 @@
 //! live events.
 //!
 //! # Layout
-//! Dependencies point one way, with no cycle: `http` → `subscribe` → `node` → `connection` → `hub` /
-//! `engine` → `event` → `sse`, `domain`. Engines never see the hub: they report through
-//! `engine::EngineEvents`. Only `http` knows actix.
-//! - `http` (crate-private): the routes (one file each), CORS, and the mapping of every error to
-//!   problem+json; it turns actix requests into `node::RequestHead`s and answers into responses.
-//!   `http::front` is the front door of plain-HTTP listeners: it answers bad request heads itself, serves
-//!   SSE streams on a lean path (no buffers per idle connection) and hands everything else to actix-web.
-//! - `subscribe`: opening a stream (topics, `Last-Event-ID`, the gate, per-IP slots, hub, replay bound),
-//!   free of HTTP-stack types, so another HTTP path can drive it.
+//! Dependencies point one way (checked over every `crate::` path when the structure issue landed; no
+//! module reaches back up): `startup` → `http` → `subscribe` / `publish` → `node` → `connection` → `hub`
+//! → `engine` → `event` → `sse` → `domain`; `cursor`, `selector`, `auth`, `config`, `limits`,
+//! `telemetry` are leaves the layers above use, and `error` (below `node`) names what a request can end
+//! with. Engines never see the hub: they report through `engine::EngineEvents`. Only `http` (and
+//! `startup`, which builds the servers) knows actix.
+//! - `http` (crate-private): one room per protocol's routes — today the native API (`subscribe`,
+//!   `publish`, `history`, `status`, `health`, `demo`), next to it Mercure's dialect (`http/mercure/`,
+//!   to come) — plus `request` (what every route reads of a request: query, path topic, the gate's
+//!   head), `cors`, and `error` (every error mapped once to problem+json). Plain-HTTP listeners start at
+//!   `front` (the front door: reads the first head, refuses bad ones itself), which uses `framing` (what
+//!   a complete head says) and `lean` (SSE streams served with no buffers, for the routes in its table).
+//! - `subscribe`: opening a stream from a parsed `StreamRequest` (topics, cursor, shape) and the gate's
+//!   head: the gate, per-IP slots, hub, engine subscriptions, replay bound. No protocol parsing here.
+//! - `publish`: admitting a publish (rate, the access rule) into a `Permit`, the only way to the engine.
 //! - `node`: what a node's requests share (`Node`), `RequestHead`, and the one gate every topic route
 //!   passes (token, cookie origin, access rule).
 //! - `error`: `ApiError`, the errors a request can end with.
 //! - `connection`: one SSE response body — retry, replay across topics, live events, heartbeats — built
-//!   from what streams share (`Streams`), not from the HTTP state.
+//!   from what streams share (`Streams`), not from the HTTP state. Presence (to come) is a guard it holds.
 //! - `hub`: per-node fan-out of pre-encoded frames into bounded per-connection queues; implements
 //!   `EngineEvents`.
 //! - `engine`: the `Engine` trait (stores history, carries events to every node) and `EngineEvents`;
-//!   `memory`, and `redis/` split by concern (start-up, `connection`, `keys`, `functions` with
-//!   `herald.lua`, the pub/sub `link`, `primary`: one URL or Sentinel, `replicas`: the primary's
-//!   replicas, for `min_replicas`).
+//!   `memory`, and `redis/` split by concern (start-up, `error`, `connection`, `keys`, `functions`,
+//!   `migrate`, the pub/sub `link` and `sharded`, `primary`: one URL, Sentinel or Cluster, and the `Conn`
+//!   it opens; `replicas`, for `min_replicas`). Presence (to come) gets a seam of its own beside the
+//!   broker, with memory and Redis sides, as centrifuge keeps `presence.go` apart from its broker.
 //! - [`event`]: `Event` (an SSE frame encoded once; `id: None` for live-only) and `Stored` (in history).
 //! - `sse`: WHATWG event-stream framing.
+//! - [`selector`]: topic selectors (exact, `prefix*`, `*`; Mercure's URI templates and URL patterns to
+//!   come), the one matcher of token claims, private topics and subscriptions.
 //! - [`auth`]: JWT verification in Mercure's claim shape; the one access rule (`Auth::authorize`).
 //! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags); each section
-//!   validates itself; secrets stay out of `Debug`.
-//! - [`cursor`]: a stream's position as its `id:` lines carry it (one id, or a composite per topic).
+//!   validates itself in its own file; unknown keys are refused; secrets stay out of `Debug`.
+//! - [`cursor`]: a stream's position as its `id:` lines carry it (one id, or a composite per topic), and
+//!   a multi-topic stream's per-topic positions.
 //! - [`domain`]: validated values — [`domain::TopicName`], [`domain::EventName`], [`domain::EventId`].
 //! - [`telemetry`]: logs and the counters behind `/metrics`.
 //! - `limits`: per-client-IP publish rate and connection caps, and who the client is behind proxies.
 //! - [`probe`]: the tiny HTTP client behind `herald check` (container health checks).
-//! - [`startup`]: [`startup::Application`] builds a node on a listener and runs it until shut down.
+//! - [`startup`]: [`startup::Application`] builds a node on a listener and runs it until shut down;
+//!   [`startup::check_store`] is `herald migrate --check`.
 //! - [`tls`]: HTTPS with HTTP/2: the certificate pair, read again on SIGHUP.
+//!
+//! Outside `src/`: `migrations/` holds the Redis functions library and the key-layout history.
 
 pub mod auth;
 pub mod config;
@@ -53,6 +66,7 @@ pub(crate) mod limits;
 pub(crate) mod node;
 pub mod probe;
 pub(crate) mod publish;
+pub mod selector;
 pub(crate) mod sse;
 pub mod startup;
 pub(crate) mod subscribe;

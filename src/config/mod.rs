@@ -1,8 +1,8 @@
 //! Layered settings: built-in defaults → `config/default.toml` → `config/$HERALD_ENV.toml` →
 //! `HERALD__SECTION__KEY` env vars → command-line overrides; validated once at load.
 //!
-//! Each section's struct lives beside its own validation: [`server`] (`[server]`, `[sse]`, `[cors]`),
-//! [`history`] (`[history]`, `[limits]`), [`redis`], [`auth`]; the loader is here, the strict-key check
+//! Each section's struct lives beside its own validation: `server` (`[server]`, `[sse]`, `[cors]`),
+//! `history` (`[history]`, `[limits]`), `redis`, `auth`; the loader is here, the strict-key check
 //! in `keys`.
 
 mod auth;
