@@ -18,7 +18,8 @@
 //! - [`link`]: the pub/sub link that follows local interest, re-subscribes and gap-fills;
 //! - [`primary`]: where the primary is (one URL, asked of the sentinels for every new connection, or the
 //!   Cluster's node for each key's slot), and the connection (`Conn`) it opens there;
-//! - [`sharded`]: the link on a Cluster (sharded pub/sub, re-subscribed after failovers and slot moves).
+//! - [`pubsub`]: what the link's one loop needs of a pub/sub connection, and one Redis's side of it;
+//! - [`sharded`]: the Cluster's side (sharded pub/sub, re-subscribed after failovers and slot moves).
 
 mod connection;
 mod error;
@@ -27,6 +28,7 @@ mod keys;
 mod link;
 mod migrate;
 mod primary;
+mod pubsub;
 mod replicas;
 mod sharded;
 
@@ -48,7 +50,7 @@ use functions::{
     fcall, fcall_replicated, last_ids, legacy_clock, load_functions, read_history, FunctionSettings,
 };
 use keys::Keys;
-use link::{Command, Link};
+use link::{Command, Link, LinkConfig};
 pub(crate) use migrate::check;
 use primary::{server_info, Conn, Primary};
 
@@ -178,7 +180,7 @@ impl RedisEngine {
 
         let (ready_tx, mut ready) = watch::channel(false);
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let link = Link {
+        let link = Link::new(LinkConfig {
             shared: Arc::clone(&shared),
             keys: keys.clone(),
             node,
@@ -186,9 +188,6 @@ impl RedisEngine {
             ready: ready_tx,
             commands: command_rx,
             idle,
-            subscribed: Default::default(),
-            floors: Default::default(),
-            cursors: Default::default(),
             function_settings: function_settings.clone(),
             gap_fill_bound: PageBound {
                 count: all.history.page_size,
@@ -202,9 +201,8 @@ impl RedisEngine {
                 max_event_len: all.limits.max_event_name_len,
                 max_data_bytes: all.limits.max_body_bytes,
             },
-            refused_log: crate::telemetry::LogEvery::new(Duration::from_secs(10)),
             url: url.clone(),
-        };
+        });
         io.handle.spawn(link.run());
         io.handle
             .spawn(Arc::clone(&primary).watch_switches(shared.failovers.clone()));

@@ -1,5 +1,5 @@
-//! The link on a Redis Cluster: one cluster connection in RESP3 whose per-shard connections carry the
-//! topics' sharded channels (`SSUBSCRIBE`), so each node reads only the shards of the topics it serves.
+//! The link's side on a Redis Cluster: one cluster connection in RESP3 whose per-shard connections carry
+//! the topics' sharded channels (`SSUBSCRIBE`), so each node reads only the shards of the topics it serves.
 //!
 //! Redis tells a subscriber when its channel's slot moved to another shard (`sunsubscribe`): the link
 //! then subscribes again, which the cluster client sends to the new owner. When a shard's connection
@@ -8,158 +8,53 @@
 //! a gap-fill of that topic, so events published while it was not subscribed anywhere (on the replica
 //! that took over, or on the shard importing the slot) are handed over exactly once.
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::functions::load_functions;
-use super::link::{answer, Command, Link, LinkError, MAX_BATCH};
-use super::primary::Conn;
-use super::primary::Seeds;
+use super::connection::Shared;
+use super::keys::Keys;
+use super::link::LinkError;
+use super::primary::{Conn, Seeds};
+use super::pubsub::{Message, PubSub, Push};
 use crate::domain::TopicName;
-use crate::event::Event;
 
-/// What one push from the cluster connection asks of the link.
-enum Push {
-    Message(String, Vec<u8>),
-    /// A topic's stored channel was (re)subscribed on some shard: fill its gap.
-    Subscribed(TopicName),
-    /// Redis dropped a topic's channels (its slot moved): subscribe again.
-    Dropped(TopicName),
-    /// A shard's connection dropped: its subscriptions are gone with it.
-    Disconnected,
-    Other,
+/// A Cluster's sharded pub/sub: what its connection pushes arrives on `pushes`.
+pub(super) struct Sharded {
+    conn: ClusterConnection,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+    keys: Keys,
+    max_topic_len: usize,
 }
 
-impl Link {
-    pub(super) async fn serve_sharded(&mut self, seeds: &Seeds) -> LinkError {
-        let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
-        let client = match seeds.client(self.command_timeout, Some(push_tx), None) {
-            Ok(client) => client,
-            Err(e) => return e.into(),
+impl Sharded {
+    pub(super) async fn connect(
+        seeds: &Seeds,
+        command_timeout: Duration,
+        connect_timeout: Duration,
+        keys: Keys,
+        max_topic_len: usize,
+    ) -> Result<Self, LinkError> {
+        let (push_tx, pushes) = mpsc::unbounded_channel::<PushInfo>();
+        let client = seeds.client(command_timeout, Some(push_tx), None)?;
+        // Connecting reaches every shard: a few connect timeouts' worth.
+        let conn = match timeout(connect_timeout.saturating_mul(3), client.get_async_connection()).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(LinkError::ConnectTimeout),
         };
-        let mut conn = match timeout(
-            self.connect_timeout.saturating_mul(3),
-            client.get_async_connection(),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return e.into(),
-            Err(_) => return LinkError::ConnectTimeout,
-        };
-        if let Err(e) = self.resume_sharded(&mut conn).await {
-            return e;
-        }
-        self.ready.send_replace(true);
-        tracing::info!("Redis Cluster pub/sub link to {} is up", self.url);
-        let mut ping = tokio::time::interval(self.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                push = pushes.recv() => {
-                    let Some(push) = push else { return LinkError::Closed };
-                    // Take everything already received, and hand it to the hub as one run.
-                    let mut batch = Vec::new();
-                    let mut next = Some(push);
-                    while let Some(push) = next.take() {
-                        if let Err(e) = self.on_push(&mut conn, &mut batch, push).await {
-                            self.node.dispatch_all(&batch);
-                            return e;
-                        }
-                        if batch.len() >= MAX_BATCH {
-                            break;
-                        }
-                        next = pushes.try_recv().ok();
-                    }
-                    self.node.dispatch_all(&batch);
-                }
-                Some(command) = self.commands.recv() => match command {
-                    Command::Subscribe(topic, reply) => {
-                        if let Some(e) = answer(reply, self.ensure_subscribed_sharded(&mut conn, &topic).await) {
-                            return e;
-                        }
-                    }
-                },
-                Some(topic) = self.idle.recv() => {
-                    if self.release(&topic) {
-                        if let Err(e) = self.call(conn.sunsubscribe(self.keys.channels(&topic).to_vec())).await {
-                            return e;
-                        }
-                    }
-                }
-                _ = ping.tick() => {
-                    // The cluster client reconnects shards by itself; this notices a Cluster gone whole.
-                    if let Err(e) = self.call(redis::cmd("PING").query_async::<Value>(&mut conn)).await {
-                        return LinkError::Ping(Box::new(e));
-                    }
-                }
-            }
-        }
+        Ok(Sharded {
+            conn,
+            pushes,
+            keys,
+            max_topic_len,
+        })
     }
 
-    /// After connecting: load the functions on every primary, subscribe every topic with local
-    /// subscribers on its shard, and fill what was missed.
-    async fn resume_sharded(&mut self, conn: &mut ClusterConnection) -> Result<(), LinkError> {
-        let mut commands = Conn::Cluster(conn.clone());
-        load_functions(&mut commands, &self.function_settings).await?;
-        let topics = self.node.topics();
-        // One SSUBSCRIBE per topic: a call may only name channels of one slot.
-        let subscribes = topics.iter().map(|topic| {
-            let mut conn = conn.clone();
-            let channels = self.keys.channels(topic).to_vec();
-            async move { conn.ssubscribe(channels).await }
-        });
-        self.call(try_join_all(subscribes)).await?;
-        self.resubscribed(&mut commands, topics).await
-    }
-
-    async fn ensure_subscribed_sharded(
-        &mut self,
-        conn: &mut ClusterConnection,
-        topic: &TopicName,
-    ) -> Result<(), LinkError> {
-        if self.subscribed.contains(topic) || !self.node.has_subscribers(topic) {
-            return Ok(());
-        }
-        self.call(conn.ssubscribe(self.keys.channels(topic).to_vec()))
-            .await?;
-        self.subscribed.insert(topic.clone());
-        self.start_at_newest(topic).await
-    }
-
-    async fn on_push(
-        &mut self,
-        conn: &mut ClusterConnection,
-        batch: &mut Vec<Arc<Event>>,
-        push: PushInfo,
-    ) -> Result<(), LinkError> {
-        match self.classify(push) {
-            Push::Message(channel, payload) => self.take(batch, &channel, &payload).await,
-            Push::Subscribed(topic) if self.subscribed.contains(&topic) => {
-                // What came before must reach the hub before what the fill hands over.
-                self.node.dispatch_all(batch);
-                batch.clear();
-                let mut commands = Conn::Cluster(conn.clone());
-                self.fill(&mut commands, std::slice::from_ref(&topic)).await
-            }
-            Push::Dropped(topic) if self.subscribed.contains(&topic) => {
-                tracing::info!(%topic, "the topic's slot moved to another shard; subscribing there");
-                // Answered once the new owner confirms; its confirmation push then fills the gap.
-                self.call(conn.ssubscribe(self.keys.channels(&topic).to_vec()))
-                    .await
-            }
-            Push::Disconnected => Err(LinkError::Closed),
-            _ => Ok(()),
-        }
-    }
-
-    fn classify(&self, push: PushInfo) -> Push {
+    fn classify(&self, push: PushInfo) -> Push<(String, Vec<u8>)> {
         if push.kind == PushKind::Disconnection {
             return Push::Disconnected;
         }
@@ -176,12 +71,66 @@ impl Link {
         };
         match push.kind {
             PushKind::SMessage | PushKind::Message => match data.next() {
-                Some(Value::BulkString(payload)) => Push::Message(channel, payload),
+                Some(Value::BulkString(payload)) => Push::Message((channel, payload)),
                 _ => Push::Other,
             },
             PushKind::SSubscribe => topic(&channel).map_or(Push::Other, Push::Subscribed),
             PushKind::SUnsubscribe => topic(&channel).map_or(Push::Other, Push::Dropped),
             _ => Push::Other,
         }
+    }
+}
+
+impl Message for (String, Vec<u8>) {
+    fn channel(&self) -> &str {
+        &self.0
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+impl PubSub for Sharded {
+    type Message = (String, Vec<u8>);
+    /// A Cluster never held an older layout (`migrations/README.md`).
+    const UPGRADES_LAYOUT: bool = false;
+
+    async fn next(&mut self) -> Push<Self::Message> {
+        match self.pushes.recv().await {
+            Some(push) => self.classify(push),
+            None => Push::Disconnected,
+        }
+    }
+
+    fn ready(&mut self) -> Option<Push<Self::Message>> {
+        let push = self.pushes.try_recv().ok()?;
+        Some(self.classify(push))
+    }
+
+    async fn subscribe(&mut self, keys: &Keys, topics: &[TopicName]) -> RedisResult<()> {
+        // One SSUBSCRIBE per topic: a call may only name channels of one slot.
+        let subscribes = topics.iter().map(|topic| {
+            let mut conn = self.conn.clone();
+            let channels = keys.channels(topic).to_vec();
+            async move { conn.ssubscribe(channels).await }
+        });
+        try_join_all(subscribes).await.map(drop)
+    }
+
+    async fn unsubscribe(&mut self, keys: &Keys, topic: &TopicName) -> RedisResult<()> {
+        self.conn.sunsubscribe(keys.channels(topic).to_vec()).await
+    }
+
+    async fn ping(&mut self) -> RedisResult<()> {
+        // The cluster client reconnects shards by itself; this notices a Cluster gone whole.
+        redis::cmd("PING")
+            .query_async::<Value>(&mut self.conn)
+            .await
+            .map(drop)
+    }
+
+    async fn commands(&mut self, _: &Shared) -> Result<Conn, LinkError> {
+        Ok(Conn::Cluster(self.conn.clone()))
     }
 }

@@ -1,0 +1,119 @@
+//! What the link's one loop needs of a pub/sub connection ([`PubSub`]), and its side for one Redis (or
+//! the primary Sentinel names): [`Plain`], a RESP2 pub/sub connection of its own. The Cluster's side is
+//! `sharded::Sharded`.
+
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::{Msg, RedisResult};
+use tokio::time::timeout;
+
+use super::connection::Shared;
+use super::keys::Keys;
+use super::link::LinkError;
+use super::primary::Conn;
+use crate::domain::TopicName;
+
+/// What one push from Redis asks of the link.
+pub(super) enum Push<M> {
+    Message(M),
+    /// A topic's stored channel was (re)subscribed (on a Cluster, on some shard): fill its gap.
+    Subscribed(TopicName),
+    /// Redis dropped a topic's channels (on a Cluster, its slot moved): subscribe again.
+    Dropped(TopicName),
+    /// The connection (or one shard's) dropped: its subscriptions are gone with it.
+    Disconnected,
+    Other,
+}
+
+/// A message's channel and payload, borrowed from whatever the connection received (no copy).
+pub(super) trait Message {
+    fn channel(&self) -> &str;
+    fn payload(&self) -> &[u8];
+}
+
+/// A pub/sub connection the link serves from: where the two kinds differ, and nothing else.
+pub(super) trait PubSub {
+    type Message: Message;
+    /// Whether an older key layout may be found (`migrate`): on one Redis, not on a Cluster.
+    const UPGRADES_LAYOUT: bool;
+    /// The next push; `Disconnected` once the connection is gone.
+    async fn next(&mut self) -> Push<Self::Message>;
+    /// A push already received, without waiting.
+    fn ready(&mut self) -> Option<Push<Self::Message>>;
+    /// Subscribes the topics' channels (nothing to do for none).
+    async fn subscribe(&mut self, keys: &Keys, topics: &[TopicName]) -> RedisResult<()>;
+    async fn unsubscribe(&mut self, keys: &Keys, topic: &TopicName) -> RedisResult<()>;
+    async fn ping(&mut self) -> RedisResult<()>;
+    /// The connection the link's own reads and writes take (functions, floors, gap-fills).
+    async fn commands(&mut self, shared: &Shared) -> Result<Conn, LinkError>;
+}
+
+/// One Redis's pub/sub: a connection of its own, split so messages are read while commands go out.
+pub(super) struct Plain {
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+impl Plain {
+    /// Connects to the primary as of now (asked of the sentinels behind Sentinel).
+    pub(super) async fn connect(
+        shared: &Shared,
+        connect_timeout: std::time::Duration,
+    ) -> Result<Self, LinkError> {
+        let client = shared.primary.client().await?;
+        let pubsub = match timeout(connect_timeout, client.get_async_pubsub()).await {
+            Ok(pubsub) => pubsub?,
+            Err(_) => return Err(LinkError::ConnectTimeout),
+        };
+        let (sink, stream) = pubsub.split();
+        Ok(Plain { sink, stream })
+    }
+}
+
+impl Message for Msg {
+    fn channel(&self) -> &str {
+        self.get_channel_name()
+    }
+
+    fn payload(&self) -> &[u8] {
+        self.get_payload_bytes()
+    }
+}
+
+impl PubSub for Plain {
+    type Message = Msg;
+    const UPGRADES_LAYOUT: bool = true;
+
+    async fn next(&mut self) -> Push<Msg> {
+        self.stream.next().await.map_or(Push::Disconnected, Push::Message)
+    }
+
+    fn ready(&mut self) -> Option<Push<Msg>> {
+        match self.stream.next().now_or_never() {
+            Some(Some(message)) => Some(Push::Message(message)),
+            Some(None) => Some(Push::Disconnected),
+            None => None,
+        }
+    }
+
+    async fn subscribe(&mut self, keys: &Keys, topics: &[TopicName]) -> RedisResult<()> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        // One SUBSCRIBE for them all: one round trip on a reconnect, however many topics.
+        let channels: Vec<String> = topics.iter().flat_map(|t| keys.channels(t)).collect();
+        self.sink.subscribe(channels).await
+    }
+
+    async fn unsubscribe(&mut self, keys: &Keys, topic: &TopicName) -> RedisResult<()> {
+        self.sink.unsubscribe(keys.channels(topic).to_vec()).await
+    }
+
+    async fn ping(&mut self) -> RedisResult<()> {
+        self.sink.ping::<redis::Value>().await.map(drop)
+    }
+
+    async fn commands(&mut self, shared: &Shared) -> Result<Conn, LinkError> {
+        Ok(shared.get().await?.1)
+    }
+}
