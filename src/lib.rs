@@ -30,8 +30,8 @@
 //!   `EngineEvents`.
 //! - `engine`: the `Engine` trait (stores history, carries events to every node) and `EngineEvents`;
 //!   `memory`, and `redis/` split by concern (start-up, `error`, `connection`, `keys`, `functions`,
-//!   `migrate`, the pub/sub `link` and `sharded`, `primary`: one URL, Sentinel or Cluster, and the `Conn`
-//!   it opens; `replicas`, for `min_replicas`). Presence (to come) gets a seam of its own beside the
+//!   `migrate`, the pub/sub `link` (one loop) over `pubsub` / `sharded`, `primary`: one URL, Sentinel or
+//!   Cluster, and the `Conn` it opens; `replicas`, for `min_replicas`). Presence (to come) gets a seam of its own beside the
 //!   broker, with memory and Redis sides, as centrifuge keeps `presence.go` apart from its broker.
 //! - [`event`]: `Event` (an SSE frame encoded once; `id: None` for live-only) and `Stored` (in history).
 //! - `sse`: WHATWG event-stream framing.
