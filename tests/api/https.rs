@@ -29,8 +29,11 @@ fn spki_hash(cert: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_event_sources_share_one_https_origin_over_http2() {
+/// A node on HTTPS with a certificate from a CA made for the test (kept in the returned folder), and
+/// `more` settings.
+async fn https_app(
+    more: impl FnOnce(&mut herald::config::Settings) + Send + 'static,
+) -> (tempfile::TempDir, crate::helpers::TestApp) {
     let dir = tempfile::tempdir().expect("temp dir");
     make_certificates(dir.path());
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
@@ -38,8 +41,16 @@ async fn ten_event_sources_share_one_https_origin_over_http2() {
     let app = spawn_app_with(move |s| {
         s.server.tls_cert_file = cert_file;
         s.server.tls_key_file = key_file;
+        more(s);
     })
     .await;
+    (dir, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_event_sources_share_one_https_origin_over_http2() {
+    let (dir, app) = https_app(|_| {}).await;
+    let cert = dir.path().join("server.crt");
     let origin = format!("https://localhost:{}", app.port);
     let browser = Browser::start_with(&[format!(
         "--ignore-certificate-errors-spki-list={}",
@@ -294,13 +305,7 @@ async fn a_bad_certificate_or_key_stops_start_up_naming_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_https_a_publish_is_authorized_before_100_continue() {
     const SECRET: &str = "an-https-test-secret-of-32-bytes-or-more";
-    let dir = tempfile::tempdir().expect("temp dir");
-    make_certificates(dir.path());
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let (cert_file, key_file) = (cert.display().to_string(), key.display().to_string());
-    let app = spawn_app_with(move |s| {
-        s.server.tls_cert_file = cert_file;
-        s.server.tls_key_file = key_file;
+    let (_dir, app) = https_app(|s| {
         s.auth.anonymous_publish = false;
         s.auth.hs_secret = SECRET.into();
     })
