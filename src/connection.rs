@@ -324,12 +324,15 @@ impl Connection {
                 }
                 Take::Closed(reason) => {
                     self.phase = Phase::Done;
-                    return sse::comment(match reason {
-                        CloseReason::Lagged => {
-                            "herald: closed because this connection fell behind; reconnect with Last-Event-ID to resume"
+                    return match reason {
+                        CloseReason::Lagged => sse::comment(
+                            "herald: closed because this connection fell behind; reconnect with Last-Event-ID to resume",
+                        ),
+                        CloseReason::Shutdown => {
+                            sse::comment("herald: this node is shutting down; reconnect to resume")
                         }
-                        CloseReason::Shutdown => "herald: this node is shutting down; reconnect to resume",
-                    });
+                        CloseReason::StoreLost => store_lost_goodbye(),
+                    };
                 }
                 Take::Empty => {
                     let Connection {
@@ -362,6 +365,18 @@ impl Connection {
             }
         }
     }
+}
+
+/// The last frames of a stream ended because its node lost the store: a short `retry:` (spread over
+/// 100 ms to 1 s, so a node's thousands of browsers do not all come back in the same instant) and why.
+fn store_lost_goodbye() -> Bytes {
+    use std::hash::{BuildHasher, RandomState};
+    let spread_ms = 100 + RandomState::new().hash_one(0u8) % 900;
+    let mut out = BytesMut::from(&sse::retry(spread_ms)[..]);
+    out.extend_from_slice(&sse::comment(
+        "herald: this node cannot reach its message store; reconnect (to another node) with Last-Event-ID to resume",
+    ));
+    out.freeze()
 }
 
 /// What ended an idle stream's wait.

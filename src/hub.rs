@@ -38,6 +38,9 @@ pub enum CloseReason {
     Lagged,
     /// The node is shutting down.
     Shutdown,
+    /// The node lost its store for longer than `redis.link_lost_grace_ms`: the client is told to come
+    /// back soon, through the load balancer to a node that has it.
+    StoreLost,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -264,9 +267,14 @@ impl Hub {
     /// Ends every stream (each sends what it has queued first) and refuses new connections.
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+        self.close_all(CloseReason::Shutdown);
+    }
+
+    /// Ends every stream for `reason`, each after what it has queued.
+    fn close_all(&self, reason: CloseReason) {
         for conns in self.read().values() {
             for conn in conns {
-                conn.close(CloseReason::Shutdown);
+                conn.close(reason);
             }
         }
     }
@@ -328,6 +336,10 @@ impl EngineEvents for Hub {
 
     fn topics(&self) -> Vec<TopicName> {
         Hub::topics(self)
+    }
+
+    fn store_lost(&self) {
+        self.close_all(CloseReason::StoreLost);
     }
 }
 

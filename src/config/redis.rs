@@ -25,6 +25,12 @@ pub struct RedisSettings {
     pub startup_wait_secs: Duration,
     #[serde(deserialize_with = "millis")]
     pub ping_interval_ms: Duration,
+    /// A ping unanswered this long means the pub/sub link is lost (and Redis silent to this node).
+    #[serde(deserialize_with = "millis")]
+    pub link_timeout_ms: Duration,
+    /// Redis silent to this node this long: its SSE streams end (zero: never).
+    #[serde(deserialize_with = "millis")]
+    pub link_lost_grace_ms: Duration,
     /// Sentinels to ask for the primary of `sentinel_master` (instead of `url`).
     pub sentinels: Vec<String>,
     pub sentinel_master: String,
@@ -50,6 +56,8 @@ impl std::fmt::Debug for RedisSettings {
             .field("command_timeout_ms", &self.command_timeout_ms)
             .field("startup_wait_secs", &self.startup_wait_secs)
             .field("ping_interval_ms", &self.ping_interval_ms)
+            .field("link_timeout_ms", &self.link_timeout_ms)
+            .field("link_lost_grace_ms", &self.link_lost_grace_ms)
             .field(
                 "sentinels",
                 &self.sentinels.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
@@ -152,6 +160,18 @@ impl RedisSettings {
             "redis.ping_interval_ms",
             self.ping_interval_ms.as_millis(),
             "use 50 to 60000 ms",
+        )?;
+        check(
+            (Duration::from_millis(50)..=Duration::from_millis(60_000)).contains(&self.link_timeout_ms),
+            "redis.link_timeout_ms",
+            self.link_timeout_ms.as_millis(),
+            "use 50 to 60000 ms (how long an unanswered ping may wait before the link counts as lost)",
+        )?;
+        check(
+            self.link_lost_grace_ms <= Duration::from_millis(3_600_000),
+            "redis.link_lost_grace_ms",
+            self.link_lost_grace_ms.as_millis(),
+            "use 0 (streams stay open until Redis is back) to 3600000 ms",
         )?;
         check(
             self.tls_cert_file.is_empty() == self.tls_key_file.is_empty(),

@@ -123,6 +123,10 @@ pub trait EngineEvents: Send + Sync + 'static {
 
     /// Every topic with a local subscriber now.
     fn topics(&self) -> Vec<TopicName>;
+
+    /// The store has been silent for the grace (`redis.link_lost_grace_ms`): end every local stream, so
+    /// its client reconnects to a node that has the store and resumes there.
+    fn store_lost(&self);
 }
 
 /// What each engine implements. Futures are boxed so the hub and routes hold one `Arc<dyn Engine>`.

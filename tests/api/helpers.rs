@@ -114,6 +114,18 @@ impl Subscriber {
         }
     }
 
+    /// Every event, with when it arrived, until the stream ends or nothing arrives for `quiet`.
+    pub async fn until_end_or_quiet(&mut self, quiet: Duration) -> Vec<(Event, std::time::Instant)> {
+        let mut out = Vec::new();
+        while let Ok(Some(next)) = tokio::time::timeout(quiet, self.events.next()).await {
+            match next {
+                Ok(event) => out.push((event, std::time::Instant::now())),
+                Err(e) => panic!("stream error: {e}"),
+            }
+        }
+        out
+    }
+
     /// Asserts that nothing arrives for `quiet` (used after the expected events, to catch duplicates).
     pub async fn assert_silent(&mut self, quiet: Duration) {
         if let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.next()).await {

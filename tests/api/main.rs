@@ -16,6 +16,7 @@ mod deploy;
 mod front;
 mod fuzz;
 mod https;
+mod isolation;
 mod limits;
 mod logs;
 mod publish_subscribe;

@@ -83,18 +83,18 @@ fn assert_exact_per_topic(
 }
 
 /// Reads a stream as it comes (a client that stops reading is cut off as a slow consumer), until
-/// `done` is set and it has been quiet for 2 s since.
+/// `done` is set and it has been quiet for 2 s since; each event with when it arrived.
 fn collect(
     mut sub: Subscriber,
     done: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<eventsource_stream::Event>> {
+) -> tokio::task::JoinHandle<Vec<(eventsource_stream::Event, Instant)>> {
     tokio::spawn(async move {
         let mut got = Vec::new();
         let mut quiet_since = Instant::now();
         loop {
             match tokio::time::timeout(Duration::from_millis(200), sub.next_or_end()).await {
                 Ok(Some(event)) => {
-                    got.push(event);
+                    got.push((event, Instant::now()));
                     quiet_since = Instant::now();
                 }
                 Ok(None) => return got,
@@ -235,6 +235,11 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
         ));
     }
     let victim = setup.owner(key_slot(&format!("herald:{{{}}}", topics[0])));
+    let healthy: Vec<String> = topics
+        .iter()
+        .filter(|t| setup.owner(key_slot(&format!("herald:{{{t}}}"))) != victim)
+        .cloned()
+        .collect();
     let start = Instant::now();
     let publisher = {
         let (nodes, topics) = (Arc::clone(&nodes), Arc::clone(&topics));
@@ -246,15 +251,18 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
                 sends.push(tokio::spawn(async move {
                     let t = i % topics.len();
                     let at = start.elapsed();
-                    (t, at, publish(&nodes[i % 2], &topics[t], format!("m{i}")).await)
+                    let outcome = publish(&nodes[i % 2], &topics[t], format!("m{i}")).await;
+                    (t, at, start.elapsed() - at, outcome)
                 }));
             }
             let mut outcomes: Vec<Vec<(Duration, Outcome)>> = vec![Vec::new(); topics.len()];
+            let mut took = Vec::new();
             for send in sends {
-                let (t, at, outcome) = send.await.expect("publish task");
+                let (t, at, answered_in, outcome) = send.await.expect("publish task");
+                took.push((t, at, answered_in));
                 outcomes[t].push((at, outcome));
             }
-            outcomes
+            (outcomes, took)
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -263,7 +271,7 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
     tokio::time::sleep(Duration::from_secs(2)).await;
     setup.node_mut(victim).restart();
     let back = start.elapsed();
-    let mut timed = publisher.await.expect("publisher");
+    let (mut timed, took) = publisher.await.expect("publisher");
     // The shard takes publishes again once its new primary has a replica (the old one, back): publish
     // there until one is acknowledged (it must reach every stream too).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -311,9 +319,92 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
         timed[0].iter().any(|(at, o)| *at > back && o.status == 200),
         "publishes to the dead primary's shard were acknowledged again after the failover"
     );
-    let mut results = Vec::new();
+    // Delivery delay of the other shards' topics, publish sent to event received, and whether they
+    // kept arriving while the dead primary's shard could not deliver: a failover takes at least
+    // `cluster-node-timeout` (1 s), so an event received within 0.9 s of the kill was delivered during it.
+    let sent_at: HashMap<&str, Duration> = timed
+        .iter()
+        .flatten()
+        .filter(|(_, o)| o.status == 200)
+        .map(|(at, o)| (o.data.as_str(), *at))
+        .collect();
+    let mut received = Vec::new();
     for (who, mine, stream) in streams {
-        let got = stream.await.expect("reader");
+        received.push((who, mine, stream.await.expect("reader")));
+    }
+    let (mut before, mut during) = (Vec::new(), Vec::new());
+    let mut dead_shard_back: Option<Duration> = None;
+    for (who, mine, got) in &received {
+        // Single-topic streams: each is on one shard.
+        let [topic] = mine.as_slice() else { continue };
+        let on_healthy_shard = healthy.contains(topic);
+        let mut delivered_during = false;
+        for (event, arrived) in got {
+            let Some(sent) = sent_at.get(event.data.as_str()) else {
+                continue;
+            };
+            let arrived = arrived.duration_since(start);
+            if !on_healthy_shard {
+                if *sent > killed {
+                    dead_shard_back = Some(dead_shard_back.map_or(arrived, |b| b.min(arrived)));
+                }
+                continue;
+            }
+            let delay = arrived.saturating_sub(*sent);
+            if *sent < killed {
+                before.push(delay);
+            } else if *sent < killed + Duration::from_secs(3) {
+                during.push(delay);
+                delivered_during |= arrived < killed + Duration::from_millis(900);
+            }
+        }
+        assert!(
+            !on_healthy_shard || delivered_during,
+            "{who}: its shard is healthy, yet nothing published after the kill arrived while the other shard failed over"
+        );
+    }
+    let quantiles = |mut d: Vec<Duration>| {
+        d.sort();
+        let at = |q: f64| {
+            d.get(((d.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        format!(
+            "{} events, p50 {:?}, p99 {:?}, max {:?}",
+            d.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        )
+    };
+    let answered_in = |from: Duration, to: Duration| {
+        let healthy_topic = |t: usize| healthy.contains(&topics[t]);
+        quantiles(
+            took.iter()
+                .filter(|(t, at, _)| healthy_topic(*t) && *at >= from && *at < to)
+                .map(|(_, _, d)| *d)
+                .collect(),
+        )
+    };
+    println!(
+        "other shards' delivery delay (publish sent to event received), single-topic streams: before the kill {}; first 3 s after it {}; the dead shard's topics delivered again from {dead_shard_back:?}",
+        quantiles(before),
+        quantiles(during)
+    );
+    println!(
+        "other shards' publishes answered in: before the kill {}; first 3 s after it {}",
+        answered_in(Duration::ZERO, killed),
+        answered_in(killed, killed + Duration::from_secs(3))
+    );
+    let dead_shard_back = dead_shard_back.expect("the dead primary's shard delivered again");
+    assert!(
+        dead_shard_back > killed + Duration::from_millis(900),
+        "the failover took at least cluster-node-timeout, so 0.9 s after the kill is during it"
+    );
+    let mut results = Vec::new();
+    for (who, mine, got) in received {
+        let got: Vec<_> = got.into_iter().map(|(e, _)| e).collect();
         let missing: Vec<&str> = mine
             .iter()
             .flat_map(|topic| {
@@ -471,7 +562,12 @@ async fn resharding_a_busy_topics_slot_loses_and_repeats_nothing() {
     let mut all: Vec<Vec<Outcome>> = vec![outcomes];
     all.extend(topics[1..].iter().map(|_| Vec::new()));
     for (who, mine, stream) in streams {
-        let got = stream.await.expect("reader");
+        let got: Vec<_> = stream
+            .await
+            .expect("reader")
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
         let picked: Vec<Vec<Outcome>> = mine
             .iter()
             .map(|topic| all[topics.iter().position(|x| x == topic).unwrap_or_default()].clone())

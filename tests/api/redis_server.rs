@@ -403,7 +403,8 @@ impl SentinelSetup {
 
 /// A real Redis Cluster: 6 `redis-server --cluster-enabled yes` on free loopback ports (3 primaries,
 /// each with one replica, made by `redis-cli --cluster create`), `cluster-node-timeout` 1000 ms so a
-/// dead primary's replica takes over within a few seconds.
+/// dead primary's replica takes over within a few seconds, and `cluster-require-full-coverage no` (as
+/// the README asks) so the other shards keep answering while one shard has no primary.
 pub struct ClusterSetup {
     pub nodes: Vec<RedisServer>,
 }
@@ -419,6 +420,8 @@ impl ClusterSetup {
                     "nodes.conf".into(),
                     "--cluster-node-timeout".into(),
                     "1000".into(),
+                    "--cluster-require-full-coverage".into(),
+                    "no".into(),
                     "--cluster-port".into(),
                     free_port().to_string(),
                 ])

@@ -13,6 +13,7 @@ impl EngineEvents for NoSubscribers {
     fn topics(&self) -> Vec<TopicName> {
         Vec::new()
     }
+    fn store_lost(&self) {}
 }
 
 fn count(count: usize) -> PageBound {

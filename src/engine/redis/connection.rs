@@ -72,6 +72,10 @@ pub(super) struct Shared {
     pub(super) failovers: watch::Sender<u64>,
     /// The primary's connected replicas (kept fresh with `redis.min_replicas` only).
     pub(super) replicas: replicas::Replicas,
+    /// True while Redis is silent to this node: the link's last life ended in a timeout or with no route
+    /// or name to reach it (not a refusal: that is Redis restarting). Calls are refused at once meanwhile,
+    /// instead of each waiting a timeout; the link clears it when it is up again.
+    pub(super) silent: watch::Sender<bool>,
 }
 
 struct Slot {
@@ -126,6 +130,19 @@ impl Shared {
             url,
             failovers: watch::channel(0).0,
             replicas: Default::default(),
+            silent: watch::channel(false).0,
+        }
+    }
+
+    /// Refuses at once while Redis is silent to this node (see `silent`): nothing is sent, so nothing is
+    /// stored, and the client can retry on another node.
+    pub(super) fn refuse_if_silent(&self) -> Result<(), EngineError> {
+        match *self.silent.borrow() {
+            true => Err(EngineError::Unavailable(
+                "Redis has stopped answering this node (its link is down); retry, on another node if there                  is one"
+                    .into(),
+            )),
+            false => Ok(()),
         }
     }
 
@@ -191,7 +208,7 @@ impl Shared {
         let (generation, conn) = self.get_on(lane).await.map_err(|e| {
             EngineError::Unavailable(Cause::with_raw("no connection to Redis", e.to_string()))
         })?;
-        let result = f(conn).await;
+        let result = self.unless_silenced(f(conn)).await?;
         if let Err(e) = &result {
             if broken(e) {
                 self.retire_on(lane, generation);
@@ -232,7 +249,7 @@ impl Shared {
                 }
                 Err(_) => {}
                 Ok((generation, conn)) => {
-                    let result = f(conn).await;
+                    let result = self.unless_silenced(f(conn)).await?;
                     let Err(e) = &result else {
                         return result.map_err(classify);
                     };
@@ -255,6 +272,28 @@ impl Shared {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs a call, unless Redis goes silent to this node while it runs (the link's ping went
+    /// unanswered): the caller is then answered at once that the outcome is unknown, instead of waiting
+    /// out its own timeout behind a network that no longer carries anything.
+    async fn unless_silenced<T>(&self, call: impl std::future::Future<Output = T>) -> Result<T, EngineError> {
+        // Marks the present as seen: only a silence that begins during the call ends it.
+        let mut silent = self.silent.subscribe();
+        let silenced = async {
+            while silent.changed().await.is_ok() {
+                if *silent.borrow_and_update() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            result = call => Ok(result),
+            () = silenced => Err(EngineError::Unknown(
+                "Redis stopped answering this node during the call; it may or may not have run".into(),
+            )),
         }
     }
 

@@ -180,6 +180,7 @@ impl RedisEngine {
 
         let (ready_tx, mut ready) = watch::channel(false);
         let (commands, command_rx) = mpsc::unbounded_channel();
+        let node_events = Arc::clone(&node);
         let link = Link::new(LinkConfig {
             shared: Arc::clone(&shared),
             keys: keys.clone(),
@@ -196,6 +197,7 @@ impl RedisEngine {
             command_timeout,
             connect_timeout,
             ping_interval: settings.ping_interval_ms,
+            link_timeout: settings.link_timeout_ms,
             max_topic_len,
             frame_rules: crate::sse::FrameRules {
                 max_event_len: all.limits.max_event_name_len,
@@ -213,6 +215,13 @@ impl RedisEngine {
         }
         if settings.min_replicas > 0 && settings.cluster_nodes.is_empty() {
             shared.watch_replicas();
+        }
+        if !settings.link_lost_grace_ms.is_zero() {
+            io.handle.spawn(link::end_streams_when_silent(
+                shared.silent.subscribe(),
+                settings.link_lost_grace_ms,
+                node_events,
+            ));
         }
         Ok(Arc::new(RedisEngine {
             shared,
@@ -232,6 +241,7 @@ impl RedisEngine {
 impl Engine for RedisEngine {
     fn publish<'a>(&'a self, m: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
         async move {
+            self.shared.refuse_if_silent()?;
             let mut cmd = redis::cmd("FCALL");
             cmd.arg("herald_publish");
             match m.idempotency_key {
@@ -327,6 +337,7 @@ impl Engine for RedisEngine {
         bound: PageBound,
     ) -> BoxFuture<'a, Result<HistoryPage, EngineError>> {
         async move {
+            self.shared.refuse_if_silent()?;
             self.shared
                 .run(|mut conn| async move {
                     read_history(
@@ -346,6 +357,7 @@ impl Engine for RedisEngine {
 
     fn last_ids<'a>(&'a self, topics: &'a [TopicName]) -> BoxFuture<'a, Result<Vec<EventId>, EngineError>> {
         async move {
+            self.shared.refuse_if_silent()?;
             let ids = self
                 .shared
                 .run(|conn| async move { last_ids(&conn, &self.keys, topics, &self.function_settings).await })
@@ -360,6 +372,12 @@ impl Engine for RedisEngine {
 
     fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>> {
         async move {
+            // The link answers only between its attempts to connect: while down, say so at once.
+            if !self.is_ready() {
+                return Err(EngineError::Unavailable(
+                    "this node's link to Redis is down; retry in a moment".into(),
+                ));
+            }
             let (tx, rx) = oneshot::channel();
             let gone = || EngineError::Unavailable("the Redis link has stopped".into());
             self.commands

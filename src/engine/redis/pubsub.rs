@@ -13,6 +13,9 @@ use super::link::LinkError;
 use super::primary::Conn;
 use crate::domain::TopicName;
 
+/// A (un)subscribe call that owns what it needs (`PubSub::detached`).
+pub(super) type Detached = futures_util::future::BoxFuture<'static, Result<(), LinkError>>;
+
 /// What one push from Redis asks of the link.
 pub(super) enum Push<M> {
     Message(M),
@@ -20,8 +23,11 @@ pub(super) enum Push<M> {
     Subscribed(TopicName),
     /// Redis dropped a topic's channels (on a Cluster, its slot moved): subscribe again.
     Dropped(TopicName),
-    /// The connection (or one shard's) dropped: its subscriptions are gone with it.
+    /// The connection dropped: its subscriptions are gone with it.
     Disconnected,
+    /// One shard's connection dropped (a Cluster): the client reconnects it, the other shards go on, and
+    /// the link subscribes its topics again.
+    ShardLost,
     Other,
 }
 
@@ -44,6 +50,15 @@ pub(super) trait PubSub {
     async fn subscribe(&mut self, keys: &Keys, topics: &[TopicName]) -> RedisResult<()>;
     async fn unsubscribe(&mut self, keys: &Keys, topic: &TopicName) -> RedisResult<()>;
     async fn ping(&mut self) -> RedisResult<()>;
+    /// Subscribes the topics again in the background, until each is confirmed (after `ShardLost`); never
+    /// needed where a lost connection ends the link's life.
+    fn resubscribe(&mut self, _keys: &Keys, _topics: Vec<TopicName>) {}
+    /// One topic's (un)subscribe as a call of its own that the loop does not wait for (a Cluster: a dead
+    /// shard's topic waits out the command timeout, and the other shards' topics must not wait with it;
+    /// its failure refuses that topic's subscriber and ends nothing). `None`: the loop makes the call.
+    fn detached(&self, _keys: &Keys, _topic: &TopicName, _subscribe: bool) -> Option<Detached> {
+        None
+    }
     /// The connection the link's own reads and writes take (functions, floors, gap-fills).
     async fn commands(&mut self, shared: &Shared) -> Result<Conn, LinkError>;
 }

@@ -21,13 +21,18 @@ use super::primary::Primary;
 use super::pubsub::{Message, Plain, PubSub, Push};
 use super::sharded::Sharded;
 use crate::domain::{EventId, TopicName};
-use crate::engine::{Cause, EngineError, EngineEvents, PageBound};
+use crate::engine::{EngineError, EngineEvents, PageBound};
 use crate::event::Event;
 use crate::sse;
 use crate::telemetry::{LogEvery, Metrics};
 
 mod fill;
+mod inflight;
 mod receive;
+mod silence;
+
+use inflight::InFlight;
+pub(super) use silence::end_streams_when_silent;
 
 /// Reconnect delays double from the first to the last, each with up to 50 % jitter off. The cap keeps
 /// recovery within a second of Redis answering again.
@@ -56,6 +61,21 @@ pub(super) enum LinkError {
     Failover,
 }
 
+impl LinkError {
+    /// Whether Redis went silent (a timeout, no route, no name) rather than answering "no" (a refused or
+    /// closed connection: Redis restarting, with its host up): only silence makes the node refuse at once
+    /// and, after the grace, end its streams.
+    fn is_silence(&self) -> bool {
+        match self {
+            LinkError::ConnectTimeout | LinkError::Timeout => true,
+            LinkError::Ping(e) => e.is_silence(),
+            LinkError::Redis(e) => e.is_timeout() || (e.is_io_error() && !e.is_connection_dropped()),
+            LinkError::Check(EngineError::Unknown(_)) => true,
+            LinkError::Closed | LinkError::Check(_) | LinkError::Failover => false,
+        }
+    }
+}
+
 pub(super) enum Command {
     /// Make sure the link is subscribed to the topic; answered once Redis confirmed it.
     Subscribe(TopicName, oneshot::Sender<Result<(), EngineError>>),
@@ -77,6 +97,8 @@ pub(super) struct LinkConfig {
     pub(super) command_timeout: Duration,
     pub(super) connect_timeout: Duration,
     pub(super) ping_interval: Duration,
+    /// A ping unanswered this long ends the link's life (and counts as silence).
+    pub(super) link_timeout: Duration,
     pub(super) max_topic_len: usize,
     /// What a stored-event frame must keep to (the publish rules), or it is dropped.
     pub(super) frame_rules: sse::FrameRules,
@@ -107,6 +129,7 @@ pub(super) struct Link {
     command_timeout: Duration,
     connect_timeout: Duration,
     ping_interval: Duration,
+    link_timeout: Duration,
     max_topic_len: usize,
     frame_rules: sse::FrameRules,
     /// Dropped frames are counted each, and logged once per interval (a forger could flood the logs).
@@ -132,6 +155,7 @@ impl Link {
             command_timeout: c.command_timeout,
             connect_timeout: c.connect_timeout,
             ping_interval: c.ping_interval,
+            link_timeout: c.link_timeout,
             max_topic_len: c.max_topic_len,
             frame_rules: c.frame_rules,
             refused_log: LogEvery::new(Duration::from_secs(10)),
@@ -147,6 +171,10 @@ impl Link {
             // command connection too: the next command connects afresh.
             self.shared.retire(None);
             let was_ready = self.ready.send_replace(false);
+            let silent = error.is_silence();
+            self.shared
+                .silent
+                .send_if_modified(|s| std::mem::replace(s, silent) != silent);
             self.subscribed.clear();
             if was_ready {
                 failures = 0;
@@ -216,8 +244,12 @@ impl Link {
         if let Err(e) = self.resume(&mut pubsub).await {
             return e;
         }
+        self.shared
+            .silent
+            .send_if_modified(|s| std::mem::replace(s, false));
         self.ready.send_replace(true);
         tracing::info!("{what} pub/sub link to {} is up", self.url);
+        let mut flight = InFlight::default();
         let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -249,21 +281,24 @@ impl Link {
                 }
                 Some(command) = self.commands.recv() => match command {
                     Command::Subscribe(topic, reply) => {
-                        if let Some(e) = answer(reply, self.ensure_subscribed(&mut pubsub, &topic).await) {
+                        if let Some(e) = self.on_subscribe(&mut pubsub, &mut flight, topic, reply).await {
                             return e;
                         }
                     }
                 },
                 Some(topic) = self.idle.recv() => {
-                    if self.release(&topic) {
-                        if let Err(e) = self.call(pubsub.unsubscribe(&self.keys, &topic)).await {
-                            return e;
-                        }
+                    if let Err(e) = self.on_idle(&mut pubsub, &mut flight, topic).await {
+                        return e;
                     }
                 }
+                landed = flight.next() => self.landed(&mut pubsub, &mut flight, landed).await,
                 () = moved => return LinkError::Failover,
                 _ = ping.tick() => {
-                    if let Err(e) = self.call(pubsub.ping()).await {
+                    let answered = match timeout(self.link_timeout, pubsub.ping()).await {
+                        Ok(answer) => answer.map_err(LinkError::from),
+                        Err(_) => Err(LinkError::Timeout),
+                    };
+                    if let Err(e) = answered {
                         return LinkError::Ping(Box::new(e));
                     }
                 }
@@ -295,6 +330,15 @@ impl Link {
                     .await
             }
             Push::Disconnected => Err(LinkError::Closed),
+            Push::ShardLost => {
+                tracing::warn!(
+                    "a Redis Cluster shard's connection dropped; the other shards keep delivering, and its \
+                     topics are subscribed again (and gap-filled) once the Cluster answers for them"
+                );
+                self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                pubsub.resubscribe(&self.keys, self.subscribed.iter().cloned().collect());
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -369,26 +413,6 @@ impl Link {
         let subscribed = &self.subscribed;
         self.floors.retain(|topic, _| subscribed.contains(topic));
         self.fill(&mut conn, &topics).await
-    }
-}
-
-/// Answers a subscribe command; returns the error that must end this life of the link.
-fn answer(
-    reply: oneshot::Sender<Result<(), EngineError>>,
-    result: Result<(), LinkError>,
-) -> Option<LinkError> {
-    match result {
-        Ok(()) => {
-            let _ = reply.send(Ok(()));
-            None
-        }
-        Err(e) => {
-            let _ = reply.send(Err(EngineError::Unavailable(Cause::with_raw(
-                "the Redis link failed",
-                e.to_string(),
-            ))));
-            Some(e)
-        }
     }
 }
 
