@@ -10,7 +10,8 @@ use std::rc::Rc;
 use actix_http::HttpService;
 use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
 use actix_web::dev::{AppConfig, Server, ServerHandle, Service};
-use actix_web::http::ConnectionType;
+use actix_web::http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE};
+use actix_web::http::{ConnectionType, Version};
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, App, ResponseError};
 
@@ -242,24 +243,47 @@ impl Application {
         let settings_grace = settings.server.shutdown_grace_secs;
         let closing = Arc::clone(&hub);
         let app_state = state.clone();
+        let keep_alive = settings.server.keep_alive_secs;
+        // Digits only: always a valid header value.
+        let keep_alive_hint = HeaderValue::from_str(&format!("timeout={}", keep_alive.as_secs())).ok();
         let app = move || {
             let closing = Arc::clone(&closing);
+            let keep_alive_hint = keep_alive_hint.clone();
             App::new()
                 .app_data(app_state.clone())
                 // Once the node is stopping, every answer closes its connection: a client looping over
                 // a keep-alive connection then opens a new one (refused: the listener is closed, so it
                 // knows nothing was sent) instead of sending a request the node would cut at the end of
-                // the grace period.
+                // the grace period. Otherwise an HTTP/1.1 answer says how long the connection may idle,
+                // so a client that heeds it closes first (HTTP/2 has no such header).
                 .wrap_fn(move |req, service| {
+                    // The request decides whether its connection stays open (`Connection: close`);
+                    // read from its own header (actix's parsed flag is not reliable for a pipelined
+                    // request: measured).
+                    let kept = req.version() == Version::HTTP_11
+                        && !req.headers().get_all(CONNECTION).any(|v| {
+                            v.to_str()
+                                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                        });
                     let answer = service.call(req);
                     let closing = Arc::clone(&closing);
+                    let keep_alive_hint = keep_alive_hint.clone();
                     async move {
                         let mut answer = answer.await?;
+                        let head = answer.response_mut().head_mut();
                         if closing.is_shutting_down() {
-                            answer
-                                .response_mut()
-                                .head_mut()
-                                .set_connection_type(ConnectionType::Close);
+                            head.set_connection_type(ConnectionType::Close);
+                        } else if let Some(hint) = keep_alive_hint.filter(|_| {
+                            // Not the response head's own connection type: actix reuses pooled
+                            // heads, and one came back marked HTTP/1.0 `close` (measured). Streams
+                            // close after their answer, so they are not told a timeout.
+                            kept && !head
+                                .headers()
+                                .get(CONTENT_TYPE)
+                                .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"))
+                        }) {
+                            head.headers_mut()
+                                .insert(HeaderName::from_static("keep-alive"), hint);
                         }
                         Ok(answer)
                     }
@@ -285,6 +309,7 @@ impl Application {
                             .expect(continue_check(node.clone()))
                             // Slow-header clients are answered 408 and dropped.
                             .client_request_timeout(head_timeout)
+                            .keep_alive(keep_alive)
                             .client_disconnect_timeout(Duration::from_secs(1))
                             // Each event goes out as soon as it is written: Nagle's algorithm would hold
                             // a frame until the previous one is acknowledged (events are already
@@ -323,6 +348,7 @@ impl Application {
                         let http = HttpService::build()
                             .expect(continue_check(front.node.clone()))
                             .client_request_timeout(head_timeout)
+                            .keep_alive(keep_alive)
                             .client_disconnect_timeout(Duration::from_secs(1))
                             .h1_allow_half_closed(false)
                             .finish(map_config(app(), |_| AppConfig::default()));

@@ -15,6 +15,9 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: Duration,
     #[serde(deserialize_with = "millis")]
     pub request_head_timeout_ms: Duration,
+    /// An idle keep-alive connection is closed after this (and says so in `Keep-Alive: timeout=`).
+    #[serde(deserialize_with = "seconds")]
+    pub keep_alive_secs: Duration,
     /// Data written to a client must be taken within this, or the kernel drops the connection.
     #[serde(deserialize_with = "seconds")]
     pub write_timeout_secs: Duration,
@@ -59,6 +62,12 @@ impl ServerSettings {
             (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.shutdown_grace_secs),
             "server.shutdown_grace_secs",
             self.shutdown_grace_secs.as_secs(),
+            "use 1 to 3600 seconds",
+        )?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.keep_alive_secs),
+            "server.keep_alive_secs",
+            self.keep_alive_secs.as_secs(),
             "use 1 to 3600 seconds",
         )?;
         check(

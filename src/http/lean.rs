@@ -175,7 +175,8 @@ pub(super) async fn lean_stream(
         // `Open::Stream` always opens one.
         Ok(None) => return None,
         Err(e) => {
-            let answer = Box::pin(refusal(e, &owned, allowed_origin.as_deref())).await;
+            let keep_alive = node.settings.server.keep_alive_secs;
+            let answer = Box::pin(refusal(e, &owned, allowed_origin.as_deref(), keep_alive)).await;
             if !write(&mut io, answer).await {
                 return None;
             }
@@ -258,7 +259,12 @@ const STREAM_HEADERS: &str =
 
 /// A refused stream request's answer, as actix-web answers it: the error's one rendering
 /// (`ApiError::error_response`), with the CORS headers and the connection handling of every answer.
-async fn refusal(error: ApiError, owned: &OwnedHead, allowed_origin: Option<&str>) -> Bytes {
+async fn refusal(
+    error: ApiError,
+    owned: &OwnedHead,
+    allowed_origin: Option<&str>,
+    keep_alive: Duration,
+) -> Bytes {
     let response = error.error_response();
     let status = response.status();
     let mut head = format!(
@@ -281,7 +287,9 @@ async fn refusal(error: ApiError, owned: &OwnedHead, allowed_origin: Option<&str
     match (owned.http10, owned.keep_alive) {
         (false, false) => head.push_str("connection: close\r\n"),
         (true, true) => head.push_str("connection: keep-alive\r\n"),
-        _ => {}
+        // As actix-web answers it (see `startup`): an HTTP/1.1 connection kept says for how long.
+        (false, true) => head.push_str(&format!("keep-alive: timeout={}\r\n", keep_alive.as_secs())),
+        (true, false) => {}
     }
     let body = actix_web::body::to_bytes(response.into_body())
         .await

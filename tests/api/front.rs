@@ -172,7 +172,13 @@ async fn odd_but_valid_stream_heads_are_served_alike_by_both_paths() {
         let (lean_status, lean_headers, lean_body) = split(&from_lean);
         let (actix_status, actix_headers, actix_body) = split(&from_actix);
         assert_eq!(lean_status, actix_status, "{what}");
-        assert_eq!(lean_headers, actix_headers, "{what}");
+        assert_eq!(
+            lean_headers,
+            actix_headers,
+            "{what}: lean {:?} actix {:?}",
+            String::from_utf8_lossy(&from_lean),
+            String::from_utf8_lossy(&from_actix)
+        );
         assert_eq!(
             String::from_utf8_lossy(&lean_body),
             String::from_utf8_lossy(&actix_body),
@@ -442,4 +448,34 @@ async fn a_stream_that_is_sent_too_much_is_closed() {
     .await;
     assert!(ended.is_ok(), "the stream stayed open after 80 KiB of input");
     app.wait_metric("herald_connections", 0).await;
+}
+
+/// An HTTP/1.1 keep-alive answer says how long the connection may idle (`server.keep_alive_secs`), and
+/// the connection outlives actix-web's 5 s default: a request sent 6 s after the first is answered on it.
+#[tokio::test]
+async fn keep_alive_answers_say_their_timeout_and_the_connection_outlives_five_seconds() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    socket.write_all(request).await.unwrap();
+    let mut first = Vec::new();
+    read_until(&mut socket, &mut first, "\r\n\r\n").await;
+    let head = String::from_utf8_lossy(&first).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nkeep-alive: timeout=120\r\n"), "{head}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    socket.write_all(request).await.unwrap();
+    let mut second = Vec::new();
+    read_until(&mut socket, &mut second, "\r\n\r\n").await;
+    let second = String::from_utf8_lossy(&second).to_ascii_lowercase();
+    assert!(second.contains("http/1.1 200"), "{second}");
+    // HTTP/1.0 without keep-alive closes, and is not told a timeout.
+    let old = exchange(app.port, b"GET /healthz HTTP/1.0\r\n\r\n", Duration::from_secs(2)).await;
+    let old = String::from_utf8_lossy(&old).to_ascii_lowercase();
+    assert!(
+        old.starts_with("http/1.0 200") && !old.contains("keep-alive: timeout"),
+        "{old}"
+    );
 }

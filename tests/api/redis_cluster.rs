@@ -319,9 +319,10 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
         timed[0].iter().any(|(at, o)| *at > back && o.status == 200),
         "publishes to the dead primary's shard were acknowledged again after the failover"
     );
-    // Delivery delay of the other shards' topics, publish sent to event received, and whether they
-    // kept arriving while the dead primary's shard could not deliver: a failover takes at least
-    // `cluster-node-timeout` (1 s), so an event received within 0.9 s of the kill was delivered during it.
+    // Delivery delay of the other shards' topics (publish sent to event received) while the dead
+    // primary's shard could not deliver: most of what they published in the 3 s after the kill must
+    // arrive within a second, before that shard delivers again (the whole link starting over paused
+    // them all for 3.3 s).
     let sent_at: HashMap<&str, Duration> = timed
         .iter()
         .flatten()
@@ -332,35 +333,49 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
     for (who, mine, stream) in streams {
         received.push((who, mine, stream.await.expect("reader")));
     }
+    // Single-topic streams: each is on one shard.
+    let single = |mine: &[String]| match mine {
+        [topic] => Some(healthy.contains(topic)),
+        _ => None,
+    };
+    let dead_shard_back = received
+        .iter()
+        .filter(|(_, mine, _)| single(mine) == Some(false))
+        .flat_map(|(_, _, got)| got)
+        .filter(|(event, _)| {
+            sent_at
+                .get(event.data.as_str())
+                .is_some_and(|sent| *sent > killed)
+        })
+        .map(|(_, arrived)| arrived.duration_since(start))
+        .min()
+        .expect("the dead primary's shard delivered again");
     let (mut before, mut during) = (Vec::new(), Vec::new());
-    let mut dead_shard_back: Option<Duration> = None;
     for (who, mine, got) in &received {
-        // Single-topic streams: each is on one shard.
-        let [topic] = mine.as_slice() else { continue };
-        let on_healthy_shard = healthy.contains(topic);
-        let mut delivered_during = false;
+        if single(mine) != Some(true) {
+            continue;
+        }
+        let (mut sent_during, mut prompt) = (0, 0);
         for (event, arrived) in got {
             let Some(sent) = sent_at.get(event.data.as_str()) else {
                 continue;
             };
             let arrived = arrived.duration_since(start);
-            if !on_healthy_shard {
-                if *sent > killed {
-                    dead_shard_back = Some(dead_shard_back.map_or(arrived, |b| b.min(arrived)));
-                }
-                continue;
-            }
             let delay = arrived.saturating_sub(*sent);
             if *sent < killed {
                 before.push(delay);
             } else if *sent < killed + Duration::from_secs(3) {
                 during.push(delay);
-                delivered_during |= arrived < killed + Duration::from_millis(900);
+                sent_during += 1;
+                if delay < Duration::from_secs(1) && arrived < dead_shard_back {
+                    prompt += 1;
+                }
             }
         }
         assert!(
-            !on_healthy_shard || delivered_during,
-            "{who}: its shard is healthy, yet nothing published after the kill arrived while the other shard failed over"
+            prompt * 2 > sent_during,
+            "{who}: its shard is healthy, yet only {prompt} of the {sent_during} events published in the 3 s \
+             after the kill arrived within a second, while the other shard failed over"
         );
     }
     let quantiles = |mut d: Vec<Duration>| {
@@ -388,7 +403,7 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
         )
     };
     println!(
-        "other shards' delivery delay (publish sent to event received), single-topic streams: before the kill {}; first 3 s after it {}; the dead shard's topics delivered again from {dead_shard_back:?}",
+        "other shards' delivery delay (publish sent to event received), single-topic streams: before the kill {}; first 3 s after it {}; the dead shard's topics delivered again at {dead_shard_back:?}",
         quantiles(before),
         quantiles(during)
     );
@@ -396,11 +411,6 @@ async fn killing_a_cluster_primary_loses_nothing_acknowledged_with_min_replicas(
         "other shards' publishes answered in: before the kill {}; first 3 s after it {}",
         answered_in(Duration::ZERO, killed),
         answered_in(killed, killed + Duration::from_secs(3))
-    );
-    let dead_shard_back = dead_shard_back.expect("the dead primary's shard delivered again");
-    assert!(
-        dead_shard_back > killed + Duration::from_millis(900),
-        "the failover took at least cluster-node-timeout, so 0.9 s after the kill is during it"
     );
     let mut results = Vec::new();
     for (who, mine, got) in received {
