@@ -321,7 +321,8 @@ async def main():
     await in_thread(stack.wait_healthy, nodes)
     await asyncio.sleep(2)
 
-    # 5. One node cut off Redis: /readyz 503, nginx sends it no new subscriber, its clients get everything.
+    # 5. One node cut off Redis: /readyz 503, nginx sends it no new subscriber, it ends its streams after
+    # the grace, and its clients get everything from the others.
     cut = nodes[0]
     cut_ip = stack.ip(cut)
     await in_thread(stack.run, "docker", "network", "disconnect", stack.network("store"), cut)
@@ -340,7 +341,15 @@ async def main():
     if after is None or before is None or after > before:
         raise Failure(f"nginx sent new subscribers to {cut} while it could not reach Redis ({before} -> {after})")
     subs += late
-    await asyncio.sleep(3)
+    # Past redis.link_lost_grace_ms (2 s) the cut node ends its streams, and its clients resume on the
+    # others (every subscriber's exactness is checked at the end).
+    t_end = time.monotonic()
+    while (left := node_connections(stack, cut)) != 0:
+        if time.monotonic() - t_end > 10:
+            raise Failure(f"{cut} still held {left} streams 10 s after it was cut off Redis")
+        await asyncio.sleep(0.1)
+    log(f"{cut} ended its streams {time.monotonic() - t0:.1f} s after it was cut off Redis")
+    await asyncio.sleep(1)
     await in_thread(stack.run, "docker", "network", "connect", stack.network("store"), cut)
     await in_thread(stack.wait_healthy, [cut])
     log(f"reconnected {cut} to Redis")
