@@ -139,7 +139,7 @@ impl Shared {
     pub(super) fn refuse_if_silent(&self) -> Result<(), EngineError> {
         match *self.silent.borrow() {
             true => Err(EngineError::Unavailable(
-                "Redis has stopped answering this node (its link is down); retry, on another node if there                  is one"
+                "Redis has stopped answering this node (its link is down); retry, on another node if there is one"
                     .into(),
             )),
             false => Ok(()),

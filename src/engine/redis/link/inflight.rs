@@ -141,6 +141,6 @@ fn refuse_all(waiting: Vec<Reply>, e: &LinkError) {
 }
 
 /// What a subscriber is told when the link could not subscribe its topic (it retries).
-pub(super) fn refusal(e: &LinkError) -> EngineError {
+fn refusal(e: &LinkError) -> EngineError {
     EngineError::Unavailable(Cause::with_raw("the Redis link failed", e.to_string()))
 }
