@@ -308,6 +308,107 @@ async fn publish_cost(sys: &System, in_flight: usize) -> Result<Row> {
     Ok(row)
 }
 
+/// Publishes through `conns` keep-alive connections, closed loop, spread over `topics` topics nobody
+/// subscribes to: what the publish path alone costs. In the row, deliveries/s are publishes/s, server CPU
+/// is the server's processes (not Redis) per publish, p50/p99 are publish round trips. On one Redis,
+/// Redis's own time per `FCALL` (`INFO commandstats`) is printed next to the commands the call ran.
+async fn publish_load(sys: &System, conns: usize, topics: usize, count: usize) -> Result<Row> {
+    let scenario = format!("publish load: {conns} conns, {topics} topics, no subscribers");
+    let paths: Vec<String> = (0..topics).map(|_| sys.pub_path(&fresh_topic("p"))).collect();
+    if let Some(port) = sys.redis_port {
+        redis_cli(port, &["CONFIG", "RESETSTAT"])?;
+    }
+    let (servers, all) = (sys.server_pids(), sys.pids());
+    let (cpu0, all0, bench0) = (procfs::total_cpu(&servers), procfs::total_cpu(&all), self_cpu());
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut publishers = Vec::new();
+    for _ in 0..conns {
+        let (paths, next, port) = (paths.clone(), Arc::clone(&next), sys.pub_port);
+        publishers.push(tokio::task::spawn_local(async move {
+            client::publisher(port, paths, next, count, None, false).await
+        }));
+    }
+    let mut failed = 0;
+    let mut round_trips = Vec::new();
+    for p in publishers {
+        let (f, rtts) = p.await??;
+        failed += f;
+        round_trips.extend(rtts);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (cpu1, all1, bench1) = (procfs::total_cpu(&servers), procfs::total_cpu(&all), self_cpu());
+    round_trips.sort_unstable();
+    let pct = |q: f64| {
+        round_trips
+            .get(((round_trips.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let done = count.saturating_sub(failed) as u64;
+    let per = |cpu: f64| if done > 0 { cpu * 1e6 / done as f64 } else { 0.0 };
+    eprintln!(
+        "   {scenario} on {}: {:.0} publishes/s, server {:.1} µs/publish, server + Redis {:.1} µs/publish",
+        sys.kind.name(),
+        done as f64 / secs,
+        per(cpu1 - cpu0),
+        per(all1 - all0),
+    );
+    if let Some(port) = sys.redis_port {
+        let stats = redis_cli(port, &["INFO", "commandstats"])?;
+        let (mut fcall, mut inner) = ((0u64, 0u64), 0u64);
+        for line in stats.lines() {
+            let Some((name, fields)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                continue;
+            };
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            match name {
+                "fcall" => fcall = (field("calls"), field("usec")),
+                "ping" | "info" | "role" | "config|resetstat" | "config|get" => {}
+                _ => inner += field("usec"),
+            }
+        }
+        if fcall.0 > 0 {
+            eprintln!(
+                "   {scenario} on {}: Redis cmdstat_fcall {:.1} µs per call; the commands it ran {:.1} µs per call",
+                sys.kind.name(),
+                fcall.1 as f64 / fcall.0 as f64,
+                inner as f64 / fcall.0 as f64,
+            );
+        }
+    }
+    Ok(Row {
+        scenario,
+        system: sys.kind.name(),
+        topics,
+        deliveries: done,
+        secs,
+        server_cpu_us: per(cpu1 - cpu0),
+        bench_cpu_us: per(bench1 - bench0),
+        p50_ms: f64::from(pct(0.5)) / 1000.0,
+        p99_ms: f64::from(pct(0.99)) / 1000.0,
+        failed_publishes: failed,
+        publish_p50_us: pct(0.5),
+        publish_p99_us: pct(0.99),
+        ..Row::default()
+    })
+}
+
+/// Runs `redis-cli -p port args…` and returns what it printed.
+fn redis_cli(port: u16, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `conns` idle subscribers over `topics` topics: server memory per connection.
 async fn idle(sys: &System, scenario: &str, conns: usize, topics: usize) -> Result<Row> {
     let names: Vec<String> = (0..topics).map(|_| fresh_topic("i")).collect();
@@ -692,7 +793,17 @@ async fn run(args: Args) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let all = [
-        "fanout", "multi", "latency", "idle", "replay", "growth", "rss", "publish", "heads", "keys",
+        "fanout",
+        "multi",
+        "latency",
+        "idle",
+        "replay",
+        "growth",
+        "rss",
+        "publish",
+        "publish-load",
+        "heads",
+        "keys",
     ];
     let scenarios: Vec<String> = if args.smoke {
         vec!["fanout".into(), "replay".into()]
@@ -812,6 +923,7 @@ async fn run(args: Args) -> Result<()> {
                     v
                 }
                 "publish" => vec![publish_cost(&sys, 1).await?, publish_cost(&sys, 4).await?],
+                "publish-load" => vec![publish_load(&sys, 16, 1000, 40_000).await?],
                 // What the memory engine retains against what it reports: distinct idempotency keys on
                 // one topic, many topics of one event, and keys past a 4 MiB bound (fresh nodes).
                 "keys" if kind == Kind::HeraldMemory => {

@@ -98,6 +98,8 @@ pub struct System {
     /// Ports subscribers spread over (one per node).
     pub sub_ports: Vec<u16>,
     pub pub_port: u16,
+    /// The Redis this system runs on (one Redis, not a Cluster), for its own statistics.
+    pub redis_port: Option<u16>,
     servers: Vec<Child>,
     redis: Option<Child>,
     replica: Option<Child>,
@@ -373,6 +375,7 @@ impl System {
             redis,
             replica,
             shards,
+            redis_port,
             _dir: dir,
         })
     }
