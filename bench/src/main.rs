@@ -206,30 +206,8 @@ async fn fanout(
     let per_pid0: Vec<f64> = pids.iter().map(|&p| procfs::cpu_secs(p)).collect();
     let (cpu0, bench0, t0) = (procfs::total_cpu(&pids), self_cpu(), Instant::now());
     let paths: Vec<String> = names.iter().map(|t| sys.pub_path(t)).collect();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut publishers = Vec::new();
-    for _ in 0..in_flight {
-        let paths = paths.clone();
-        let next = Arc::clone(&next);
-        let port = sys.pub_port;
-        publishers.push(tokio::task::spawn_local(async move {
-            client::publisher(port, paths, next, total, pace, false).await
-        }));
-    }
-    let mut failed = 0;
-    let mut round_trips = Vec::new();
-    for p in publishers {
-        let (f, rtts) = p.await??;
-        failed += f;
-        round_trips.extend(rtts);
-    }
-    round_trips.sort_unstable();
-    let pct = |q: f64| {
-        round_trips
-            .get(((round_trips.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
+    let published = publish_all(sys.pub_port, &paths, in_flight, total, pace).await?;
+    let (failed, pct) = (published.failed, |q| published.round_trip_us(q));
     // How fast the server accepts publishes under this load: it sets how many events meet in a queue.
     eprintln!(
         "   {scenario} on {}: publish round trip p50 {} µs, p99 {} µs",
@@ -284,6 +262,53 @@ async fn fanout(
     })
 }
 
+/// What `publish_all` did: the publishes that failed and every round trip (µs), sorted.
+struct Published {
+    failed: usize,
+    round_trips: Vec<u32>,
+}
+
+impl Published {
+    /// The round trip at quantile `q` (0 when none was measured).
+    fn round_trip_us(&self, q: f64) -> u32 {
+        self.round_trips
+            .get(((self.round_trips.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Sends `count` publishes over `paths` through `conns` keep-alive connections (each waits for its
+/// answer before the next; `pace` spaces them), and waits for them all.
+async fn publish_all(
+    port: u16,
+    paths: &[String],
+    conns: usize,
+    count: usize,
+    pace: Option<Duration>,
+) -> Result<Published> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..conns)
+        .map(|_| {
+            let (paths, next) = (paths.to_vec(), Arc::clone(&next));
+            tokio::task::spawn_local(
+                async move { client::publisher(port, paths, next, count, pace, false).await },
+            )
+        })
+        .collect();
+    let mut published = Published {
+        failed: 0,
+        round_trips: Vec::new(),
+    };
+    for p in publishers {
+        let (failed, rtts) = p.await??;
+        published.failed += failed;
+        published.round_trips.extend(rtts);
+    }
+    published.round_trips.sort_unstable();
+    Ok(published)
+}
+
 /// Publishes through `in_flight` keep-alive connections to one topic with 10 subscribers: what one
 /// publish costs. In the row, p50/p99 are publish round trips and server CPU is per publish.
 async fn publish_cost(sys: &System, in_flight: usize) -> Result<Row> {
@@ -321,30 +346,10 @@ async fn publish_load(sys: &System, conns: usize, topics: usize, count: usize) -
     let (servers, all) = (sys.server_pids(), sys.pids());
     let (cpu0, all0, bench0) = (procfs::total_cpu(&servers), procfs::total_cpu(&all), self_cpu());
     let t0 = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut publishers = Vec::new();
-    for _ in 0..conns {
-        let (paths, next, port) = (paths.clone(), Arc::clone(&next), sys.pub_port);
-        publishers.push(tokio::task::spawn_local(async move {
-            client::publisher(port, paths, next, count, None, false).await
-        }));
-    }
-    let mut failed = 0;
-    let mut round_trips = Vec::new();
-    for p in publishers {
-        let (f, rtts) = p.await??;
-        failed += f;
-        round_trips.extend(rtts);
-    }
+    let published = publish_all(sys.pub_port, &paths, conns, count, None).await?;
     let secs = t0.elapsed().as_secs_f64();
     let (cpu1, all1, bench1) = (procfs::total_cpu(&servers), procfs::total_cpu(&all), self_cpu());
-    round_trips.sort_unstable();
-    let pct = |q: f64| {
-        round_trips
-            .get(((round_trips.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
+    let (failed, pct) = (published.failed, |q| published.round_trip_us(q));
     let done = count.saturating_sub(failed) as u64;
     let per = |cpu: f64| if done > 0 { cpu * 1e6 / done as f64 } else { 0.0 };
     eprintln!(
