@@ -20,7 +20,7 @@
 -- DEFAULTS below, which each node rewrites with its own settings when it loads the library. So a function
 -- only touches keys of its call's slot (as a Cluster requires), and FLUSHALL cannot lose the settings.
 
-local VERSION = '9'
+local VERSION = '10'
 -- herald:settings (the next line is replaced by the loading node; keep its shape)
 local DEFAULTS = { max_len = 1000, max_age_ms = 86400000, idem_ttl_ms = 600000, max_event_len = 64, max_data_bytes = 65536, sharded = false }
 
@@ -291,6 +291,11 @@ end
 -- '1' to be answered { id, '1' if a loss was found else '' }; and the data limit. A node also
 -- passes P:{T}:idem:K as a second key when it sends an idempotency key, so a Cluster moving the topic
 -- holds the call until both keys are on one node.
+-- A Mercure update is stored with this event name: its data's first line holds its own fields (id,
+-- topics, private, type, retry), at most MERCURE_FIELDS_MAX bytes beyond the data limit (src/event.rs).
+local MERCURE_EVENT = 'herald.mercure'
+local MERCURE_FIELDS_MAX = 8192
+
 local PUBLISH_USAGE = 'FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event> [<idempotency-key>]]'
 
 local function publish(keys, args)
@@ -305,6 +310,9 @@ local function publish(keys, args)
   local max_len, max_age_ms, idem_ttl_ms, max_event_len = settings(args)
   -- ARGV 11 (after the node's floor, minimum and answer flag): the publish body limit, as over HTTP.
   local max_data = int_arg(args[11], 'max_data_bytes (ARGV 11)', 1, DEFAULTS.max_data_bytes)
+  if event == MERCURE_EVENT then
+    max_data = max_data + MERCURE_FIELDS_MAX
+  end
   if #data > max_data then
     error('herald: the data is ' .. #data .. ' bytes; at most ' .. max_data .. ' are allowed (limits.max_body_bytes)')
   end
@@ -317,7 +325,7 @@ local function publish(keys, args)
     if chars > max_event_len then
       error('herald: the event name is ' .. chars .. ' characters long; at most ' .. max_event_len .. ' are allowed')
     end
-    if string.sub(event, 1, 7) == 'herald.' then
+    if string.sub(event, 1, 7) == 'herald.' and event ~= MERCURE_EVENT then
       error('herald: event names starting with "herald." are reserved')
     end
   end

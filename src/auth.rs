@@ -315,6 +315,20 @@ impl Auth {
     }
 }
 
+/// Whether the bearer of `grant` may receive a private update of `topics` (Mercure's rule: its
+/// subscribe selectors match one of them); an anonymous subscriber receives public updates only.
+pub fn may_receive(grant: Option<&Grant>, topics: &[TopicName]) -> bool {
+    grant.is_some_and(|g| {
+        topics.iter().any(|t| {
+            g.claims
+                .mercure
+                .subscribe
+                .iter()
+                .any(|s| selector::matches(s, t.as_str()))
+        })
+    })
+}
+
 /// The signature library's refusal, in words of ours: its own texts name its internals.
 fn refusal(e: &jsonwebtoken::errors::Error) -> AuthError {
     use jsonwebtoken::errors::ErrorKind;

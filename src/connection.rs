@@ -17,11 +17,12 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 
+use crate::auth::{self, Grant};
 use crate::config::Settings;
 use crate::cursor::Positions;
 use crate::domain::{EventId, TopicName, GAP_EVENT};
 use crate::engine::{Engine, EngineError, PageBound};
-use crate::event::{Event, Stored};
+use crate::event::{Event, Shape, Stored};
 use crate::hub::{CloseReason, Membership, Take};
 use crate::limits::Slot;
 use crate::sse;
@@ -56,8 +57,10 @@ pub struct Connection {
     skip_through: Option<EventId>,
     /// A multi-topic stream's position per topic (boxed: most streams have one topic).
     positions: Option<Box<Positions>>,
-    /// `envelope=json`: each event's data wrapped with its topic (see `Event::frame_for`).
-    envelope: bool,
+    /// What the stream sends of each event: native frames (maybe enveloped) or Mercure's.
+    shape: Shape,
+    /// The subscriber's verified token, if any: private Mercure updates need one allowing them.
+    grant: Option<Box<Grant>>,
     /// `poll=1`: end the stream once the replay is sent (for scripts catching up, not browsers).
     poll: bool,
 }
@@ -116,9 +119,10 @@ impl Connection {
         after: Option<Vec<EventId>>,
         newest: Vec<EventId>,
         slot: Slot,
-        token_expires_at: Option<u64>,
-        envelope: bool,
+        grant: Option<Grant>,
+        shape: Shape,
     ) -> Self {
+        let token_expires_at = grant.as_ref().and_then(Grant::expires_at);
         let topics = membership.conn().topics();
         let positions =
             (topics.len() > 1).then(|| Box::new(Positions::new(topics, after.as_deref(), &newest)));
@@ -146,7 +150,8 @@ impl Connection {
             skip_through: resume.as_ref().and_then(|r| r.until.first().copied()),
             positions,
             phase: Phase::Hello(resume),
-            envelope,
+            shape,
+            grant: grant.map(Box::new),
             poll: false,
         }
     }
@@ -265,19 +270,33 @@ impl Connection {
             let Some(event) = next.and_then(|c| c.buf.pop_front()) else {
                 break;
             };
-            let frame = event.event.frame_for(self.envelope);
-            match &mut self.positions {
-                Some(positions) => {
-                    positions.replayed_one(event.topic(), event.id);
-                    positions.write_frame(frame, &mut out);
-                }
-                None => out.extend_from_slice(frame),
+            let visible = self.visible(&event.event);
+            if let Some(positions) = &mut self.positions {
+                positions.replayed_one(event.topic(), event.id);
+            }
+            if !visible {
+                continue;
+            }
+            let frame = event.event.frame_in(self.shape);
+            match (&mut self.positions, self.shape) {
+                (Some(positions), Shape::Native { .. }) => positions.write_frame(frame, &mut out),
+                _ => out.extend_from_slice(frame),
             }
             sent += 1;
         }
         self.metrics.replayed.fetch_add(sent, Ordering::Relaxed);
         self.metrics.delivered.fetch_add(sent, Ordering::Relaxed);
         Ok(out.freeze())
+    }
+
+    /// Whether this stream sends `event` at all: a Mercure update once (the copy of the first of its
+    /// topics the stream subscribes to), and a private one only with a token allowing one of its topics.
+    fn visible(&self, event: &Event) -> bool {
+        let Some(update) = &event.update else {
+            return true;
+        };
+        update.sent_via(&event.topic, self.membership.conn().topics())
+            && (!update.private || auth::may_receive(self.grant.as_deref(), &update.topics))
     }
 
     /// A live event the replay covered (stored, with an id up to the replay's bound).
@@ -294,21 +313,28 @@ impl Connection {
                 Take::Events(events) => {
                     // The common case at low rates: one event, sent as its shared frame, uncopied.
                     if let ([event], None) = (events.as_slices().0, &self.positions) {
-                        if events.len() == 1 && !self.already_sent(event) {
+                        if events.len() == 1 && !self.already_sent(event) && self.visible(event) {
                             self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
-                            return event.frame_for(self.envelope).clone();
+                            return event.frame_in(self.shape).clone();
                         }
                     }
                     let mut out = BytesMut::new();
                     let mut sent = 0u64;
                     for event in events {
-                        let frame = event.frame_for(self.envelope);
+                        if !self.visible(&event) {
+                            continue;
+                        }
+                        let frame = event.frame_in(self.shape);
                         match (&mut self.positions, event.id) {
                             (Some(positions), Some(id)) => {
                                 if !positions.advance(&event.topic, id) {
                                     continue;
                                 }
-                                positions.write_frame(frame, &mut out);
+                                match self.shape {
+                                    Shape::Native { .. } => positions.write_frame(frame, &mut out),
+                                    // Mercure ids are the updates' own: no composite.
+                                    Shape::Mercure => out.extend_from_slice(frame),
+                                }
                             }
                             // A live-only message has no id: it moves no position.
                             (Some(_), None) => out.extend_from_slice(frame),

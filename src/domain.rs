@@ -71,6 +71,10 @@ pub struct EventName(Arc<str>);
 /// The event type of the notice sent when a `Last-Event-ID` is older than the retained history.
 pub const GAP_EVENT: &str = "herald.gap";
 
+/// The stored event type of an update published through Mercure: its data's first line is the update's
+/// own fields (`event::Update`), the rest the update's data. Reserved, so no publisher can forge one.
+pub const MERCURE_EVENT: &str = "herald.mercure";
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventNameError {
     #[error("the event name is empty; leave the parameter out for the default `message` type")]
@@ -106,6 +110,11 @@ impl EventName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The reserved type a Mercure update is stored under ([`MERCURE_EVENT`]).
+    pub(crate) fn mercure() -> Self {
+        Self(Arc::from(MERCURE_EVENT))
     }
 }
 

@@ -4,9 +4,73 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use crate::domain::{EventId, TopicName};
+use crate::domain::{EventId, TopicName, MERCURE_EVENT};
 use crate::sse;
+
+/// What a stream sends of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The native API: Herald's `id:`, and with `envelope` the data wrapped with its topic.
+    Native { envelope: bool },
+    /// Mercure's dialect: the publisher's own `id:` (Herald's for an event published natively).
+    Mercure,
+}
+
+/// A Mercure update's own fields, stored as the first data line of its event (`MERCURE_EVENT`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpdateFields {
+    /// The update's id, verbatim as its publisher gave it (or the hub made it).
+    pub id: String,
+    /// Every topic of the update, the canonical one first.
+    pub topics: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<u64>,
+}
+
+/// The idempotency key a Mercure update of id `id` is stored under (and found by, on a resume): the id
+/// itself when it is one (visible ASCII, no `%`), else percent-encoded, so every id has one key (the
+/// Mercure route refuses ids whose key would be longer than a key may be: 128).
+pub fn mercure_key(id: &str) -> String {
+    if id.bytes().all(|b| b.is_ascii_graphic() && b != b'%') {
+        return id.to_string();
+    }
+    let mut out = String::with_capacity(id.len() * 3);
+    for b in id.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What Mercure adds to an event published through it.
+#[derive(Debug)]
+pub struct Update {
+    pub id: Box<str>,
+    /// Every topic of the update, the canonical one first; it is stored once per topic, and a stream
+    /// sends the copy of the first topic it subscribes to (`Update::sent_via`).
+    pub topics: Vec<TopicName>,
+    /// Sent only to subscribers whose token may subscribe to one of `topics`.
+    pub private: bool,
+    /// The frame Mercure subscribers get (`id:` the update's own).
+    frame: Bytes,
+}
+
+impl Update {
+    /// Whether a stream subscribed to `subscribed` sends this update's copy on `topic`: the copy of the
+    /// first of the update's topics it subscribes to, so an update reaches it once.
+    pub fn sent_via(&self, topic: &TopicName, subscribed: &[TopicName]) -> bool {
+        self.topics.len() < 2 || self.topics.iter().find(|t| subscribed.contains(t)) == Some(topic)
+    }
+}
 
 /// An event with its SSE frame encoded once, shared by every connection that sends it.
 #[derive(Debug)]
@@ -19,6 +83,8 @@ pub struct Event {
     pub frame: Bytes,
     /// The same event for streams that asked for `envelope=json`: made on first use, then shared.
     enveloped: OnceLock<Bytes>,
+    /// Set when the event was published through Mercure (boxed: most events are not).
+    pub update: Option<Box<Update>>,
 }
 
 impl Event {
@@ -28,6 +94,16 @@ impl Event {
             topic,
             frame,
             enveloped: OnceLock::new(),
+            update: None,
+        }
+    }
+
+    /// The frame a stream of `shape` sends.
+    pub fn frame_in(&self, shape: Shape) -> &Bytes {
+        match (shape, &self.update) {
+            (Shape::Mercure, Some(update)) => &update.frame,
+            (Shape::Mercure, None) => &self.frame,
+            (Shape::Native { envelope }, _) => self.frame_for(envelope),
         }
     }
 
@@ -66,15 +142,66 @@ pub struct Stored {
 
 impl Stored {
     pub fn new(id: EventId, topic: TopicName, event: Option<&str>, data: &str) -> Self {
-        Stored::from_frame(id, topic, sse::encode_event(Some(id), event, data))
+        if event == Some(MERCURE_EVENT) {
+            if let Some(stored) = Stored::mercure(id, &topic, data) {
+                return stored;
+            }
+        }
+        Stored::from_frame_as_is(id, topic, sse::encode_event(Some(id), event, data))
     }
 
     /// A stored event from a frame already encoded (by the Redis publish function, and checked).
     pub fn from_frame(id: EventId, topic: TopicName, frame: Bytes) -> Self {
+        // A Mercure update's frame names its type right after the id line; only then is it read again.
+        let mercure = frame
+            .splitn(2, |&b| b == b'\n')
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with(b"event: herald.mercure\n"));
+        if mercure {
+            let (_, data) = sse::decode_event(&frame);
+            if let Some(stored) = Stored::mercure(id, &topic, &data) {
+                return stored;
+            }
+        }
+        Stored::from_frame_as_is(id, topic, frame)
+    }
+
+    fn from_frame_as_is(id: EventId, topic: TopicName, frame: Bytes) -> Self {
         Stored {
             id,
             event: Arc::new(Event::new(Some(id), topic, frame)),
         }
+    }
+
+    /// A Mercure update from its stored data (its fields line, then its data): framed for native
+    /// streams with Herald's id and for Mercure streams with its own. `None` when the fields do not read
+    /// (written by hand with redis-cli): the event is then passed on as it was stored.
+    fn mercure(id: EventId, topic: &TopicName, stored: &str) -> Option<Self> {
+        let (fields, data) = stored.split_once('\n').unwrap_or((stored, ""));
+        let fields: UpdateFields = serde_json::from_str(fields).ok()?;
+        let no_break = |s: &str| !s.contains(['\r', '\n']);
+        if !no_break(&fields.id) || !fields.kind.as_deref().is_none_or(no_break) {
+            return None;
+        }
+        let topics = fields
+            .topics
+            .iter()
+            .map(|t| TopicName::parse(t, usize::MAX).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let kind = fields.kind.as_deref();
+        let native = sse::encode_full(Some(&id.to_string()), kind, fields.retry, data);
+        let own = sse::encode_full(Some(&fields.id), kind, fields.retry, data);
+        let mut event = Event::new(Some(id), topic.clone(), native);
+        event.update = Some(Box::new(Update {
+            id: fields.id.into_boxed_str(),
+            topics,
+            private: fields.private,
+            frame: own,
+        }));
+        Some(Stored {
+            id,
+            event: Arc::new(event),
+        })
     }
 
     pub fn frame(&self) -> &Bytes {

@@ -111,7 +111,7 @@ impl Node {
         }
     }
 
-    /// The token sent with the request: `Authorization: Bearer`, else the auth cookie, else the
+    /// The token sent with the request: `Authorization: Bearer`, else an auth cookie, else the
     /// `authorization` query parameter.
     fn token(&self, head: &RequestHead<'_>) -> Result<Option<Token>, ApiError> {
         if let Some(value) = head.authorization {
@@ -126,7 +126,8 @@ impl Node {
         }
         for pair in head.cookies.iter().flat_map(|v| v.split(';')) {
             if let Some((name, value)) = pair.trim().split_once('=') {
-                if name == self.auth.cookie_name && !value.is_empty() {
+                let known = name == self.auth.cookie_name || MERCURE_COOKIES.contains(&name);
+                if known && !value.is_empty() {
                     return Ok(Some(Token::new(value.trim_matches('"'), true)));
                 }
             }
@@ -139,6 +140,10 @@ impl Node {
             .map(|t| Token::new(t, false)))
     }
 }
+
+/// The cookies Mercure's clients set: `mercureAuthorization` (0.x, Symfony's `SetCookieSubscriber`) and
+/// `__Secure-mercure_access_token` (1.0); read next to `auth.cookie_name`, under the same origin rule.
+const MERCURE_COOKIES: [&str; 2] = ["mercureAuthorization", "__Secure-mercure_access_token"];
 
 /// A token as sent, and whether it came from the cookie (which any page's requests carry).
 struct Token {

@@ -6,14 +6,16 @@ use std::sync::atomic::Ordering;
 
 use crate::auth::Access;
 use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
-use crate::engine::Publish;
+use crate::engine::{EngineError, Publish};
 use crate::error::ApiError;
+use crate::event::{mercure_key, UpdateFields};
 use crate::node::{Node, RequestHead};
+use crate::sse::MERCURE_FIELDS_MAX;
 
-/// A publish to `topic` that passed the rate limit and the access rule.
+/// A publish to `topics` that passed the rate limit and the access rule (for every one of them).
 pub(crate) struct Permit<'a> {
     node: &'a Node,
-    topic: &'a TopicName,
+    topics: &'a [TopicName],
 }
 
 /// The client's publish rate first (the cheapest refusal, so floods of bad tokens cost little), then
@@ -23,11 +25,20 @@ pub(crate) fn admit<'a>(
     head: &RequestHead<'_>,
     topic: &'a TopicName,
 ) -> Result<Permit<'a>, ApiError> {
+    admit_all(node, head, std::slice::from_ref(topic))
+}
+
+/// [`admit`] for an update of several topics (Mercure's): the token must allow every one.
+pub(crate) fn admit_all<'a>(
+    node: &'a Node,
+    head: &RequestHead<'_>,
+    topics: &'a [TopicName],
+) -> Result<Permit<'a>, ApiError> {
     node.per_ip
         .publish(node.client_ip(head))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    node.authorize(head, Access::Write, std::slice::from_ref(topic))?;
-    Ok(Permit { node, topic })
+    node.authorize(head, Access::Write, topics)?;
+    Ok(Permit { node, topics })
 }
 
 impl Permit<'_> {
@@ -39,8 +50,11 @@ impl Permit<'_> {
         data: &str,
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<EventId, ApiError> {
+        let Some(topic) = self.topics.first() else {
+            return Err(ApiError::BadRequest("name a topic to publish to".into()));
+        };
         let message = Publish {
-            topic: self.topic,
+            topic,
             event,
             data,
             idempotency_key,
@@ -48,5 +62,43 @@ impl Permit<'_> {
         let id = self.node.engine.publish(message).await?;
         self.node.metrics.published.fetch_add(1, Ordering::Relaxed);
         Ok(id)
+    }
+
+    /// Stores a Mercure update once per topic (the canonical one first), each copy under the update's
+    /// id as its idempotency key: a repeat of the id is stored once, and a resume finds where it sits.
+    /// Answers once every copy is stored; if one fails, the copies before it stay (each is a whole,
+    /// valid event) and the error says the update may be partly stored.
+    pub(crate) async fn publish_update(self, fields: &UpdateFields, data: &str) -> Result<(), ApiError> {
+        let line = serde_json::to_string(fields)
+            .map_err(|e| ApiError::BadRequest(format!("the update cannot be stored: {e}")))?;
+        if line.len() >= MERCURE_FIELDS_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "the update's id, type and topics take {} bytes; at most {} fit: send fewer or shorter topics",
+                line.len(),
+                MERCURE_FIELDS_MAX - 1
+            )));
+        }
+        let key = IdempotencyKey::parse(&mercure_key(&fields.id)).map_err(|_| {
+            ApiError::BadRequest("the id is too long: at most 128 bytes once written as visible ASCII".into())
+        })?;
+        let stored = format!("{line}\n{data}");
+        let name = EventName::mercure();
+        for (n, topic) in self.topics.iter().enumerate() {
+            let message = Publish {
+                topic,
+                event: Some(&name),
+                data: &stored,
+                idempotency_key: Some(&key),
+            };
+            match self.node.engine.publish(message).await {
+                Ok(_) => {}
+                Err(EngineError::Unavailable(cause)) if n > 0 => {
+                    return Err(EngineError::Unknown(cause).into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.node.metrics.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }

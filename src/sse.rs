@@ -4,23 +4,36 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::domain::{EventId, EventName, EventNameError};
+use crate::domain::{EventId, EventName, EventNameError, MERCURE_EVENT};
+
+/// How long a Mercure update's fields line may be (its id, type, retry and topics), on top of the data
+/// limit: the Mercure route refuses longer ones, the Redis function and the link's frame check too.
+pub const MERCURE_FIELDS_MAX: usize = 8192;
 
 /// Encodes one event: `id:` when given, `event:` when set, then one `data:` line per line of `data`.
 ///
 /// Lines are split where an SSE parser splits them (CRLF, CR or LF), so the frame parses to exactly the
 /// lines of `data` joined by LF: LF-only data arrives byte-exact, CRLF and lone CR arrive as LF.
 pub fn encode_event(id: Option<EventId>, event: Option<&str>, data: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(data.len() + 48);
+    encode_full(id.map(|id| id.to_string()).as_deref(), event, None, data)
+}
+
+/// [`encode_event`] with any id text (a Mercure publisher's, checked free of line breaks) and an
+/// optional `retry:`.
+pub fn encode_full(id: Option<&str>, event: Option<&str>, retry: Option<u64>, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(data.len() + 64);
     if let Some(id) = id {
         buf.put_slice(b"id: ");
-        buf.put_slice(id.to_string().as_bytes());
+        buf.put_slice(id.as_bytes());
         buf.put_u8(b'\n');
     }
     if let Some(event) = event {
         buf.put_slice(b"event: ");
         buf.put_slice(event.as_bytes());
         buf.put_u8(b'\n');
+    }
+    if let Some(retry) = retry {
+        buf.put_slice(format!("retry: {retry}\n").as_bytes());
     }
     for line in lines(data) {
         buf.put_slice(b"data: ");
@@ -90,8 +103,14 @@ pub fn stored_frame(frame: &[u8], rules: FrameRules) -> Result<EventId, FrameRef
         .and_then(|id| id.parse().ok())
         .ok_or(FrameRefusal::Shape)?;
     let mut line = lines.next().ok_or(FrameRefusal::Shape)?;
+    let mut max_data = rules.max_data_bytes;
     if let Some(event) = line.strip_prefix("event: ") {
-        EventName::parse(event, rules.max_event_len).map_err(FrameRefusal::EventName)?;
+        if event == MERCURE_EVENT {
+            // A Mercure update's first data line holds its fields, bounded apart from its data.
+            max_data = max_data.saturating_add(MERCURE_FIELDS_MAX);
+        } else {
+            EventName::parse(event, rules.max_event_len).map_err(FrameRefusal::EventName)?;
+        }
         line = lines.next().ok_or(FrameRefusal::Shape)?;
     }
     // The data as a client reads it: the lines' contents joined by LF.
@@ -103,11 +122,8 @@ pub fn stored_frame(frame: &[u8], rules: FrameRules) -> Result<EventId, FrameRef
             .ok_or(FrameRefusal::Shape)?;
         len += content.len() + usize::from(n > 0);
     }
-    if len > rules.max_data_bytes {
-        return Err(FrameRefusal::TooLarge {
-            len,
-            max: rules.max_data_bytes,
-        });
+    if len > max_data {
+        return Err(FrameRefusal::TooLarge { len, max: max_data });
     }
     Ok(id)
 }

@@ -8,8 +8,9 @@
 use crate::auth::Access;
 use crate::connection::Connection;
 use crate::cursor::LastEventId;
-use crate::domain::TopicName;
+use crate::domain::{EventId, IdempotencyKey, TopicName};
 use crate::error::ApiError;
+use crate::event::{mercure_key, Shape};
 use crate::node::{Node, RequestHead};
 
 /// What a subscribe request asks for.
@@ -20,16 +21,24 @@ pub(crate) enum Open {
     Check,
 }
 
+/// Where a stream resumes.
+pub(crate) enum Resume {
+    /// A native `Last-Event-ID`: Herald's id or composite.
+    Native(LastEventId),
+    /// A Mercure update's id (as its publisher gave it), or `earliest` for all retained history.
+    Update(String),
+}
+
 /// What a stream asks for, as a protocol's parser (`http::subscribe` for the native API) read it from
 /// the request: the topics, where to resume, and how the stream is shaped.
 pub(crate) struct StreamRequest {
     /// Distinct, in the order asked, at most `limits.max_topics_per_connection`.
     pub topics: Vec<TopicName>,
-    pub last_event_id: Option<LastEventId>,
+    pub last_event_id: Option<Resume>,
     /// End the stream once the replay is sent.
     pub poll: bool,
-    /// Wrap each event's data with its topic (`Event::frame_for`).
-    pub envelope: bool,
+    /// What the stream sends of each event (native, maybe enveloped, or Mercure's frames).
+    pub shape: Shape,
 }
 
 /// The stream's body, or `None` when only a check was asked for; an error says why it was refused.
@@ -44,7 +53,7 @@ pub(crate) async fn open(
         topics,
         last_event_id,
         poll,
-        envelope,
+        shape,
     } = request;
     let limits = &node.settings.limits;
     let grant = node.authorize(head, Access::Read, &topics)?;
@@ -67,17 +76,50 @@ pub(crate) async fn open(
     } else {
         Vec::new()
     };
-    let mut connection = Connection::new(
-        &node.streams,
-        membership,
-        last_event_id.map(|id| id.after_for(&topics)),
-        newest,
-        slot,
-        grant.and_then(|g| g.expires_at()),
-        envelope,
-    );
+    let after = match last_event_id {
+        None => None,
+        Some(Resume::Native(id)) => Some(id.after_for(&topics)),
+        Some(Resume::Update(id)) => Some(after_update(node, &topics, &id).await?),
+    };
+    let mut connection = Connection::new(&node.streams, membership, after, newest, slot, grant, shape);
     if poll {
         connection.poll_only();
     }
     Ok(Some(connection))
+}
+
+/// Where each of `topics` resumes after the Mercure update `id`: right after its copy in the topics it
+/// was published to (found through its idempotency key, which lives as long as the history); in the
+/// others, from the millisecond it was stored in (each topic has its own clock, so an event of another
+/// topic in that same millisecond may come twice, never be skipped). An id Herald made itself
+/// (`<ms>-<seq>`) counts as that position. An id found nowhere replays everything retained, with the gap
+/// notice where history was trimmed.
+async fn after_update(node: &Node, topics: &[TopicName], id: &str) -> Result<Vec<EventId>, ApiError> {
+    if id == "earliest" {
+        return Ok(vec![EventId::ZERO; topics.len()]);
+    }
+    let mut found = Vec::with_capacity(topics.len());
+    match IdempotencyKey::parse(&mercure_key(id)) {
+        Ok(key) => {
+            for topic in topics {
+                found.push(node.engine.find(topic, &key).await?);
+            }
+        }
+        Err(_) => found.resize(topics.len(), None),
+    }
+    let own: Option<EventId> = id.parse().ok();
+    let earliest = found.iter().flatten().min().copied();
+    Ok(found
+        .into_iter()
+        .map(|at| {
+            at.or(own)
+                .or_else(|| {
+                    earliest.map(|e| EventId {
+                        ms: e.ms.saturating_sub(1),
+                        seq: u64::MAX,
+                    })
+                })
+                .unwrap_or(EventId::ZERO)
+        })
+        .collect())
 }

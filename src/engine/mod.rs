@@ -147,6 +147,14 @@ pub trait Engine: Send + Sync + 'static {
     /// event of each reaches interested hubs live.
     fn last_ids<'a>(&'a self, topics: &'a [TopicName]) -> BoxFuture<'a, Result<Vec<EventId>, EngineError>>;
 
+    /// Where a Mercure update's id `key` sits in `topic`: its event id while the history may still hold
+    /// it, `None` when the topic has no such update (or it is long gone).
+    fn find<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Option<EventId>, EngineError>>;
+
     /// Makes sure this node receives `topic` live; resolves once that is confirmed.
     fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>>;
 

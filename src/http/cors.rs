@@ -16,11 +16,14 @@ pub async fn cors(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = match (&origin, req.app_data::<web::Data<Node>>()) {
-        (Some(origin), Some(state)) => allowed(&state.settings, origin.as_bytes()),
-        _ => false,
+    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let cors = match (origin, req.app_data::<web::Data<Node>>()) {
+        (Some(origin), Some(state)) if allowed(&state.settings, origin.as_bytes()) => {
+            headers_for(&state.settings, origin)
+        }
+        _ => Vec::new(),
     };
+    let allowed = !cors.is_empty();
     let preflight =
         req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
@@ -29,11 +32,11 @@ pub async fn cors(
                 .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
                 .insert_header((
                     header::ACCESS_CONTROL_ALLOW_HEADERS,
-                    "content-type, last-event-id, authorization, idempotency-key",
+                    "content-type, last-event-id, authorization, idempotency-key, cache-control",
                 ))
                 .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
                 .finish();
-            allow(r.headers_mut(), origin);
+            allow(r.headers_mut(), &cors);
             r
         } else {
             problem(
@@ -45,9 +48,7 @@ pub async fn cors(
         return Ok(req.into_response(response));
     }
     let mut res = next.call(req).await?.map_into_boxed_body();
-    if allowed {
-        allow(res.headers_mut(), origin);
-    }
+    allow(res.headers_mut(), &cors);
     Ok(res)
 }
 
@@ -58,9 +59,33 @@ pub(crate) fn allowed(settings: &Settings, origin: &[u8]) -> bool {
     list.iter().any(|o| o == "*" || o.as_bytes() == origin)
 }
 
-fn allow(headers: &mut header::HeaderMap, origin: Option<HeaderValue>) {
-    if let Some(origin) = origin {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+/// Response headers a stream or reply may carry for a page on another origin: what Mercure's clients
+/// read (the resume point, discovery) is exposed to it.
+pub(crate) const EXPOSED: &str = "Last-Event-ID, Mercure-Last-Event-ID, Link";
+
+/// The CORS headers for an allowed `origin`: a listed origin is named and may send its cookies
+/// (`EventSource` with `withCredentials`, Mercure's cookie); one allowed only by `*` gets `*`, which a
+/// browser never pairs with credentials, so no page can read a response made with another site's cookie.
+pub(crate) fn headers_for(settings: &Settings, origin: &str) -> Vec<(&'static str, String)> {
+    let listed = settings.cors.allowed_origins.iter().any(|o| o == origin);
+    let mut out = vec![
+        (
+            "access-control-allow-origin",
+            if listed { origin } else { "*" }.to_string(),
+        ),
+        ("access-control-expose-headers", EXPOSED.to_string()),
+        ("vary", "Origin".to_string()),
+    ];
+    if listed {
+        out.push(("access-control-allow-credentials", "true".to_string()));
+    }
+    out
+}
+
+fn allow(headers: &mut header::HeaderMap, cors: &[(&'static str, String)]) {
+    for (name, value) in cors {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(header::HeaderName::from_static(name), value);
+        }
     }
 }

@@ -66,6 +66,12 @@ impl ResponseError for ApiError {
                     HeaderValue::from_static("Bearer realm=\"herald\", error=\"invalid_token\""),
                 );
             }
+            ApiError::Auth(AuthError::Forbidden { .. }) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"herald\", error=\"insufficient_scope\""),
+                );
+            }
             ApiError::Auth(AuthError::Missing(_)) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,

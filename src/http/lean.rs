@@ -176,7 +176,11 @@ pub(super) async fn lean_stream(
         Ok(None) => return None,
         Err(e) => {
             let keep_alive = node.settings.server.keep_alive_secs;
-            let answer = Box::pin(refusal(e, &owned, allowed_origin.as_deref(), keep_alive)).await;
+            let cors = allowed_origin
+                .as_deref()
+                .map(|o| cors::headers_for(&node.settings, o))
+                .unwrap_or_default();
+            let answer = Box::pin(refusal(e, &owned, &cors, keep_alive)).await;
             if !write(&mut io, answer).await {
                 return None;
             }
@@ -193,9 +197,12 @@ pub(super) async fn lean_stream(
     });
     response.push_str(owned.route.headers);
     if let Some(origin) = &allowed_origin {
-        response.push_str("access-control-allow-origin: ");
-        response.push_str(origin);
-        response.push_str("\r\nvary: Origin\r\n");
+        for (name, value) in cors::headers_for(&node.settings, origin) {
+            response.push_str(name);
+            response.push_str(": ");
+            response.push_str(&value);
+            response.push_str("\r\n");
+        }
     }
     response.push_str("date: ");
     response.push_str(&httpdate::fmt_http_date(SystemTime::now()));
@@ -262,7 +269,7 @@ const STREAM_HEADERS: &str =
 async fn refusal(
     error: ApiError,
     owned: &OwnedHead,
-    allowed_origin: Option<&str>,
+    cors: &[(&'static str, String)],
     keep_alive: Duration,
 ) -> Bytes {
     let response = error.error_response();
@@ -279,10 +286,11 @@ async fn refusal(
         head.push_str(&String::from_utf8_lossy(value.as_bytes()));
         head.push_str("\r\n");
     }
-    if let Some(origin) = allowed_origin {
-        head.push_str("access-control-allow-origin: ");
-        head.push_str(origin);
-        head.push_str("\r\nvary: Origin\r\n");
+    for (name, value) in cors {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
     }
     match (owned.http10, owned.keep_alive) {
         (false, false) => head.push_str("connection: close\r\n"),

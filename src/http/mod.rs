@@ -10,6 +10,7 @@ pub(crate) mod front;
 mod health;
 mod history;
 mod lean;
+mod mercure;
 pub(crate) mod publish;
 pub(crate) mod request;
 mod status;
@@ -34,7 +35,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(get("/openapi.yaml", demo::openapi))
             .service(get("/events", subscribe::subscribe))
             .service(resource("/topics/{topic}", "POST").route(web::post().to(publish::publish)))
-            .service(get("/topics/{topic}/history", history::history)),
+            .service(get("/topics/{topic}/history", history::history))
+            .service(
+                resource(mercure::publish::HUB_PATH, "GET, HEAD, POST")
+                    .route(web::get().to(mercure::subscribe::subscribe))
+                    .route(web::head().to(mercure::subscribe::subscribe))
+                    .route(web::post().to(mercure::publish::publish)),
+            ),
     );
 }
 

@@ -69,7 +69,11 @@ pub async fn publish(
 }
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `limit` (by header or by count).
-async fn read_body(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<BytesMut, ApiError> {
+pub(super) async fn read_body(
+    req: &HttpRequest,
+    mut body: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -10,8 +10,9 @@ use super::request::{head, query_pairs, query_value};
 use crate::cursor::LastEventId;
 use crate::domain::{now_ms, EventId, TopicName};
 use crate::error::ApiError;
+use crate::event::Shape;
 use crate::node::{Node, RequestHead};
-use crate::subscribe::{open, Open, StreamRequest};
+use crate::subscribe::{open, Open, Resume, StreamRequest};
 
 pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(req.query_string())?;
@@ -37,7 +38,7 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
 }
 
 /// The headers of an SSE response.
-fn stream_head(builder: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
+pub(super) fn stream_head(builder: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
     builder
         .content_type("text/event-stream")
         .insert_header(header::CacheControl(vec![CacheDirective::NoCache]))
@@ -74,7 +75,8 @@ pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<Stre
     let last_event_id = match last_event_id(head)? {
         Some(id) => Some(id),
         None => since(head)?.map(LastEventId::Single),
-    };
+    }
+    .map(Resume::Native);
     let poll =
         match query_value(head.query, "poll") {
             None | Some("") | Some("0") => false,
@@ -103,7 +105,7 @@ pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<Stre
         topics,
         last_event_id,
         poll,
-        envelope,
+        shape: Shape::Native { envelope },
     })
 }
 

@@ -74,6 +74,11 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// A subscriber over a stream the test opened itself (to send its own headers).
+    pub fn from_events(events: Events) -> Self {
+        Subscriber { events }
+    }
+
     /// The next event, failing the test if none comes within [`PATIENCE`].
     pub async fn next(&mut self) -> Event {
         match tokio::time::timeout(PATIENCE, self.events.next()).await {
@@ -176,7 +181,13 @@ impl TestApp {
 
     /// Subscribes with a query string of its own (`topic=a&envelope=json`, say).
     pub async fn subscribe_query(&self, query: &str, last_event_id: Option<&str>) -> Subscriber {
-        let mut request = self.client.get(self.url(&format!("/events?{query}")));
+        self.subscribe_at(&format!("/events?{query}"), last_event_id)
+            .await
+    }
+
+    /// Subscribes at any stream path and query (`/.well-known/mercure?topic=…`).
+    pub async fn subscribe_at(&self, path: &str, last_event_id: Option<&str>) -> Subscriber {
+        let mut request = self.client.get(self.url(path));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

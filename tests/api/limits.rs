@@ -231,6 +231,42 @@ async fn cors_allows_configured_origins_only() {
         allowed.headers()["access-control-allow-origin"],
         "http://allowed.test:3000"
     );
+    // A listed origin may send its cookies, and reads what Mercure clients resume and discover with.
+    assert_eq!(allowed.headers()["access-control-allow-credentials"], "true");
+    assert_eq!(
+        allowed.headers()["access-control-expose-headers"],
+        "Last-Event-ID, Mercure-Last-Event-ID, Link"
+    );
+    // So does a Mercure stream, on both stream paths (the lean one and actix's).
+    for path in ["/events?topic=t", "/.well-known/mercure?topic=t"] {
+        let stream = app
+            .client
+            .get(app.url(path))
+            .header("Origin", "http://allowed.test:3000")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            stream.headers()["access-control-allow-credentials"],
+            "true",
+            "{path}"
+        );
+        assert!(stream.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Mercure-Last-Event-ID"));
+    }
+    // Any origin allowed by `*` is answered `*`, never its own name: no credentialed read.
+    let any = spawn_app_with(|s| s.cors.allowed_origins = vec!["*".into()]).await;
+    let wild = any
+        .client
+        .get(any.url("/.well-known/mercure?topic=t"))
+        .header("Origin", "http://anyone.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wild.headers()["access-control-allow-origin"], "*");
+    assert!(wild.headers().get("access-control-allow-credentials").is_none());
     let other = app
         .client
         .get(app.url("/healthz"))

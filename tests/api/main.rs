@@ -19,6 +19,7 @@ mod https;
 mod isolation;
 mod limits;
 mod logs;
+mod mercure;
 mod publish_subscribe;
 mod redis_cluster;
 mod redis_engine;

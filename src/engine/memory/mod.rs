@@ -12,7 +12,7 @@ use futures_util::future::{self, BoxFuture, FutureExt};
 
 use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::domain::{now_ms, EventId, EventName, IdempotencyKey, TopicName};
-use crate::event::Stored;
+use crate::event::{mercure_key, Stored};
 
 pub struct MemoryEngine {
     /// One lock over the clock, the logs and the hand-off to the hub, so the hub sees events in id order
@@ -315,6 +315,28 @@ impl Engine for MemoryEngine {
         // One clock serves every topic here: its value bounds each topic's newest id.
         let clock = self.lock().clock;
         future::ready(Ok(vec![clock; topics.len()])).boxed()
+    }
+
+    fn find<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Option<EventId>, EngineError>> {
+        // The log itself is the index (at most history.max_len events to look through, on a resume
+        // only), so it expires with the history; the earliest occurrence of a repeated id wins.
+        let state = self.lock();
+        let found = state.logs.get(topic).and_then(|log| {
+            log.events
+                .iter()
+                .find(|e| {
+                    e.event
+                        .update
+                        .as_ref()
+                        .is_some_and(|u| mercure_key(&u.id) == key.as_str())
+                })
+                .map(|e| e.id)
+        });
+        future::ready(Ok(found)).boxed()
     }
 
     fn subscribe<'a>(&'a self, _topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>> {

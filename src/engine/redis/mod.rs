@@ -42,7 +42,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use super::{Cause, Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
-use crate::domain::{EventId, TopicName};
+use crate::domain::{EventId, IdempotencyKey, TopicName};
 use crate::telemetry::Metrics;
 use connection::{IoThread, Lane, Shared};
 pub use error::RedisStartError;
@@ -255,7 +255,7 @@ impl Engine for RedisEngine {
             cmd.arg(m.data)
                 .arg(m.event.map_or("", |e| e.as_str()))
                 .arg(m.idempotency_key.map_or("", |k| k.as_str()))
-                .arg(&self.function_settings.args[..])
+                .arg(&*self.function_settings.args_for(m.event))
                 .arg(self.shared.seen.floor_arg(m.topic))
                 .arg(self.legacy_clock.as_str())
                 .arg("1")
@@ -366,6 +366,24 @@ impl Engine for RedisEngine {
                 self.shared.seen.saw(topic, *id);
             }
             Ok(ids)
+        }
+        .boxed()
+    }
+
+    fn find<'a>(
+        &'a self,
+        topic: &'a TopicName,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Option<EventId>, EngineError>> {
+        async move {
+            self.shared.refuse_if_silent()?;
+            // A Mercure update's idempotency key is its id, kept as long as the history (`publish`).
+            let name = self.keys.idempotency(topic, key.as_str());
+            let found: Option<String> = self
+                .shared
+                .run(|mut conn| async move { redis::cmd("GET").arg(name).query_async(&mut conn).await })
+                .await?;
+            Ok(found.and_then(|id| id.parse().ok()))
         }
         .boxed()
     }
