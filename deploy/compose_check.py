@@ -5,7 +5,8 @@ standard library only).
 100 SSE subscribers through nginx, publishes through nginx and through `redis-cli FCALL` in the Redis
 container, while the stack is disturbed: each Herald container restarted in turn, Redis SIGKILLed and
 started again, one node cut off Redis (`docker network disconnect`) and reconnected, the service scaled
-to 5 nodes and back to 3. Every subscriber reconnects the way a browser does (`Last-Event-ID`) and must
+to 5 nodes and back to 3; and Herald as a Mercure hub: updates published and resumed from their own ids
+through nginx, over several nodes. Every subscriber reconnects the way a browser does (`Last-Event-ID`) and must
 end with every acknowledged message exactly once, in id order. Prints its figures; exits 1 on any loss,
 duplicate, reordering or broken expectation.
 """
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 TOPICS = ("compose.a", "compose.b")
@@ -264,6 +266,46 @@ async def in_thread(fn, *args, **kwargs):
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+async def mercure_ids(host, port, query, want, timeout=15):
+    """The first `want` event ids of a Mercure stream through nginx (a GET of /.well-known/mercure)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET /.well-known/mercure?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        status = (await asyncio.wait_for(reader.readline(), timeout)).decode()
+        if " 200 " not in status:
+            raise Failure(f"a Mercure subscription through nginx was answered {status.strip()}")
+        ids = []
+        while len(ids) < want:
+            line = (await asyncio.wait_for(reader.readline(), timeout)).decode().rstrip("\r\n")
+            if line.startswith("id: "):
+                ids.append(line[4:])
+        return ids
+    finally:
+        writer.close()
+
+
+async def mercure_check(base, host, port):
+    """Herald as a multi-node Mercure hub: updates published through nginx (so over several nodes) with
+    their own ids, and resumed from one of those ids through nginx again, on whichever node it lands."""
+    topic = "https://example.com/compose/books/1"
+    enc = urllib.parse.quote(topic, safe="")
+    run = random.getrandbits(32)
+    ids = [f"urn:compose:{run}:{n}" for n in range(4)]
+    for n, update_id in enumerate(ids):
+        form = urllib.parse.urlencode({"topic": topic, "data": f"book v{n}", "id": update_id}).encode()
+        status, body = await in_thread(http, "POST", f"{base}/.well-known/mercure", form,
+                                       {"Content-Type": "application/x-www-form-urlencoded"})
+        if status != 200 or body != update_id:
+            raise Failure(f"a Mercure publish through nginx answered {status} {body!r}, not 200 {update_id!r}")
+    for attempt in range(3):
+        got = await mercure_ids(host, port, f"topic={enc}&lastEventID={urllib.parse.quote(ids[0])}", 3)
+        if got != ids[1:]:
+            raise Failure(f"a Mercure resume from {ids[0]} through nginx got {got}, not {ids[1:]}")
+    log(f"Mercure: 4 updates published through nginx with their own ids; 3 resumes from the first "
+        f"through nginx each got exactly the 3 after it")
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -283,6 +325,8 @@ async def main():
     log(f"{SUBSCRIBERS} subscribers open through nginx; streams per node: {spread}")
     if sum(1 for v in spread.values() if v) < 2:
         raise Failure(f"nginx sent every subscriber to one node: {spread}")
+
+    await mercure_check(base, "127.0.0.1", args.port)
 
     publisher = Publisher(base)
     cli = CliPublisher(stack)

@@ -14,19 +14,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use serde_json::json;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 
 use crate::auth::{self, Grant};
 use crate::config::Settings;
 use crate::cursor::Positions;
-use crate::domain::{EventId, TopicName, GAP_EVENT};
+use crate::domain::{EventId, TopicName};
 use crate::engine::{Engine, EngineError, PageBound};
 use crate::event::{Event, Shape, Stored};
 use crate::hub::{CloseReason, Membership, Take};
 use crate::limits::Slot;
 use crate::sse;
 use crate::telemetry::Metrics;
+
+mod notices;
+
+use notices::{gap_notice, pattern_gap_notice, store_lost_goodbye};
 
 const HEARTBEAT: &[u8] = b":\n\n";
 
@@ -61,6 +64,8 @@ pub struct Connection {
     shape: Shape,
     /// The subscriber's verified token, if any: private Mercure updates need one allowing them.
     grant: Option<Box<Grant>>,
+    /// The stream resumes from a `Last-Event-ID`.
+    resumed: bool,
     /// `poll=1`: end the stream once the replay is sent (for scripts catching up, not browsers).
     poll: bool,
 }
@@ -126,6 +131,7 @@ impl Connection {
         let topics = membership.conn().topics();
         let positions =
             (topics.len() > 1).then(|| Box::new(Positions::new(topics, after.as_deref(), &newest)));
+        let resumed = after.is_some();
         let resume = after.map(|after| Resume { after, until: newest });
         let period = streams.heartbeat;
         let mut heartbeat = interval_at(Instant::now() + period, period);
@@ -152,6 +158,7 @@ impl Connection {
             phase: Phase::Hello(resume),
             shape,
             grant: grant.map(Box::new),
+            resumed,
             poll: false,
         }
     }
@@ -199,7 +206,11 @@ impl Connection {
                         None => Phase::Live,
                     };
                     // Sent at once so the response head and first bytes reach the client immediately.
-                    return Some(sse::retry(self.retry_ms));
+                    let mut hello = BytesMut::from(&sse::retry(self.retry_ms)[..]);
+                    if self.resumed && self.membership.conn().has_patterns() {
+                        hello.extend_from_slice(&pattern_gap_notice());
+                    }
+                    return Some(hello.freeze());
                 }
                 Phase::Replay(cursors) => {
                     let mut cursors = std::mem::take(cursors);
@@ -295,7 +306,8 @@ impl Connection {
         let Some(update) = &event.update else {
             return true;
         };
-        update.sent_via(&event.topic, self.membership.conn().topics())
+        let conn = self.membership.conn();
+        update.sent_via(&event.topic, |t| conn.wants(t))
             && (!update.private || auth::may_receive(self.grant.as_deref(), &update.topics))
     }
 
@@ -304,6 +316,14 @@ impl Connection {
         event
             .id
             .is_some_and(|id| self.skip_through.is_some_and(|s| id <= s))
+            && self.named(event)
+    }
+
+    /// Whether `event`'s topic is one the stream names (not only selects by pattern): only those have
+    /// positions and a replay.
+    fn named(&self, event: &Event) -> bool {
+        let conn = self.membership.conn();
+        !conn.has_patterns() || conn.topics().contains(&event.topic)
     }
 
     /// Everything queued since the last write, in one chunk; or a heartbeat; or the closing comment.
@@ -324,8 +344,11 @@ impl Connection {
                         if !self.visible(&event) {
                             continue;
                         }
+                        let named = self.named(&event);
                         let frame = event.frame_in(self.shape);
                         match (&mut self.positions, event.id) {
+                            // A topic selected by pattern only: no position, no replay to skip.
+                            _ if !named => out.extend_from_slice(frame),
                             (Some(positions), Some(id)) => {
                                 if !positions.advance(&event.topic, id) {
                                     continue;
@@ -393,18 +416,6 @@ impl Connection {
     }
 }
 
-/// The last frames of a stream ended because its node lost the store: a short `retry:` (spread over
-/// 100 ms to 1 s, so a node's thousands of browsers do not all come back in the same instant) and why.
-fn store_lost_goodbye() -> Bytes {
-    use std::hash::{BuildHasher, RandomState};
-    let spread_ms = 100 + RandomState::new().hash_one(0u8) % 900;
-    let mut out = BytesMut::from(&sse::retry(spread_ms)[..]);
-    out.extend_from_slice(&sse::comment(
-        "herald: this node cannot reach its message store; reconnect (to another node) with Last-Event-ID to resume",
-    ));
-    out.freeze()
-}
-
 /// What ended an idle stream's wait.
 enum Woke {
     Changed,
@@ -418,16 +429,4 @@ async fn until(expiry: &mut Option<Pin<Box<Sleep>>>) {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
-}
-
-/// The explicit notice that events after `after` on `topic` are no longer retained.
-fn gap_notice(topic: &TopicName, after: EventId, first_retained: Option<EventId>) -> Bytes {
-    let data = json!({
-        "topic": topic.as_str(),
-        "last_event_id": after.to_string(),
-        "first_retained": first_retained.map(|id| id.to_string()),
-        "detail": "events after last_event_id may be missing: they are older than the retained history, or the store lost them",
-    });
-    // No `id:`: the client's Last-Event-ID stays where it was.
-    sse::encode_event(None, Some(GAP_EVENT), &data.to_string())
 }

@@ -65,10 +65,10 @@ pub struct Update {
 }
 
 impl Update {
-    /// Whether a stream subscribed to `subscribed` sends this update's copy on `topic`: the copy of the
-    /// first of the update's topics it subscribes to, so an update reaches it once.
-    pub fn sent_via(&self, topic: &TopicName, subscribed: &[TopicName]) -> bool {
-        self.topics.len() < 2 || self.topics.iter().find(|t| subscribed.contains(t)) == Some(topic)
+    /// Whether a stream that `wants` some topics sends this update's copy on `topic`: the copy of the
+    /// first of the update's topics it wants, so an update reaches it once.
+    pub fn sent_via(&self, topic: &TopicName, wants: impl Fn(&TopicName) -> bool) -> bool {
+        self.topics.len() < 2 || self.topics.iter().find(|t| wants(t)) == Some(topic)
     }
 }
 

@@ -4,7 +4,7 @@
 //! queue closes that connection (counted in `herald_closed_for_lag_total`) so the browser reconnects and
 //! replays from history, instead of the hub dropping events silently or letting memory grow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -13,7 +13,10 @@ use tokio::sync::{mpsc, Notify};
 use crate::domain::TopicName;
 use crate::engine::EngineEvents;
 use crate::event::Event;
+use crate::selector::Pattern;
 use crate::telemetry::{Gauges, Metrics};
+
+mod patterns;
 
 /// Topic → the local connections subscribed to it.
 ///
@@ -22,6 +25,8 @@ type TopicMap = HashMap<TopicName, Vec<Arc<Conn>>>;
 
 pub struct Hub {
     topics: RwLock<TopicMap>,
+    /// Connections that select topics by pattern (Mercure's `*`, URI templates, URL patterns).
+    patterns: patterns::Patterns,
     connections: AtomicUsize,
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
@@ -55,6 +60,8 @@ pub enum JoinError {
 pub struct Conn {
     id: u64,
     topics: Vec<TopicName>,
+    /// Patterns it selects topics by, each with its text (the hub groups connections by it).
+    patterns: Vec<(Arc<str>, Arc<Pattern>)>,
     state: Mutex<ConnState>,
     /// Woken once when the queue goes from empty to non-empty, or on close: one wake-up per batch.
     notify: Notify,
@@ -85,6 +92,16 @@ enum Push {
 impl Conn {
     pub fn topics(&self) -> &[TopicName] {
         &self.topics
+    }
+
+    /// Whether it selects `topic`, by name or by pattern.
+    pub fn wants(&self, topic: &TopicName) -> bool {
+        self.topics.contains(topic) || self.patterns.iter().any(|(_, p)| p.matches(topic.as_str()))
+    }
+
+    /// Whether it selects topics by pattern too.
+    pub fn has_patterns(&self) -> bool {
+        !self.patterns.is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
@@ -147,6 +164,7 @@ impl Hub {
     pub fn new(queue_capacity: usize, max_connections: usize, metrics: Arc<Metrics>) -> Self {
         Hub {
             topics: RwLock::new(HashMap::new()),
+            patterns: patterns::Patterns::default(),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
@@ -171,8 +189,13 @@ impl Hub {
         self.topics.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a connection for `topics`; it receives every event dispatched after this returns.
-    pub fn join(self: &Arc<Self>, topics: Vec<TopicName>) -> Result<Membership, JoinError> {
+    /// Adds a connection for `topics` and `patterns` (`(text, pattern)`); it receives every event
+    /// dispatched after this returns of a topic it names or a pattern selects, once.
+    pub fn join(
+        self: &Arc<Self>,
+        topics: Vec<TopicName>,
+        patterns: Vec<(Arc<str>, Arc<Pattern>)>,
+    ) -> Result<Membership, JoinError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(JoinError::ShuttingDown);
         }
@@ -185,6 +208,7 @@ impl Hub {
         let conn = Arc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             topics,
+            patterns,
             state: Mutex::new(ConnState::default()),
             notify: Notify::new(),
             detached: AtomicBool::new(false),
@@ -194,6 +218,9 @@ impl Hub {
             for topic in &conn.topics {
                 map.entry(topic.clone()).or_default().push(Arc::clone(&conn));
             }
+        }
+        if conn.has_patterns() {
+            self.patterns.add(&conn);
         }
         // A shutdown that started while we joined must still reach this connection.
         if self.shutting_down.load(Ordering::Acquire) {
@@ -217,15 +244,22 @@ impl Hub {
             while start < events.len() {
                 let topic = &events[start].topic;
                 let end = start + events[start..].iter().take_while(|e| &e.topic == topic).count();
-                if let Some(conns) = map.get(topic) {
-                    for conn in conns {
-                        match conn.push(&events[start..end], self.queue_capacity, &self.metrics) {
-                            Push::Queued(n) => queued += n,
-                            // Once: a lagged connection is closed, so later pushes answer `Closed`.
-                            Push::Lagged => lagged.push(Arc::clone(conn)),
-                            Push::Closed => {}
-                        }
+                let mut push = |conn: &Arc<Conn>| {
+                    match conn.push(&events[start..end], self.queue_capacity, &self.metrics) {
+                        Push::Queued(n) => queued += n,
+                        // Once: a lagged connection is closed, so later pushes answer `Closed`.
+                        Push::Lagged => lagged.push(Arc::clone(conn)),
+                        Push::Closed => {}
                     }
+                };
+                let exact = map.get(topic);
+                for conn in exact.into_iter().flatten() {
+                    push(conn);
+                }
+                if !self.patterns.is_empty() {
+                    // A connection selecting the topic by name and by pattern gets its events once.
+                    let mut served: HashSet<u64> = exact.into_iter().flatten().map(|c| c.id).collect();
+                    self.patterns.for_each_match(topic, &mut served, &mut push);
                 }
                 start = end;
             }
@@ -242,6 +276,9 @@ impl Hub {
     fn detach(&self, conn: &Conn) {
         if conn.detached.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if conn.has_patterns() {
+            self.patterns.remove(conn);
         }
         let mut idle = Vec::new();
         {
@@ -277,6 +314,15 @@ impl Hub {
                 conn.close(reason);
             }
         }
+        for conn in self.patterns.all() {
+            conn.close(reason);
+        }
+    }
+
+    /// Whether some local connection selects topics by pattern (the Redis engine then receives every
+    /// topic's events).
+    pub fn has_patterns(&self) -> bool {
+        !self.patterns.is_empty()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -317,7 +363,7 @@ impl Hub {
         let map = self.read();
         Gauges {
             connections: self.connections.load(Ordering::Acquire) as u64,
-            subscriptions: map.values().map(|c| c.len() as u64).sum(),
+            subscriptions: map.values().map(|c| c.len() as u64).sum::<u64>() + self.patterns.count(),
             topics: map.len() as u64,
             ready,
             history: None,
@@ -336,6 +382,16 @@ impl EngineEvents for Hub {
 
     fn topics(&self) -> Vec<TopicName> {
         Hub::topics(self)
+    }
+
+    fn has_patterns(&self) -> bool {
+        Hub::has_patterns(self)
+    }
+
+    fn patterns_interrupted(&self) {
+        for conn in self.patterns.all() {
+            conn.close(CloseReason::StoreLost);
+        }
     }
 
     fn store_lost(&self) {
@@ -365,48 +421,4 @@ impl Drop for Membership {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::EventId;
-
-    fn event(seq: u64, topic: &TopicName) -> Arc<Event> {
-        crate::event::Stored::new(EventId { ms: 1, seq }, topic.clone(), None, "x").event
-    }
-
-    #[test]
-    fn full_queue_closes_only_that_connection() {
-        let hub = Arc::new(Hub::new(2, 10, Arc::default()));
-        let t = TopicName::parse("t", 8).unwrap();
-        let slow = hub.join(vec![t.clone()]).unwrap();
-        let fast = hub.join(vec![t.clone()]).unwrap();
-        for seq in 0..3 {
-            hub.dispatch_all(&[event(seq, &t)]);
-            if let Take::Events(events) = fast.conn().take(&hub.metrics) {
-                assert_eq!(events.len(), 1);
-            }
-        }
-        assert!(matches!(
-            slow.conn().take(&hub.metrics),
-            Take::Closed(CloseReason::Lagged)
-        ));
-        assert_eq!(hub.metrics.closed_for_lag.load(Ordering::Relaxed), 1);
-        assert_eq!(hub.gauges(true).subscriptions, 1);
-        assert_eq!(hub.metrics.queued.load(Ordering::Relaxed), 0);
-        drop((slow, fast));
-        assert_eq!(hub.gauges(true).connections, 0);
-        assert!(!hub.has_subscribers(&t));
-    }
-
-    #[test]
-    fn connection_limit_and_idle_report() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub::new(8, 1, Arc::default()).with_idle_reports(tx));
-        let t = TopicName::parse("t", 8).unwrap();
-        let one = hub.join(vec![t.clone()]).unwrap();
-        assert_eq!(hub.join(vec![t.clone()]).err(), Some(JoinError::Full(1)));
-        drop(one);
-        assert_eq!(rx.try_recv().ok(), Some(t.clone()));
-        hub.shutdown();
-        assert_eq!(hub.join(vec![t]).err(), Some(JoinError::ShuttingDown));
-    }
-}
+mod tests;

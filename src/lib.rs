@@ -12,10 +12,10 @@
 //! `telemetry` are leaves the layers above use, and `error` (below `node`) names what a request can end
 //! with. Engines never see the hub: they report through `engine::EngineEvents`. Only `http` (and
 //! `startup`, which builds the servers) knows actix.
-//! - `http` (crate-private): one room per protocol's routes — today the native API (`subscribe`,
-//!   `publish`, `history`, `status`, `health`, `demo`), next to it Mercure's dialect (`http/mercure/`,
-//!   to come) — plus `request` (what every route reads of a request: query, path topic, the gate's
-//!   head), `cors`, and `error` (every error mapped once to problem+json). Plain-HTTP listeners start at
+//! - `http` (crate-private): one room per protocol's routes — the native API (`subscribe`,
+//!   `publish`, `history`, `status`, `health`, `demo`), and Mercure's dialect at `/.well-known/mercure`
+//!   (`http/mercure/`: its publish form and subscription selectors) — plus `request` (what every route
+//!   reads of a request: query, path topic, the gate's head), `cors`, and `error` (every error mapped once to problem+json). Plain-HTTP listeners start at
 //!   `front` (the front door: reads the first head, refuses bad ones itself), which uses `framing` (what
 //!   a complete head says) and `lean` (SSE streams served with no buffers, for the routes in its table).
 //! - `subscribe`: opening a stream from a parsed `StreamRequest` (topics, cursor, shape) and the gate's
@@ -26,17 +26,19 @@
 //! - `error`: `ApiError`, the errors a request can end with.
 //! - `connection`: one SSE response body — retry, replay across topics, live events, heartbeats — built
 //!   from what streams share (`Streams`), not from the HTTP state. Presence (to come) is a guard it holds.
-//! - `hub`: per-node fan-out of pre-encoded frames into bounded per-connection queues; implements
+//! - `hub`: per-node fan-out of pre-encoded frames into bounded per-connection queues, by topic name
+//!   and by pattern (`hub::patterns`: grouped by text, matches cached per topic); implements
 //!   `EngineEvents`.
 //! - `engine`: the `Engine` trait (stores history, carries events to every node) and `EngineEvents`;
 //!   `memory`, and `redis/` split by concern (start-up, `error`, `connection`, `keys`, `functions`,
 //!   `migrate`, the pub/sub `link` (one loop) over `pubsub` / `sharded`, `primary`: one URL, Sentinel or
 //!   Cluster, and the `Conn` it opens; `replicas`, for `min_replicas`). Presence (to come) gets a seam of its own beside the
 //!   broker, with memory and Redis sides, as centrifuge keeps `presence.go` apart from its broker.
-//! - [`event`]: `Event` (an SSE frame encoded once; `id: None` for live-only) and `Stored` (in history).
+//! - [`event`]: `Event` (an SSE frame encoded once; `id: None` for live-only; a Mercure `Update` with
+//!   its own frame) and `Stored` (in history).
 //! - `sse`: WHATWG event-stream framing.
-//! - [`selector`]: topic selectors (exact, `prefix*`, `*`; Mercure's URI templates and URL patterns to
-//!   come), the one matcher of token claims, private topics and subscriptions.
+//! - [`selector`]: topic selectors (exact, `prefix*`, `*`, RFC 6570 URI templates; for subscriptions
+//!   also WHATWG URL patterns), the one matcher of token claims, private topics and subscriptions.
 //! - [`auth`]: JWT verification in Mercure's claim shape; the one access rule (`Auth::authorize`).
 //! - [`config`]: layered settings (built-in defaults, files, `HERALD__…` env vars, flags); each section
 //!   validates itself in its own file; unknown keys are refused; secrets stay out of `Debug`.

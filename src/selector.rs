@@ -32,6 +32,71 @@ pub(crate) fn can_match_a_topic(selector: &str) -> bool {
     }
 }
 
+/// What one subscription selects: one topic (indexed by name in the hub), or a pattern that each
+/// topic's events are matched against (`*`, a URI template, a URL pattern).
+#[derive(Debug)]
+pub enum Selection {
+    Topic(TopicName),
+    Pattern(Pattern),
+}
+
+/// A subscription's pattern, compiled once when the stream opens.
+#[derive(Debug)]
+pub enum Pattern {
+    /// `*`: every topic.
+    Any,
+    /// An RFC 6570 URI template (Mercure 0.x `topic=`).
+    Template(Template),
+    /// A WHATWG URL pattern (`matchURLPattern=`), relative ones against the hub's URL.
+    Url(Box<urlpattern::UrlPattern>),
+}
+
+/// The base relative URL patterns and topics are resolved against (the spec's "hub URL"): the same for
+/// both, so `/.well-known/mercure/subscriptions/:topic` matches the hub's own relative topics.
+const HUB_BASE: &str = "https://hub.invalid/.well-known/mercure";
+
+impl Selection {
+    /// A `topic=`/`match=` selector: `*`, a URI template, or a topic.
+    pub fn of_topic_selector(value: &str, max_len: usize) -> Result<Selection, crate::domain::TopicError> {
+        if value == "*" {
+            return Ok(Selection::Pattern(Pattern::Any));
+        }
+        if let Some(template) = Template::parse(value) {
+            return Ok(Selection::Pattern(Pattern::Template(template)));
+        }
+        TopicName::parse(value, max_len).map(Selection::Topic)
+    }
+
+    /// A `matchURLPattern=` selector; the error completes "the URL pattern …".
+    pub fn of_url_pattern(value: &str) -> Result<Selection, String> {
+        if value == "*" {
+            return Ok(Selection::Pattern(Pattern::Any));
+        }
+        let base = url::Url::parse(HUB_BASE).map_err(|e| e.to_string())?;
+        let init = urlpattern::UrlPatternInit::parse_constructor_string::<regex::Regex>(value, Some(base))
+            .map_err(|e| format!("does not parse: {e}"))?;
+        let pattern = urlpattern::UrlPattern::parse(init, Default::default())
+            .map_err(|e| format!("does not compile: {e}"))?;
+        Ok(Selection::Pattern(Pattern::Url(Box::new(pattern))))
+    }
+}
+
+impl Pattern {
+    /// Whether `topic` is selected. A URL pattern sees the topic as a URL (relative ones against the
+    /// hub's); a topic that is no URL matches none.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Template(t) => t.matches(topic),
+            Pattern::Url(p) => url::Url::parse(HUB_BASE)
+                .and_then(|base| base.join(topic))
+                .ok()
+                .and_then(|url| p.test(urlpattern::UrlPatternMatchInput::Url(url)).ok())
+                .unwrap_or(false),
+        }
+    }
+}
+
 /// Longer templates are matched as plain names: a bound on the matcher's table (parts × topic length).
 const MAX_TEMPLATE_PARTS: usize = 32;
 
@@ -245,6 +310,22 @@ mod tests {
         assert!(Template::parse("a{b").is_none());
         assert!(Template::parse("a{}").is_none());
         assert!(matches("a{}", "a{}"));
+    }
+
+    #[test]
+    fn url_patterns() {
+        let Ok(Selection::Pattern(books)) = Selection::of_url_pattern("https://example.com/books/:id") else {
+            panic!("the pattern compiles");
+        };
+        assert!(books.matches("https://example.com/books/1"));
+        assert!(!books.matches("https://example.com/books/1/reviews"));
+        assert!(!books.matches("https://example.org/books/1"));
+        let Ok(Selection::Pattern(own)) = Selection::of_url_pattern("/.well-known/mercure/subscriptions/:t")
+        else {
+            panic!("a relative pattern compiles");
+        };
+        assert!(own.matches("/.well-known/mercure/subscriptions/x"));
+        assert!(Selection::of_url_pattern("https://example.com/(").is_err());
     }
 
     #[test]

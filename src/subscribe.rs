@@ -8,10 +8,15 @@
 use crate::auth::Access;
 use crate::connection::Connection;
 use crate::cursor::LastEventId;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use crate::domain::{EventId, IdempotencyKey, TopicName};
+use crate::engine::EngineError;
 use crate::error::ApiError;
 use crate::event::{mercure_key, Shape};
 use crate::node::{Node, RequestHead};
+use crate::selector::Pattern;
 
 /// What a subscribe request asks for.
 pub(crate) enum Open {
@@ -25,8 +30,9 @@ pub(crate) enum Open {
 pub(crate) enum Resume {
     /// A native `Last-Event-ID`: Herald's id or composite.
     Native(LastEventId),
-    /// A Mercure update's id (as its publisher gave it), or `earliest` for all retained history.
-    Update(String),
+    /// A Mercure update's id (as its publisher gave it), or `earliest` for all retained history;
+    /// `found` is set once the id is found in one of the topics (the response then names it).
+    Update { id: String, found: Arc<AtomicBool> },
 }
 
 /// What a stream asks for, as a protocol's parser (`http::subscribe` for the native API) read it from
@@ -34,6 +40,9 @@ pub(crate) enum Resume {
 pub(crate) struct StreamRequest {
     /// Distinct, in the order asked, at most `limits.max_topics_per_connection`.
     pub topics: Vec<TopicName>,
+    /// Patterns topics are selected by too (Mercure's `*`, URI templates, URL patterns), each with its
+    /// text; within the same limit.
+    pub patterns: Vec<(Arc<str>, Arc<Pattern>)>,
     pub last_event_id: Option<Resume>,
     /// End the stream once the replay is sent.
     pub poll: bool,
@@ -51,6 +60,7 @@ pub(crate) async fn open(
 ) -> Result<Option<Connection>, ApiError> {
     let StreamRequest {
         topics,
+        patterns,
         last_event_id,
         poll,
         shape,
@@ -65,9 +75,17 @@ pub(crate) async fn open(
         .connect(node.client_ip(head))
         .ok_or(ApiError::TooManyStreams(limits.max_connections_per_ip))?;
 
-    let membership = node.hub.join(topics.clone())?;
+    let selects_patterns = !patterns.is_empty();
+    let membership = node.hub.join(topics.clone(), patterns)?;
     for topic in &topics {
         node.engine.subscribe(topic).await?;
+    }
+    if selects_patterns {
+        node.engine.subscribe_all().await.map_err(|e| match e {
+            // The engine cannot hand over every topic (a Cluster): the request has to change.
+            EngineError::Failed(cause) => ApiError::BadRequest(cause.said),
+            e => e.into(),
+        })?;
     }
     // A resuming stream's replay stops at each topic's newest id; a multi-topic stream's composite ids
     // start from them.
@@ -79,7 +97,11 @@ pub(crate) async fn open(
     let after = match last_event_id {
         None => None,
         Some(Resume::Native(id)) => Some(id.after_for(&topics)),
-        Some(Resume::Update(id)) => Some(after_update(node, &topics, &id).await?),
+        Some(Resume::Update { id, found }) => {
+            let (after, known) = after_update(node, &topics, &id).await?;
+            found.store(known, Ordering::Relaxed);
+            Some(after)
+        }
     };
     let mut connection = Connection::new(&node.streams, membership, after, newest, slot, grant, shape);
     if poll {
@@ -94,9 +116,9 @@ pub(crate) async fn open(
 /// topic in that same millisecond may come twice, never be skipped). An id Herald made itself
 /// (`<ms>-<seq>`) counts as that position. An id found nowhere replays everything retained, with the gap
 /// notice where history was trimmed.
-async fn after_update(node: &Node, topics: &[TopicName], id: &str) -> Result<Vec<EventId>, ApiError> {
+async fn after_update(node: &Node, topics: &[TopicName], id: &str) -> Result<(Vec<EventId>, bool), ApiError> {
     if id == "earliest" {
-        return Ok(vec![EventId::ZERO; topics.len()]);
+        return Ok((vec![EventId::ZERO; topics.len()], false));
     }
     let mut found = Vec::with_capacity(topics.len());
     match IdempotencyKey::parse(&mercure_key(id)) {
@@ -109,7 +131,8 @@ async fn after_update(node: &Node, topics: &[TopicName], id: &str) -> Result<Vec
     }
     let own: Option<EventId> = id.parse().ok();
     let earliest = found.iter().flatten().min().copied();
-    Ok(found
+    let known = earliest.is_some();
+    let after = found
         .into_iter()
         .map(|at| {
             at.or(own)
@@ -121,5 +144,6 @@ async fn after_update(node: &Node, topics: &[TopicName], id: &str) -> Result<Vec
                 })
                 .unwrap_or(EventId::ZERO)
         })
-        .collect())
+        .collect();
+    Ok((after, known))
 }

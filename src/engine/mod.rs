@@ -124,6 +124,13 @@ pub trait EngineEvents: Send + Sync + 'static {
     /// Every topic with a local subscriber now.
     fn topics(&self) -> Vec<TopicName>;
 
+    /// Whether a local stream selects topics by pattern (the engine must then hand over every topic).
+    fn has_patterns(&self) -> bool;
+
+    /// Delivery of every topic was interrupted (the link to the store was lost): streams that select
+    /// by pattern are ended, since no gap-fill reaches the topics they never named.
+    fn patterns_interrupted(&self);
+
     /// The store has been silent for the grace (`redis.link_lost_grace_ms`): end every local stream, so
     /// its client reconnects to a node that has the store and resumes there.
     fn store_lost(&self);
@@ -157,6 +164,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes sure this node receives `topic` live; resolves once that is confirmed.
     fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Makes sure this node receives every topic's events live (for pattern subscriptions); resolves
+    /// once that is confirmed. [`EngineError::Failed`] where the engine cannot (a Cluster).
+    fn subscribe_all(&self) -> BoxFuture<'_, Result<(), EngineError>>;
 
     /// Topics and bytes of history this process holds, for engines that hold it in memory.
     fn retained(&self) -> Option<(u64, u64)> {

@@ -103,6 +103,7 @@ pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<Stre
     };
     Ok(StreamRequest {
         topics,
+        patterns: Vec::new(),
         last_event_id,
         poll,
         shape: Shape::Native { envelope },

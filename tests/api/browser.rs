@@ -547,3 +547,110 @@ async fn the_status_page_shows_the_node_live_and_asks_for_a_token_when_auth_is_o
         .await;
     browser.close().await;
 }
+
+/// Herald as a Mercure hub for a page: native `EventSource`s on `/.well-known/mercure` with a URI
+/// template and a URL pattern; a private update held back from the anonymous page and delivered once
+/// the page holds Mercure's cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_subscribes_through_mercure_with_templates_url_patterns_and_the_cookie() {
+    const SECRET: &str = "browser-mercure-secret-browser-mercure-secret";
+    let browser = Browser::start().await;
+    let hub = spawn_app_with(|s| {
+        s.auth.anonymous_publish = false;
+        s.auth.hs_secret = SECRET.into();
+    })
+    .await;
+    let mint = |publish: &[&str], subscribe: &[&str]| {
+        let claims = herald::auth::claims(
+            publish.iter().map(|s| s.to_string()).collect(),
+            subscribe.iter().map(|s| s.to_string()).collect(),
+            600,
+            None,
+        );
+        herald::auth::mint(SECRET, &claims).unwrap()
+    };
+    let publisher = mint(&["*"], &[]);
+    let publish = |topic: &'static str, data: &'static str, private: bool| {
+        let form = format!(
+            "topic={}&data={data}{}",
+            crate::helpers::pct(topic),
+            if private { "&private=on" } else { "" }
+        );
+        hub.client
+            .post(hub.url("/.well-known/mercure"))
+            .bearer_auth(&publisher)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    browser.client.goto(&hub.url("/healthz")).await.unwrap();
+    browser
+        .js("window.got = {}; window.open = 0;
+             window.watch = (name, query) => {
+               window.got[name] = [];
+               const es = new EventSource('/.well-known/mercure?' + query);
+               es.onopen = () => window.open++;
+               es.onmessage = (e) => window.got[name].push(e.lastEventId + ' ' + e.data);
+             };
+             watch('books', 'topic=' + encodeURIComponent('https://example.com/books/{id}'));
+             watch('users', 'matchURLPattern=' + encodeURIComponent('https://example.com/users/:id'));")
+        .await;
+    browser
+        .wait_for("two open streams", "return window.open === 2")
+        .await;
+    for (topic, data, private) in [
+        ("https://example.com/books/1", "book", false),
+        ("https://example.com/users/42", "secret", true),
+        ("https://example.com/users/42", "hello", false),
+        ("https://example.com/books/1/reviews", "review", false),
+    ] {
+        let response = publish(topic, data, private).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    browser
+        .wait_for("the public user update", "return window.got.users.length === 1")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = browser.js("return window.got").await;
+    let data = |name: &str| -> Vec<String> {
+        got[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().split_once(' ').unwrap().1.to_string())
+            .collect()
+    };
+    assert_eq!(data("books"), ["book"]);
+    assert_eq!(
+        data("users"),
+        ["hello"],
+        "the private update reached an anonymous page"
+    );
+    // Each event carries the update's own id (a UUID URN here).
+    assert!(got["books"][0].as_str().unwrap().starts_with("urn:uuid:"));
+
+    // With Mercure's cookie, the page receives private updates its token allows.
+    let reader = mint(&[], &["https://example.com/users/{id}"]);
+    browser
+        .js(&format!(
+            "document.cookie = 'mercureAuthorization={reader}; path=/';
+             watch('allowed', 'matchURLPattern=' + encodeURIComponent('https://example.com/users/:id'));"
+        ))
+        .await;
+    browser
+        .wait_for("the third stream", "return window.open === 3")
+        .await;
+    publish("https://example.com/users/42", "for-the-cookie", true)
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the private update on the page with the cookie",
+            "return window.got.allowed.some((e) => e.endsWith(' for-the-cookie'))",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let users = browser.js("return window.got.users").await;
+    assert_eq!(users.as_array().map(Vec::len), Some(1), "{users}");
+    browser.close().await;
+}

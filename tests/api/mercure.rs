@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald::auth::{self, Claims, MercureClaim};
 
-use crate::helpers::{assert_problem, pct, spawn_app_with, spawn_redis_node, Subscriber, TestApp};
+use crate::helpers::{assert_problem, pct, spawn_app, spawn_app_with, spawn_redis_node, Subscriber, TestApp};
 use crate::redis_server::RedisServer;
 
 const SECRET: &str = "mercure-test-secret-mercure-test-secret";
@@ -411,4 +411,80 @@ async fn symfonys_mercure_client_publishes_and_its_ids_come_back() {
     let public: Vec<String> = anonymous.take(3).await.into_iter().map(|e| e.id).collect();
     assert_eq!(public, [ids[0].clone(), ids[1].clone(), ids[3].clone()]);
     anonymous.assert_silent(QUIET).await;
+}
+
+/// What a stream got: (id, data) pairs, until it has been quiet for a while.
+async fn got(sub: &mut Subscriber) -> Vec<(String, String)> {
+    sub.until_end_or_quiet(QUIET)
+        .await
+        .into_iter()
+        .map(|(e, _)| (e.id, e.data))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_selectors_select_topics_once_each_on_one_node_and_across_redis_nodes() {
+    let redis = RedisServer::start();
+    let (a, b) = (spawn_redis_node(&redis).await, spawn_redis_node(&redis).await);
+    let memory = spawn_app().await;
+    for (name, publisher, subscriber) in [("redis", &a, &b), ("memory", &memory, &memory)] {
+        let template = "https://example.com/books/{id}";
+        let url_pattern = format!("{HUB}?matchURLPattern={}", pct("https://example.com/books/:id"));
+        let mut by_template = mercure_sub(subscriber, &[template]).await;
+        let mut by_url = subscriber.subscribe_at(&url_pattern, None).await;
+        let mut everything = mercure_sub(subscriber, &["*", BOOK]).await;
+        let mut mixed = mercure_sub(subscriber, &[BOOK, template]).await;
+        let mut native = subscriber
+            .subscribe_query(&format!("topic={}", pct(BOOK)), None)
+            .await;
+        let topics = [
+            BOOK,
+            "https://example.com/books/2",
+            "https://example.com/books/2/reviews",
+            "other",
+        ];
+        for (n, topic) in topics.iter().enumerate() {
+            publish_ok(
+                publisher,
+                None,
+                &format!("topic={}&data=d{n}&id={name}-{n}", pct(topic)),
+            )
+            .await;
+        }
+        let want = |ns: &[usize]| -> Vec<(String, String)> {
+            ns.iter()
+                .map(|n| (format!("{name}-{n}"), format!("d{n}")))
+                .collect()
+        };
+        assert_eq!(got(&mut by_template).await, want(&[0, 1]), "{name}: URI template");
+        assert_eq!(got(&mut by_url).await, want(&[0, 1]), "{name}: URL pattern");
+        assert_eq!(
+            got(&mut everything).await,
+            want(&[0, 1, 2, 3]),
+            "{name}: * and a topic"
+        );
+        assert_eq!(
+            got(&mut mixed).await,
+            want(&[0, 1]),
+            "{name}: a topic and a template"
+        );
+        let native: Vec<String> = got(&mut native).await.into_iter().map(|(_, d)| d).collect();
+        assert_eq!(native, ["d0"], "{name}: native");
+
+        // Resuming a pattern stream: the named topic is replayed, the patterns are not, and it says so.
+        let resume = format!("{}&lastEventID={name}-0", hub_path(&[BOOK, template]));
+        let response = subscriber
+            .client
+            .get(subscriber.url(&resume))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["last-event-id"], "earliest", "{name}");
+        use eventsource_stream::Eventsource;
+        let mut resumed = Subscriber::from_events(Box::pin(response.bytes_stream().eventsource()));
+        let notice = resumed.next().await;
+        assert_eq!(notice.event, "herald.gap", "{name}");
+        assert!(notice.data.contains("pattern"), "{}", notice.data);
+        resumed.assert_silent(QUIET).await;
+    }
 }

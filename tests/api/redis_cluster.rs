@@ -585,3 +585,63 @@ async fn resharding_a_busy_topics_slot_loses_and_repeats_nothing() {
         assert_exact_per_topic(&who, &got, &picked, &mine);
     }
 }
+
+/// Mercure on a Cluster: an update of two topics on two shards reaches a subscriber of both once, and a
+/// resume from its id on the other node replays exactly what followed in each; pattern selectors,
+/// which sharded channels cannot serve, are refused with a sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_mercure_and_resumes_from_a_publishers_id_on_every_shard() {
+    let setup = ClusterSetup::start();
+    let (a, b) = (cluster_node(&setup, 0).await, cluster_node(&setup, 0).await);
+    let topics = spread_topics(&setup, 1);
+    let (t0, t1) = (&topics[0], &topics[1]);
+    let hub = |topics: &[&String]| -> String {
+        let query: Vec<String> = topics.iter().map(|t| format!("topic={}", pct(t))).collect();
+        format!("/.well-known/mercure?{}", query.join("&"))
+    };
+    let publish = |node: &TestApp, form: String| {
+        node.client
+            .post(node.url("/.well-known/mercure"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    let mut live = b.subscribe_at(&hub(&[t0, t1]), None).await;
+    let both = format!("topic={}&topic={}&data=both&id=c-1", pct(t0), pct(t1));
+    for form in [
+        both,
+        format!("topic={}&data=two&id=c-2", pct(t0)),
+        format!("topic={}&data=three&id=c-3", pct(t1)),
+    ] {
+        let response = publish(&a, form).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let ids = |events: Vec<eventsource_stream::Event>| -> Vec<String> {
+        events.into_iter().map(|e| e.id).collect()
+    };
+    let mut got = ids(live.take(3).await);
+    assert_eq!(got.remove(0), "c-1");
+    got.sort();
+    assert_eq!(got, ["c-2", "c-3"]);
+    live.assert_silent(Duration::from_millis(400)).await;
+
+    let mut resumed = a
+        .subscribe_at(&format!("{}&lastEventID=c-1", hub(&[t0, t1])), None)
+        .await;
+    let mut got = ids(resumed.take(2).await);
+    got.sort();
+    assert_eq!(got, ["c-2", "c-3"]);
+    resumed.assert_silent(Duration::from_millis(400)).await;
+
+    let refused = a
+        .client
+        .get(a.url("/.well-known/mercure?topic=*"))
+        .send()
+        .await
+        .unwrap();
+    let problem = crate::helpers::assert_problem(refused, 400, "bad-request").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("Cluster"),
+        "{problem}"
+    );
+}

@@ -13,6 +13,10 @@ impl EngineEvents for NoSubscribers {
     fn topics(&self) -> Vec<TopicName> {
         Vec::new()
     }
+    fn has_patterns(&self) -> bool {
+        false
+    }
+    fn patterns_interrupted(&self) {}
     fn store_lost(&self) {}
 }
 

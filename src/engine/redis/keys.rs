@@ -70,6 +70,20 @@ impl Keys {
         format!("{}:{{{}}}:stored", self.prefix, escape(topic.as_str()))
     }
 
+    /// The pattern of every topic's stored channel (`PSUBSCRIBE`, for pattern subscriptions). Braces are
+    /// plain characters to Redis's glob, and no escaped topic holds one, so it matches exactly those.
+    pub(super) fn every_stored_channel(&self) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + 12);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str(":{*}:stored");
+        pattern
+    }
+
     /// Where `redis-cli PUBLISH` sends live-only messages: framed by the node as data only.
     pub(super) fn live_channel(&self, topic: &TopicName) -> String {
         format!("{}:{{{}}}:live", self.prefix, escape(topic.as_str()))

@@ -238,6 +238,31 @@ impl RedisEngine {
     }
 }
 
+impl RedisEngine {
+    /// Sends the link a (subscribe) command and waits for Redis's confirmation, at most the command
+    /// timeout.
+    async fn ask_link(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), EngineError>>) -> Command,
+    ) -> Result<(), EngineError> {
+        // The link answers only between its attempts to connect: while down, say so at once.
+        if !self.is_ready() {
+            return Err(EngineError::Unavailable(
+                "this node's link to Redis is down; retry in a moment".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let gone = || EngineError::Unavailable("the Redis link has stopped".into());
+        self.commands.send(command(tx)).map_err(|_| gone())?;
+        match timeout(self.command_timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| gone())?,
+            Err(_) => Err(EngineError::Unavailable(
+                "Redis did not confirm the subscription in time".into(),
+            )),
+        }
+    }
+}
+
 impl Engine for RedisEngine {
     fn publish<'a>(&'a self, m: Publish<'a>) -> BoxFuture<'a, Result<EventId, EngineError>> {
         async move {
@@ -389,26 +414,12 @@ impl Engine for RedisEngine {
     }
 
     fn subscribe<'a>(&'a self, topic: &'a TopicName) -> BoxFuture<'a, Result<(), EngineError>> {
-        async move {
-            // The link answers only between its attempts to connect: while down, say so at once.
-            if !self.is_ready() {
-                return Err(EngineError::Unavailable(
-                    "this node's link to Redis is down; retry in a moment".into(),
-                ));
-            }
-            let (tx, rx) = oneshot::channel();
-            let gone = || EngineError::Unavailable("the Redis link has stopped".into());
-            self.commands
-                .send(Command::Subscribe(topic.clone(), tx))
-                .map_err(|_| gone())?;
-            match timeout(self.command_timeout, rx).await {
-                Ok(answer) => answer.map_err(|_| gone())?,
-                Err(_) => Err(EngineError::Unavailable(
-                    "Redis did not confirm the subscription in time".into(),
-                )),
-            }
-        }
-        .boxed()
+        self.ask_link(move |reply| Command::Subscribe(topic.clone(), reply))
+            .boxed()
+    }
+
+    fn subscribe_all(&self) -> BoxFuture<'_, Result<(), EngineError>> {
+        self.ask_link(Command::SubscribeAll).boxed()
     }
 
     fn is_ready(&self) -> bool {

@@ -35,6 +35,10 @@ pub(super) enum Push<M> {
 pub(super) trait Message {
     fn channel(&self) -> &str;
     fn payload(&self) -> &[u8];
+    /// Received through the pattern subscription (`PSUBSCRIBE`) rather than the channel's own.
+    fn by_pattern(&self) -> bool {
+        false
+    }
 }
 
 /// A pub/sub connection the link serves from: where the two kinds differ, and nothing else.
@@ -49,6 +53,15 @@ pub(super) trait PubSub {
     /// Subscribes the topics' channels (nothing to do for none).
     async fn subscribe(&mut self, keys: &Keys, topics: &[TopicName]) -> RedisResult<()>;
     async fn unsubscribe(&mut self, keys: &Keys, topic: &TopicName) -> RedisResult<()>;
+    /// Receives every topic's stored events too (pattern subscriptions), or stops; `None` where the
+    /// connection cannot (a Cluster's sharded channels have no patterns).
+    fn everything(
+        &mut self,
+        _keys: &Keys,
+        _on: bool,
+    ) -> Option<futures_util::future::BoxFuture<'_, RedisResult<()>>> {
+        None
+    }
     async fn ping(&mut self) -> RedisResult<()>;
     /// Subscribes the topics again in the background, until each is confirmed (after `ShardLost`); never
     /// needed where a lost connection ends the link's life.
@@ -93,6 +106,10 @@ impl Message for Msg {
     fn payload(&self) -> &[u8] {
         self.get_payload_bytes()
     }
+
+    fn by_pattern(&self) -> bool {
+        self.from_pattern()
+    }
 }
 
 impl PubSub for Plain {
@@ -126,6 +143,19 @@ impl PubSub for Plain {
 
     async fn ping(&mut self) -> RedisResult<()> {
         self.sink.ping::<redis::Value>().await.map(drop)
+    }
+
+    fn everything(
+        &mut self,
+        keys: &Keys,
+        on: bool,
+    ) -> Option<futures_util::future::BoxFuture<'_, RedisResult<()>>> {
+        let pattern = keys.every_stored_channel();
+        Some(if on {
+            Box::pin(self.sink.psubscribe(pattern))
+        } else {
+            Box::pin(self.sink.punsubscribe(pattern))
+        })
     }
 
     async fn commands(&mut self, shared: &Shared) -> Result<Conn, LinkError> {

@@ -1,6 +1,10 @@
-//! `GET /.well-known/mercure?topic=…`: a Mercure subscription. Selectors come as `topic=` (0.x,
-//! repeatable) or `match=` (1.0); the resume point as the `Last-Event-ID` header or, in that order, the
+//! `GET /.well-known/mercure?topic=…`: a Mercure subscription. Selectors come as `topic=` (0.x: a
+//! topic, `*` or a URI template), `match=` / `matchExact=` (a topic or `*`) and `matchURLPattern=`
+//! (also spelled `match_urlpattern=`), each repeatable; the resume point as the `Last-Event-ID` header or, in that order, the
 //! `lastEventID`, `Last-Event-ID` and `last_event_id` query parameters (every spelling clients use).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use actix_web::http::{Method, Version};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,6 +15,7 @@ use crate::event::Shape;
 use crate::http::request::{head, query_pairs, query_value};
 use crate::http::subscribe::stream_head;
 use crate::node::{Node, RequestHead};
+use crate::selector::{Pattern, Selection};
 use crate::subscribe::{open, Open, Resume, StreamRequest};
 
 pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
@@ -22,15 +27,23 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     };
     let head = head(&req, &pairs);
     let (request, resumed_from) = stream_request(&node, &head)?;
+    let by_pattern = !request.patterns.is_empty();
     let Some(connection) = open(&node, &head, request, asked).await? else {
         return Ok(stream_head(&mut HttpResponse::Ok()).finish());
     };
     let mut builder = HttpResponse::Ok();
     stream_head(&mut builder);
-    if let Some(id) = resumed_from {
-        // 0.x names it Last-Event-ID, 1.0 Mercure-Last-Event-ID: where the stream starts.
-        builder.insert_header(("Last-Event-ID", id.clone()));
-        builder.insert_header(("Mercure-Last-Event-ID", id));
+    if let Some((id, found)) = resumed_from {
+        // Where the stream starts: the id asked for when it was found and everything after it is
+        // replayed, else `earliest` (the spec's sign that events may be missing). 0.x names it
+        // Last-Event-ID, 1.0 Mercure-Last-Event-ID.
+        let start = if found.load(Ordering::Relaxed) && !by_pattern {
+            id
+        } else {
+            "earliest".to_string()
+        };
+        builder.insert_header(("Last-Event-ID", start.clone()));
+        builder.insert_header(("Mercure-Last-Event-ID", start));
     }
     let mut response = builder.streaming(connection.into_stream());
     if req.version() <= Version::HTTP_11 {
@@ -39,40 +52,68 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     Ok(response)
 }
 
-/// The subscription's topics and resume point, and the id the response names as its start.
-fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<(StreamRequest, Option<String>), ApiError> {
+/// The id a stream resumes from, and whether it was found (set when the stream opens).
+type Resumed = (String, Arc<AtomicBool>);
+
+/// The subscription's topics and resume point, and (shared with the stream's opening) whether the id
+/// resumed from was found.
+fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<(StreamRequest, Option<Resumed>), ApiError> {
     let limits = &node.settings.limits;
     let mut topics: Vec<TopicName> = Vec::new();
+    let mut patterns: Vec<(Arc<str>, Arc<Pattern>)> = Vec::new();
+    let mut count = 0usize;
     for (key, value) in head.query {
-        match key.as_str() {
-            "topic" | "match" => {}
-            other if other.starts_with("match") => {
+        let selection = match key.as_str() {
+            // 0.x: a topic, `*` or a URI template.
+            "topic" => Selection::of_topic_selector(value, limits.max_topic_len)?,
+            // 1.0: exact (or `*`).
+            "match" | "matchExact" if value == "*" => Selection::Pattern(Pattern::Any),
+            "match" | "matchExact" => Selection::Topic(TopicName::parse(value, limits.max_topic_len)?),
+            "matchURLPattern" | "match_urlpattern" => {
+                check_pattern(key, value, limits.max_topic_len)?;
+                Selection::of_url_pattern(value)
+                    .map_err(|e| ApiError::BadRequest(format!("{key}={value}: the URL pattern {e}")))?
+            }
+            other if other.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("match")) => {
                 return Err(ApiError::BadRequest(format!(
-                    "{other}= is not a selector this hub knows: use topic= (or match=) with a topic, `*` or \
-                     a URI template, or match_urlpattern= with a URL pattern"
+                    "{other}= is not a selector this hub knows: use match= (a topic, or `*`), \
+                     matchURLPattern= (a URL pattern such as https://example.com/books/:id) or topic= (a \
+                     topic, `*` or a URI template)"
                 )));
             }
             _ => continue,
+        };
+        if let Selection::Pattern(Pattern::Template(_)) = &selection {
+            check_pattern(key, value, limits.max_topic_len)?;
         }
-        if value == "*" || crate::selector::Template::parse(value).is_some() {
-            return Err(ApiError::BadRequest(format!(
-                "{key}={value}: this hub subscribes to exact topics only for now; name each topic"
-            )));
-        }
-        let topic = TopicName::parse(value, limits.max_topic_len)?;
-        if !topics.contains(&topic) {
-            topics.push(topic);
-        }
-        if topics.len() > limits.max_topics_per_connection {
+        count += 1;
+        if count > limits.max_topics_per_connection {
             return Err(ApiError::BadRequest(format!(
                 "one subscription may name at most {} selectors (limits.max_topics_per_connection)",
                 limits.max_topics_per_connection
             )));
         }
+        match selection {
+            Selection::Topic(topic) if !topics.contains(&topic) => topics.push(topic),
+            Selection::Topic(_) => {}
+            Selection::Pattern(pattern) => {
+                // Grouped in the hub by this text: the same pattern, whatever parameter named it.
+                let text: Arc<str> = match &pattern {
+                    Pattern::Any => "*".into(),
+                    Pattern::Template(_) => format!("template {value}").into(),
+                    Pattern::Url(_) => format!("urlpattern {value}").into(),
+                };
+                if !patterns.iter().any(|(t, _)| *t == text) {
+                    patterns.push((text, Arc::new(pattern)));
+                }
+            }
+        }
     }
-    if topics.is_empty() {
+    if topics.is_empty() && patterns.is_empty() {
         return Err(ApiError::BadRequest(
-            "name at least one selector: ?topic=https://example.com/books/1 (repeat it for more)".into(),
+            "name at least one selector: ?topic=https://example.com/books/1 (or a URI template, or `*`), \
+             ?match=… or ?matchURLPattern=…"
+                .into(),
         ));
     }
     let raw = match head.last_event_id {
@@ -85,12 +126,25 @@ fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<(StreamRequest,
             .iter()
             .find_map(|name| query_value(head.query, name)),
     };
-    let resume = raw.filter(|id| !id.is_empty()).map(str::to_string);
+    let resume = raw
+        .filter(|id| !id.is_empty())
+        .map(|id| (id.to_string(), Arc::new(AtomicBool::new(false))));
     let request = StreamRequest {
         topics,
-        last_event_id: resume.clone().map(Resume::Update),
+        patterns,
+        last_event_id: resume.clone().map(|(id, found)| Resume::Update { id, found }),
         poll: false,
         shape: Shape::Mercure,
     };
     Ok((request, resume))
+}
+
+/// A pattern's text: as long as a topic may be, and without control characters.
+fn check_pattern(key: &str, value: &str, max_len: usize) -> Result<(), ApiError> {
+    if value.len() > max_len || value.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "{key}=: a pattern may be at most {max_len} bytes, without control characters"
+        )));
+    }
+    Ok(())
 }

@@ -4,7 +4,6 @@
 //! [`PubSub`] (`pubsub::Plain`, `sharded::Sharded`).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +25,14 @@ use crate::event::Event;
 use crate::sse;
 use crate::telemetry::{LogEvery, Metrics};
 
+mod backoff;
+mod everything;
 mod fill;
 mod inflight;
 mod receive;
 mod silence;
 
+pub(super) use backoff::backoff;
 use inflight::InFlight;
 pub(super) use silence::end_streams_when_silent;
 
@@ -79,6 +81,8 @@ impl LinkError {
 pub(super) enum Command {
     /// Make sure the link is subscribed to the topic; answered once Redis confirmed it.
     Subscribe(TopicName, oneshot::Sender<Result<(), EngineError>>),
+    /// Make sure the link receives every topic (for pattern subscriptions); answered once confirmed.
+    SubscribeAll(oneshot::Sender<Result<(), EngineError>>),
 }
 
 /// What a link is built from (`RedisEngine::start`).
@@ -124,6 +128,11 @@ pub(super) struct Link {
     /// is newer; one that is not (or that claims a time far ahead) is checked against the topic's stream
     /// before it is trusted. Per topic, so one bad message cannot hold back other topics.
     cursors: HashMap<TopicName, EventId>,
+    /// Every topic's stored channel is received too (`everything`).
+    everything: bool,
+    /// The topic and id of the last stored event taken from its channel's own subscription: its
+    /// pattern copy, right behind it, is a duplicate.
+    last_plain: Option<(TopicName, EventId)>,
     function_settings: FunctionSettings,
     gap_fill_bound: PageBound,
     command_timeout: Duration,
@@ -150,6 +159,8 @@ impl Link {
             subscribed: HashSet::new(),
             floors: HashMap::new(),
             cursors: HashMap::new(),
+            everything: false,
+            last_plain: None,
             function_settings: c.function_settings,
             gap_fill_bound: c.gap_fill_bound,
             command_timeout: c.command_timeout,
@@ -194,7 +205,7 @@ impl Link {
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
                     command = self.commands.recv() => match command {
-                        Some(Command::Subscribe(_, reply)) => {
+                        Some(Command::Subscribe(_, reply)) | Some(Command::SubscribeAll(reply)) => {
                             let _ = reply.send(Err(EngineError::Unavailable("Redis is unreachable".into())));
                         }
                         None => return,
@@ -285,6 +296,11 @@ impl Link {
                             return e;
                         }
                     }
+                    Command::SubscribeAll(reply) => {
+                        if let Some(e) = self.on_subscribe_all(&mut pubsub, reply).await {
+                            return e;
+                        }
+                    }
                 },
                 Some(topic) = self.idle.recv() => {
                     if let Err(e) = self.on_idle(&mut pubsub, &mut flight, topic).await {
@@ -301,6 +317,9 @@ impl Link {
                     if let Err(e) = answered {
                         return LinkError::Ping(Box::new(e));
                     }
+                    if let Err(e) = self.release_everything(&mut pubsub).await {
+                        return e;
+                    }
                 }
             }
         }
@@ -315,7 +334,7 @@ impl Link {
         push: Push<P::Message>,
     ) -> Result<(), LinkError> {
         match push {
-            Push::Message(m) => self.take(batch, m.channel(), m.payload()).await,
+            Push::Message(m) => self.take(batch, m.channel(), m.payload(), m.by_pattern()).await,
             Push::Subscribed(topic) if self.subscribed.contains(&topic) => {
                 // What came before must reach the hub before what the fill hands over.
                 self.node.dispatch_all(batch);
@@ -412,27 +431,7 @@ impl Link {
         self.subscribed = topics.iter().cloned().collect();
         let subscribed = &self.subscribed;
         self.floors.retain(|topic, _| subscribed.contains(topic));
+        self.resume_everything(pubsub).await?;
         self.fill(&mut conn, &topics).await
-    }
-}
-
-pub(super) fn backoff(failures: u32) -> Duration {
-    let full = BACKOFF_FIRST
-        .saturating_mul(1 << failures.min(8))
-        .min(BACKOFF_CAP);
-    let jitter = RandomState::new().hash_one(failures) % 50;
-    full - full * jitter as u32 / 100
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        for failures in 0..20 {
-            let d = backoff(failures);
-            assert!(d <= BACKOFF_CAP && d >= BACKOFF_FIRST / 2, "{d:?}");
-        }
     }
 }

@@ -18,8 +18,9 @@ impl Link {
         batch: &mut Vec<Arc<Event>>,
         channel: &str,
         payload: &[u8],
+        from_pattern: bool,
     ) -> Result<(), LinkError> {
-        match self.decode(channel, payload) {
+        match self.decode(channel, payload, from_pattern) {
             Decoded::Event(event) => batch.push(event),
             Decoded::Skip => {}
             Decoded::Check(event) => {
@@ -41,7 +42,7 @@ impl Link {
     }
 
     /// Turns one pub/sub message into an event for the hub; never waits.
-    fn decode(&mut self, channel: &str, payload: &[u8]) -> Decoded {
+    fn decode(&mut self, channel: &str, payload: &[u8], from_pattern: bool) -> Decoded {
         let Some((topic, stored)) = self.keys.topic_of_channel(channel, self.max_topic_len) else {
             return Decoded::Skip;
         };
@@ -57,6 +58,22 @@ impl Link {
                 return Decoded::Skip;
             }
         };
+        if from_pattern {
+            // The copy of what its channel's own subscription just brought (`everything`).
+            if self
+                .last_plain
+                .as_ref()
+                .is_some_and(|(t, i)| *t == topic && *i == id)
+            {
+                return Decoded::Skip;
+            }
+            if !self.subscribed.contains(&topic) {
+                let event = Stored::from_frame(id, topic, bytes::Bytes::copy_from_slice(payload));
+                return Decoded::Event(event.event);
+            }
+        } else if self.everything {
+            self.last_plain = Some((topic.clone(), id));
+        }
         if self.floors.get(&topic).is_some_and(|floor| id <= *floor) {
             return Decoded::Skip;
         }
