@@ -15,6 +15,10 @@ use crate::config::AuthSettings;
 use crate::domain::TopicName;
 use crate::selector;
 
+mod details;
+
+use details::TokenSelector;
+
 /// The claims Herald reads; anything else in the token is ignored.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -57,17 +61,42 @@ pub struct MercureClaim {
     pub subscribe: Vec<String>,
 }
 
-/// A verified token.
+/// What a token carries, in either shape: Mercure's legacy claims, or a 1.0 access token's
+/// `authorization_details` (read by `details`).
+#[derive(Debug, Deserialize)]
+struct TokenClaims {
+    #[serde(default)]
+    mercure: MercureClaim,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    authorization_details: Option<serde_json::Value>,
+}
+
+/// A verified token: what it allows.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    claims: Claims,
+    expires_at: Option<u64>,
+    publish: Vec<TokenSelector>,
+    subscribe: Vec<TokenSelector>,
+    /// The 1.0 token's subscribe payload (for presence, to come).
+    #[allow(dead_code)]
+    payload: Option<serde_json::Value>,
 }
 
 impl Grant {
     /// When the token stops being valid (seconds since the epoch), if it says.
     pub fn expires_at(&self) -> Option<u64> {
-        self.claims.exp
+        self.expires_at
     }
+}
+
+/// Whether the token's header says it is an RFC 9068 access token (`at+jwt`, or its media type).
+fn is_access_token(typ: Option<&str>) -> bool {
+    typ.is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t == "at+jwt" || t == "application/at+jwt"
+    })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,13 +134,14 @@ pub struct Auth {
     anonymous_publish: bool,
     private_topics: Vec<String>,
     audience: Option<String>,
+    issuer: Option<String>,
     leeway_secs: u64,
     pub cookie_name: String,
 }
 
 /// `topic` matched by one of a token's `selectors`, or refused for `action`.
-fn allowed_by(selectors: &[String], topic: &TopicName, action: &'static str) -> Result<(), AuthError> {
-    if selectors.iter().any(|s| selector::matches(s, topic.as_str())) {
+fn allowed_by(selectors: &[TokenSelector], topic: &TopicName, action: &'static str) -> Result<(), AuthError> {
+    if selectors.iter().any(|s| s.matches(topic.as_str())) {
         Ok(())
     } else {
         Err(AuthError::Forbidden {
@@ -190,6 +220,7 @@ impl Auth {
             anonymous_publish: s.anonymous_publish,
             private_topics: s.private_topics.clone(),
             audience: (!s.audience.is_empty()).then(|| s.audience.clone()),
+            issuer: (!s.issuer.is_empty()).then(|| s.issuer.clone()),
             leeway_secs: s.leeway_secs.as_secs(),
             cookie_name: s.cookie_name.clone(),
         })
@@ -235,8 +266,34 @@ impl Auth {
             }
             None => validation.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| refusal(&e))?;
-        Ok(Grant { claims: data.claims })
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_string());
+        }
+        // A 1.0 access token must say when it ends (RFC 9068), and grants only what its details say.
+        let access_token = is_access_token(header.typ.as_deref());
+        if access_token {
+            validation.required_spec_claims.insert("exp".to_string());
+        }
+        let claims = jsonwebtoken::decode::<TokenClaims>(token, key, &validation)
+            .map_err(|e| refusal(&e))?
+            .claims;
+        let legacy = |list: Vec<String>| list.into_iter().map(TokenSelector::Legacy).collect();
+        let (publish, subscribe, payload) = if access_token {
+            details::read(claims.authorization_details.as_ref())?
+        } else {
+            (
+                legacy(claims.mercure.publish),
+                legacy(claims.mercure.subscribe),
+                None,
+            )
+        };
+        Ok(Grant {
+            expires_at: claims.exp,
+            publish,
+            subscribe,
+            payload,
+        })
     }
 
     /// The one access rule: may the bearer of `token` (if any) do `access` on every one of `topics`?
@@ -262,13 +319,10 @@ impl Auth {
             Access::Status => {
                 let grant = self.publisher(token, "the node's status")?;
                 // A publish list that can match no topic (`[]`, `[""]`) makes no publisher.
-                if grant.as_ref().is_some_and(|g| {
-                    !g.claims
-                        .mercure
-                        .publish
-                        .iter()
-                        .any(|s| selector::can_match_a_topic(s))
-                }) {
+                if grant
+                    .as_ref()
+                    .is_some_and(|g| !g.publish.iter().any(TokenSelector::can_match))
+                {
                     return Err(AuthError::NotPublisher);
                 }
                 Ok(grant)
@@ -286,7 +340,7 @@ impl Auth {
     }
 
     fn check_write(&self, grant: &Grant, topic: &TopicName) -> Result<(), AuthError> {
-        allowed_by(&grant.claims.mercure.publish, topic, "publishing")
+        allowed_by(&grant.publish, topic, "publishing")
     }
 
     /// Reading `topics`: private ones need a token listing them; a token, when sent, must be valid.
@@ -311,7 +365,7 @@ impl Auth {
         let Some(grant) = grant else {
             return Err(AuthError::Missing("a private topic"));
         };
-        allowed_by(&grant.claims.mercure.subscribe, topic, "subscribing")
+        allowed_by(&grant.subscribe, topic, "subscribing")
     }
 }
 
@@ -319,13 +373,9 @@ impl Auth {
 /// subscribe selectors match one of them); an anonymous subscriber receives public updates only.
 pub fn may_receive(grant: Option<&Grant>, topics: &[TopicName]) -> bool {
     grant.is_some_and(|g| {
-        topics.iter().any(|t| {
-            g.claims
-                .mercure
-                .subscribe
-                .iter()
-                .any(|s| selector::matches(s, t.as_str()))
-        })
+        topics
+            .iter()
+            .any(|t| g.subscribe.iter().any(|s| s.matches(t.as_str())))
     })
 }
 

@@ -16,8 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 
-use crate::auth::{self, Grant};
-use crate::config::Settings;
+use crate::auth::{self, Auth, Grant};
 use crate::cursor::Positions;
 use crate::domain::{EventId, TopicName};
 use crate::engine::{Engine, EngineError, PageBound};
@@ -28,6 +27,9 @@ use crate::sse;
 use crate::telemetry::Metrics;
 
 mod notices;
+mod streams;
+
+pub use streams::Streams;
 
 use notices::{gap_notice, pattern_gap_notice, store_lost_goodbye};
 
@@ -44,6 +46,7 @@ struct Resume {
 
 pub struct Connection {
     engine: Arc<dyn Engine>,
+    auth: Arc<Auth>,
     metrics: Arc<Metrics>,
     membership: Membership,
     /// The client IP's connection slot, given back when the stream ends.
@@ -66,6 +69,8 @@ pub struct Connection {
     grant: Option<Box<Grant>>,
     /// The stream resumes from a `Last-Event-ID`.
     resumed: bool,
+    /// Every topic its patterns select was named for its replay (the memory engine lists them).
+    patterns_replayed: bool,
     /// `poll=1`: end the stream once the replay is sent (for scripts catching up, not browsers).
     poll: bool,
 }
@@ -85,33 +90,6 @@ struct Cursor {
     buf: VecDeque<Stored>,
     started: bool,
     exhausted: bool,
-}
-
-/// What every stream of a node shares: where history comes from, what it counts, and its settings.
-pub struct Streams {
-    pub engine: Arc<dyn Engine>,
-    pub metrics: Arc<Metrics>,
-    /// `retry:` sent when a stream opens.
-    pub retry_ms: u64,
-    /// A comment goes out after this long without anything else.
-    pub heartbeat: Duration,
-    /// One read of a replay.
-    pub page: PageBound,
-}
-
-impl Streams {
-    pub fn new(engine: Arc<dyn Engine>, metrics: Arc<Metrics>, settings: &Settings) -> Self {
-        Streams {
-            engine,
-            metrics,
-            retry_ms: settings.sse.retry_ms,
-            heartbeat: settings.sse.heartbeat_secs,
-            page: PageBound {
-                count: settings.history.page_size,
-                bytes: settings.history.max_page_bytes,
-            },
-        }
-    }
 }
 
 impl Connection {
@@ -146,6 +124,7 @@ impl Connection {
         });
         Connection {
             engine: Arc::clone(&streams.engine),
+            auth: Arc::clone(&streams.auth),
             metrics: Arc::clone(&streams.metrics),
             membership,
             _slot: slot,
@@ -159,8 +138,14 @@ impl Connection {
             shape,
             grant: grant.map(Box::new),
             resumed,
+            patterns_replayed: false,
             poll: false,
         }
+    }
+
+    /// Its patterns' topics are all in its replay: no notice that they are not.
+    pub fn patterns_replayed(&mut self) {
+        self.patterns_replayed = true;
     }
 
     /// Ends the stream after the replay instead of going live (`poll=1`).
@@ -207,7 +192,7 @@ impl Connection {
                     };
                     // Sent at once so the response head and first bytes reach the client immediately.
                     let mut hello = BytesMut::from(&sse::retry(self.retry_ms)[..]);
-                    if self.resumed && self.membership.conn().has_patterns() {
+                    if self.resumed && self.membership.conn().has_patterns() && !self.patterns_replayed {
                         hello.extend_from_slice(&pattern_gap_notice());
                     }
                     return Some(hello.freeze());
@@ -303,10 +288,17 @@ impl Connection {
     /// Whether this stream sends `event` at all: a Mercure update once (the copy of the first of its
     /// topics the stream subscribes to), and a private one only with a token allowing one of its topics.
     fn visible(&self, event: &Event) -> bool {
+        let conn = self.membership.conn();
+        // A topic selected by pattern only was not authorized with the stream: the read rule, now.
+        if conn.has_patterns()
+            && !conn.topics().contains(&event.topic)
+            && !self.auth.may_read(self.grant.as_deref(), &event.topic)
+        {
+            return false;
+        }
         let Some(update) = &event.update else {
             return true;
         };
-        let conn = self.membership.conn();
         update.sent_via(&event.topic, |t| conn.wants(t))
             && (!update.private || auth::may_receive(self.grant.as_deref(), &update.topics))
     }

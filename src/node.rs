@@ -41,7 +41,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
-    pub auth: Auth,
+    /// The one access rule (shared with the streams, which apply it to topics a pattern selects).
+    pub auth: Arc<Auth>,
     pub per_ip: PerIp,
     pub trusted_proxies: Vec<IpAddr>,
     /// Counts of the last minute, for the status page.
@@ -111,8 +112,8 @@ impl Node {
         }
     }
 
-    /// The token sent with the request: `Authorization: Bearer`, else an auth cookie, else the
-    /// `authorization` query parameter.
+    /// The token sent with the request: `Authorization: Bearer`, else the `authorization` (or
+    /// `access_token`) query parameter, else an auth cookie (Mercure's order).
     fn token(&self, head: &RequestHead<'_>) -> Result<Option<Token>, ApiError> {
         if let Some(value) = head.authorization {
             let token = value
@@ -124,6 +125,16 @@ impl Node {
                 })?;
             return Ok(Some(Token::new(token, false)));
         }
+        // The last `authorization=` (or RFC 6750's `access_token=`) of the query, as every query value
+        // is read (`http::request`): before any cookie, since a cookie rides along with every request.
+        let param = head
+            .query
+            .iter()
+            .rev()
+            .find(|(k, v)| (k == "authorization" || k == "access_token") && !v.is_empty());
+        if let Some((_, token)) = param {
+            return Ok(Some(Token::new(token, false)));
+        }
         for pair in head.cookies.iter().flat_map(|v| v.split(';')) {
             if let Some((name, value)) = pair.trim().split_once('=') {
                 let known = name == self.auth.cookie_name || MERCURE_COOKIES.contains(&name);
@@ -132,18 +143,18 @@ impl Node {
                 }
             }
         }
-        // The last `authorization=` of the query, as every query value is read (`http::request`).
-        let param = head.query.iter().rev().find(|(k, _)| k == "authorization");
-        Ok(param
-            .map(|(_, t)| t.as_str())
-            .filter(|t| !t.is_empty())
-            .map(|t| Token::new(t, false)))
+        Ok(None)
     }
 }
 
-/// The cookies Mercure's clients set: `mercureAuthorization` (0.x, Symfony's `SetCookieSubscriber`) and
-/// `__Secure-mercure_access_token` (1.0); read next to `auth.cookie_name`, under the same origin rule.
-const MERCURE_COOKIES: [&str; 2] = ["mercureAuthorization", "__Secure-mercure_access_token"];
+/// The cookies Mercure's clients set: `mercureAuthorization` (0.x, Symfony's `SetCookieSubscriber`),
+/// `__Secure-mercure_access_token` (1.0) and `mercureAccessToken` (the newest draft); read next to
+/// `auth.cookie_name`, under the same origin rule.
+const MERCURE_COOKIES: [&str; 3] = [
+    "mercureAuthorization",
+    "__Secure-mercure_access_token",
+    "mercureAccessToken",
+];
 
 /// A token as sent, and whether it came from the cookie (which any page's requests carry).
 struct Token {

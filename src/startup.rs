@@ -209,11 +209,17 @@ impl Application {
         let counted = Arc::clone(&open);
         let engine_name = engine.name();
         let limits = &settings.limits;
+        let auth = Arc::new(Auth::from_settings(&settings.auth)?);
         let state = web::Data::new(Node {
-            streams: Streams::new(Arc::clone(&engine), Arc::clone(&metrics), &settings),
+            streams: Streams::new(
+                Arc::clone(&engine),
+                Arc::clone(&metrics),
+                Arc::clone(&auth),
+                &settings,
+            ),
             engine,
             hub: Arc::clone(&hub),
-            auth: Auth::from_settings(&settings.auth)?,
+            auth,
             per_ip: PerIp::new(
                 limits.publish_rate_per_ip,
                 limits.publish_burst_per_ip,

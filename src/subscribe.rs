@@ -5,7 +5,7 @@
 //! id of each topic, so every event is either in the replay (id <= that) or queued live (id > that): no
 //! gap, no duplicate.
 
-use crate::auth::Access;
+use crate::auth::{Access, Grant};
 use crate::connection::Connection;
 use crate::cursor::LastEventId;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +59,7 @@ pub(crate) async fn open(
     open: Open,
 ) -> Result<Option<Connection>, ApiError> {
     let StreamRequest {
-        topics,
+        mut topics,
         patterns,
         last_event_id,
         poll,
@@ -76,6 +76,11 @@ pub(crate) async fn open(
         .ok_or(ApiError::TooManyStreams(limits.max_connections_per_ip))?;
 
     let selects_patterns = !patterns.is_empty();
+    // A resuming pattern stream names the topics its patterns select, where the engine can list them,
+    // so they are replayed (and deduplicated) like named ones.
+    let replays_patterns = selects_patterns
+        && last_event_id.is_some()
+        && name_selected_topics(node, grant.as_ref(), &patterns, &mut topics);
     let membership = node.hub.join(topics.clone(), patterns)?;
     for topic in &topics {
         node.engine.subscribe(topic).await?;
@@ -99,15 +104,50 @@ pub(crate) async fn open(
         Some(Resume::Native(id)) => Some(id.after_for(&topics)),
         Some(Resume::Update { id, found }) => {
             let (after, known) = after_update(node, &topics, &id).await?;
-            found.store(known, Ordering::Relaxed);
+            found.store(
+                known && (!selects_patterns || replays_patterns),
+                Ordering::Relaxed,
+            );
             Some(after)
         }
     };
     let mut connection = Connection::new(&node.streams, membership, after, newest, slot, grant, shape);
+    if replays_patterns {
+        connection.patterns_replayed();
+    }
     if poll {
         connection.poll_only();
     }
     Ok(Some(connection))
+}
+
+/// Adds to `topics` the topics with history that `patterns` select and the bearer of `grant` may read,
+/// up to the stream's topic limit; whether that named them all (false where the engine cannot list
+/// its topics).
+fn name_selected_topics(
+    node: &Node,
+    grant: Option<&Grant>,
+    patterns: &[(Arc<str>, Arc<Pattern>)],
+    topics: &mut Vec<TopicName>,
+) -> bool {
+    let limit = node.settings.limits.max_topics_per_connection;
+    let mut all = true;
+    for (_, pattern) in patterns {
+        let room = limit.saturating_sub(topics.len());
+        let Some((found, complete)) = node.engine.topics_selected(pattern, room) else {
+            return false;
+        };
+        all &= complete;
+        for topic in found {
+            if !topics.contains(&topic) && node.auth.may_read(grant, &topic) {
+                if topics.len() == limit {
+                    return false;
+                }
+                topics.push(topic);
+            }
+        }
+    }
+    all
 }
 
 /// Where each of `topics` resumes after the Mercure update `id`: right after its copy in the topics it

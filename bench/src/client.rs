@@ -358,8 +358,17 @@ pub async fn publisher(
         } else {
             String::new()
         };
+        // `mercure:<topic>` publishes through Herald's Mercure dialect: a form to /.well-known/mercure.
+        let (path, kind, data) = match path.strip_prefix("mercure:") {
+            Some(topic) => (
+                "/.well-known/mercure",
+                "application/x-www-form-urlencoded",
+                format!("topic={topic}&data={}", data.replace(' ', "+")),
+            ),
+            None => (path.as_str(), "text/plain", data),
+        };
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: text/plain\r\n{key}Content-Length: {}\r\n\r\n{data}",
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {kind}\r\n{key}Content-Length: {}\r\n\r\n{data}",
             data.len()
         );
         stream.write_all(request.as_bytes()).await?;

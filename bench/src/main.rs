@@ -152,6 +152,23 @@ enum Streams {
     OneTopic,
     /// Each of `per_topic` subscribers reads every topic in one stream (Herald only: composite ids).
     AllTopics,
+    /// As `OneTopic`, through Herald's Mercure dialect: streams of `/.well-known/mercure?topic=<t>`,
+    /// publishes as forms to `/.well-known/mercure`.
+    Mercure,
+    /// Through Mercure, each subscriber selecting its topic by a URI template: all by the same one
+    /// (the hub matches it once per event), or each by its own (`distinct`: one match per subscriber).
+    Template { distinct: bool },
+}
+
+/// The Mercure stream path selecting `topic` (an IRI under https://bench.test/b/) by template.
+fn template_path(i: usize, distinct: bool) -> String {
+    // `{?x<i>}` is an optional query: each template differs, and each matches the topic.
+    let extra = if distinct {
+        format!("%7B%3Fx{i}%7D")
+    } else {
+        String::new()
+    };
+    format!("/.well-known/mercure?topic=https://bench.test/b/%7Bid%7D{extra}")
 }
 
 /// `topics` topics with `per_topic` subscribers each (spread over the system's nodes); `messages` per
@@ -167,11 +184,16 @@ async fn fanout(
     pace: Option<Duration>,
     streams: Streams,
 ) -> Result<Row> {
-    let names: Vec<String> = (0..topics).map(|_| fresh_topic("f")).collect();
+    let names: Vec<String> = (0..topics)
+        .map(|_| match streams {
+            Streams::Template { .. } => fresh_topic("https://bench.test/b/f"),
+            _ => fresh_topic("f"),
+        })
+        .collect();
     let total = topics * messages;
     let subscribers = match streams {
-        Streams::OneTopic => topics * per_topic,
         Streams::AllTopics => per_topic,
+        _ => topics * per_topic,
     };
     let tally: SharedTally = Rc::new(RefCell::new(Tally::default()));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -182,6 +204,11 @@ async fn fanout(
         let (path, expect) = match streams {
             Streams::OneTopic => (sys.sub_path(&names[i % topics]), messages),
             Streams::AllTopics => (format!("/events?topic={}", names.join("&topic=")), total),
+            Streams::Mercure => (
+                format!("/.well-known/mercure?topic={}", names[i % topics]),
+                messages,
+            ),
+            Streams::Template { distinct } => (template_path(i, distinct), total),
         };
         let sub = Subscription {
             port,
@@ -205,7 +232,13 @@ async fn fanout(
     let pids = sys.pids();
     let per_pid0: Vec<f64> = pids.iter().map(|&p| procfs::cpu_secs(p)).collect();
     let (cpu0, bench0, t0) = (procfs::total_cpu(&pids), self_cpu(), Instant::now());
-    let paths: Vec<String> = names.iter().map(|t| sys.pub_path(t)).collect();
+    let paths: Vec<String> = names
+        .iter()
+        .map(|t| match streams {
+            Streams::Mercure | Streams::Template { .. } => format!("mercure:{t}"),
+            _ => sys.pub_path(t),
+        })
+        .collect();
     let published = publish_all(sys.pub_port, &paths, in_flight, total, pace).await?;
     let (failed, pct) = (published.failed, |q| published.round_trip_us(q));
     // How fast the server accepts publishes under this load: it sets how many events meet in a queue.
@@ -337,9 +370,19 @@ async fn publish_cost(sys: &System, in_flight: usize) -> Result<Row> {
 /// subscribes to: what the publish path alone costs. In the row, deliveries/s are publishes/s, server CPU
 /// is the server's processes (not Redis) per publish, p50/p99 are publish round trips. On one Redis,
 /// Redis's own time per `FCALL` (`INFO commandstats`) is printed next to the commands the call ran.
-async fn publish_load(sys: &System, conns: usize, topics: usize, count: usize) -> Result<Row> {
-    let scenario = format!("publish load: {conns} conns, {topics} topics, no subscribers");
-    let paths: Vec<String> = (0..topics).map(|_| sys.pub_path(&fresh_topic("p"))).collect();
+async fn publish_load(sys: &System, conns: usize, topics: usize, count: usize, mercure: bool) -> Result<Row> {
+    let via = if mercure { " (Mercure forms)" } else { "" };
+    let scenario = format!("publish load{via}: {conns} conns, {topics} topics, no subscribers");
+    let paths: Vec<String> = (0..topics)
+        .map(|_| {
+            let topic = fresh_topic("p");
+            if mercure {
+                format!("mercure:{topic}")
+            } else {
+                sys.pub_path(&topic)
+            }
+        })
+        .collect();
     if let Some(port) = sys.redis_port {
         redis_cli(port, &["CONFIG", "RESETSTAT"])?;
     }
@@ -807,6 +850,7 @@ async fn run(args: Args) -> Result<()> {
         "rss",
         "publish",
         "publish-load",
+        "mercure",
         "heads",
         "keys",
     ];
@@ -928,7 +972,31 @@ async fn run(args: Args) -> Result<()> {
                     v
                 }
                 "publish" => vec![publish_cost(&sys, 1).await?, publish_cost(&sys, 4).await?],
-                "publish-load" => vec![publish_load(&sys, 16, 1000, 40_000).await?],
+                "publish-load" => vec![publish_load(&sys, 16, 1000, 40_000, false).await?],
+                // Herald's Mercure dialect next to its native API in the same run: fan-out CPU per
+                // delivery, publish cost, and matching 10,000 URI-template subscribers (one template
+                // shared, then 10,000 distinct ones).
+                "mercure" if kind.is_herald() => {
+                    let mut v = Vec::new();
+                    for (name, streams) in [("native", Streams::OneTopic), ("Mercure", Streams::Mercure)] {
+                        let scenario = format!("mercure: fanout 1k×2k, {name}");
+                        v.push(fanout(&sys, &scenario, 1, 1000, 2000, args.in_flight, None, streams).await?);
+                    }
+                    v.push(publish_load(&sys, 16, 1000, 40_000, false).await?);
+                    v.push(publish_load(&sys, 16, 1000, 40_000, true).await?);
+                    for distinct in [false, true] {
+                        let which = if distinct {
+                            "10k distinct templates"
+                        } else {
+                            "one template"
+                        };
+                        let scenario = format!("mercure: 10k template subscribers ({which}), 200 msgs");
+                        let streams = Streams::Template { distinct };
+                        v.push(fanout(&sys, &scenario, 1, 10_000, 200, args.in_flight, None, streams).await?);
+                    }
+                    v
+                }
+                "mercure" => vec![],
                 // What the memory engine retains against what it reports: distinct idempotency keys on
                 // one topic, many topics of one event, and keys past a 4 MiB bound (fresh nodes).
                 "keys" if kind == Kind::HeraldMemory => {

@@ -15,6 +15,8 @@ pub struct AuthSettings {
     pub ec_public_key_file: String,
     pub algorithms: Vec<String>,
     pub audience: String,
+    /// When set, tokens must carry this `iss` (Mercure 1.0 access tokens name their issuer).
+    pub issuer: String,
     #[serde(deserialize_with = "seconds")]
     pub leeway_secs: Duration,
     pub cookie_name: String,

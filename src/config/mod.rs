@@ -2,17 +2,19 @@
 //! `HERALD__SECTION__KEY` env vars → command-line overrides; validated once at load.
 //!
 //! Each section's struct lives beside its own validation: `server` (`[server]`, `[sse]`, `[cors]`),
-//! `history` (`[history]`, `[limits]`), `redis`, `auth`; the loader is here, the strict-key check
+//! `history` (`[history]`, `[limits]`), `redis`, `auth`, `mercure`; the loader is here, the strict-key check
 //! in `keys`.
 
 mod auth;
 mod history;
 mod keys;
+mod mercure;
 mod redis;
 mod server;
 
 pub use auth::AuthSettings;
 pub use history::{HistorySettings, LimitsSettings};
+pub use mercure::MercureSettings;
 pub use redis::{redact_url, RedisSettings};
 pub use server::{CorsSettings, ServerSettings, SseSettings};
 
@@ -34,6 +36,7 @@ pub struct Settings {
     pub cors: CorsSettings,
     pub redis: RedisSettings,
     pub auth: AuthSettings,
+    pub mercure: MercureSettings,
     pub log: LogSettings,
 }
 
@@ -170,6 +173,7 @@ impl Settings {
         self.cors.validate()?;
         self.redis.validate()?;
         self.auth.validate()?;
+        self.mercure.validate()?;
         check(
             ["text", "json"].contains(&self.log.format.as_str()),
             "log.format",

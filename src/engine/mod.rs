@@ -14,6 +14,7 @@ use futures_util::future::BoxFuture;
 
 use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
 use crate::event::{Event, Stored};
+use crate::selector::Pattern;
 
 /// One page of a topic's history after some id.
 #[derive(Debug, Default)]
@@ -168,6 +169,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes sure this node receives every topic's events live (for pattern subscriptions); resolves
     /// once that is confirmed. [`EngineError::Failed`] where the engine cannot (a Cluster).
     fn subscribe_all(&self) -> BoxFuture<'_, Result<(), EngineError>>;
+
+    /// The topics with history that `pattern` selects, at most `limit`, and whether that is all of them:
+    /// a pattern stream's replay names them. `None` where the engine cannot list its topics cheaply
+    /// (Redis: its topics are keys among all others).
+    fn topics_selected(&self, _pattern: &Pattern, _limit: usize) -> Option<(Vec<TopicName>, bool)> {
+        None
+    }
 
     /// Topics and bytes of history this process holds, for engines that hold it in memory.
     fn retained(&self) -> Option<(u64, u64)> {

@@ -74,5 +74,8 @@ pub async fn history(req: HttpRequest, state: web::Data<Node>) -> Result<HttpRes
         json!(page.first_retained.map(|id| id.to_string())),
         json!(next_after),
     ));
-    Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .insert_header(super::mercure::discovery_link(&state))
+        .body(body))
 }

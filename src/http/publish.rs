@@ -65,7 +65,9 @@ pub async fn publish(
     let id = permit
         .publish(event.as_ref(), data, idempotency_key.as_ref())
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "id": id.to_string(), "topic": topic.as_str() })))
+    Ok(HttpResponse::Ok()
+        .insert_header(super::mercure::discovery_link(&state))
+        .json(json!({ "id": id.to_string(), "topic": topic.as_str() })))
 }
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `limit` (by header or by count).

@@ -537,6 +537,9 @@ async fn every_route_applies_the_one_access_rule() {
         Publish,
         Stream,
         History,
+        /// Mercure's dialect of the same two (`/.well-known/mercure`).
+        MercurePublish,
+        MercureStream,
         /// `/status.json` names the busiest topics: only those the token could subscribe to.
         Status,
     }
@@ -557,7 +560,15 @@ async fn every_route_applies_the_one_access_rule() {
             publish_with(&app, topic, &writer, Via::Header).await.status(),
             200
         );
-        for route in [Route::Publish, Route::Stream, Route::History, Route::Status] {
+        let routes = [
+            Route::Publish,
+            Route::Stream,
+            Route::History,
+            Route::Status,
+            Route::MercurePublish,
+            Route::MercureStream,
+        ];
+        for route in routes {
             for token in [Token::None, Token::WrongClaim, Token::RightClaim] {
                 let bearer = match token {
                     Token::None => None,
@@ -569,6 +580,14 @@ async fn every_route_applies_the_one_access_rule() {
                     Route::Stream => app.client.get(app.url(&format!("/events?topic={topic}"))),
                     Route::History => app.client.get(app.url(&format!("/topics/{topic}/history"))),
                     Route::Status => app.client.get(app.url("/status.json")),
+                    Route::MercurePublish => app
+                        .client
+                        .post(app.url("/.well-known/mercure"))
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(format!("topic={topic}&data=x")),
+                    Route::MercureStream => app
+                        .client
+                        .get(app.url(&format!("/.well-known/mercure?topic={topic}"))),
                 };
                 if let Some(bearer) = &bearer {
                     request = request.bearer_auth(bearer);
@@ -578,8 +597,8 @@ async fn every_route_applies_the_one_access_rule() {
                     (Route::Status, Token::None) => (401, "token-missing"),
                     (Route::Status, _) => (200, ""),
                     (_, Token::RightClaim) => (200, ""),
-                    (Route::Publish, Token::None) => (401, "token-missing"),
-                    (Route::Publish, Token::WrongClaim) => (403, "forbidden"),
+                    (Route::Publish | Route::MercurePublish, Token::None) => (401, "token-missing"),
+                    (Route::Publish | Route::MercurePublish, Token::WrongClaim) => (403, "forbidden"),
                     (_, _) if !private => (200, ""),
                     (_, Token::None) => (401, "token-missing"),
                     (_, Token::WrongClaim) => (403, "forbidden"),

@@ -13,6 +13,7 @@ use futures_util::future::{self, BoxFuture, FutureExt};
 use super::{Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::domain::{now_ms, EventId, EventName, IdempotencyKey, TopicName};
 use crate::event::{mercure_key, Stored};
+use crate::selector::Pattern;
 
 pub struct MemoryEngine {
     /// One lock over the clock, the logs and the hand-off to the hub, so the hub sees events in id order
@@ -346,6 +347,20 @@ impl Engine for MemoryEngine {
     fn subscribe_all(&self) -> BoxFuture<'_, Result<(), EngineError>> {
         // Every event is published here, and handed to the hub whoever selects it.
         future::ready(Ok(())).boxed()
+    }
+
+    fn topics_selected(&self, pattern: &Pattern, limit: usize) -> Option<(Vec<TopicName>, bool)> {
+        let state = self.lock();
+        let mut found: Vec<TopicName> = state
+            .logs
+            .keys()
+            .filter(|t| pattern.matches(t.as_str()))
+            .take(limit.saturating_add(1))
+            .cloned()
+            .collect();
+        let all = found.len() <= limit;
+        found.truncate(limit);
+        Some((found, all))
     }
 
     fn retained(&self) -> Option<(u64, u64)> {

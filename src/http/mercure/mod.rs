@@ -5,3 +5,17 @@
 
 pub(super) mod publish;
 pub(super) mod subscribe;
+
+use crate::node::Node;
+
+/// The discovery header of native answers about a topic (RFC 8288, as Mercure's discovery asks):
+/// `Link: <hub>; rel="mercure"`, the hub being `mercure.public_url` or this origin's hub path.
+pub(crate) fn discovery_link(node: &Node) -> (&'static str, String) {
+    let url = &node.settings.mercure.public_url;
+    let hub = if url.is_empty() {
+        publish::HUB_PATH
+    } else {
+        url.as_str()
+    };
+    ("Link", format!("<{hub}>; rel=\"mercure\""))
+}

@@ -27,7 +27,6 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     };
     let head = head(&req, &pairs);
     let (request, resumed_from) = stream_request(&node, &head)?;
-    let by_pattern = !request.patterns.is_empty();
     let Some(connection) = open(&node, &head, request, asked).await? else {
         return Ok(stream_head(&mut HttpResponse::Ok()).finish());
     };
@@ -35,9 +34,9 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     stream_head(&mut builder);
     if let Some((id, found)) = resumed_from {
         // Where the stream starts: the id asked for when it was found and everything after it is
-        // replayed, else `earliest` (the spec's sign that events may be missing). 0.x names it
+        // replayed (a pattern's topics too: `subscribe::open` says), else `earliest` (the spec's sign that events may be missing). 0.x names it
         // Last-Event-ID, 1.0 Mercure-Last-Event-ID.
-        let start = if found.load(Ordering::Relaxed) && !by_pattern {
+        let start = if found.load(Ordering::Relaxed) {
             id
         } else {
             "earliest".to_string()
