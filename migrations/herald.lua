@@ -8,6 +8,8 @@
 --                 trimmed by retention, or lost by a failover or restart). One key per topic, so a Cluster
 --                 moves a topic whole and its MOVED/ASK rules keep every call on the node holding it.
 --   P:{T}:idem:K  the id answered for Idempotency-Key K, for the idempotency window
+--   P:{T}:ids     hash: Mercure update id → its event id, for the updates the stream still holds (entries
+--                 trimmed from the stream are removed from it, and it expires with the stream)
 --   P:{T}:stored  channel: each stored event's SSE frame, published in the same call as the XADD
 --   P:{T}:live    channel for redis-cli (S)PUBLISH of live-only messages: nodes frame whatever arrives there
 --                 as data only (no id, no event type), so it can neither inject fields nor move a cursor
@@ -248,6 +250,31 @@ end
 -- Entries kept past max_len before a trim: trimming then runs once per this many publishes.
 local TRIM_SLACK = 100
 
+-- Removes from the topic's Mercure id hash the ids of its entries up to and including `gone` (each
+-- Mercure entry names its update id in field 'i'), so the hash holds what the stream holds.
+local function forget_ids(key, gone)
+  local ids_key = key .. ':ids'
+  if redis.call('EXISTS', ids_key) == 0 then
+    return
+  end
+  local dropped = {}
+  for _, entry in ipairs(redis.call('XRANGE', key, '-', gone)) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'i' then
+        dropped[#dropped + 1] = fields[i + 1]
+      end
+    end
+    if #dropped >= 1000 then
+      redis.call('HDEL', ids_key, unpack(dropped))
+      dropped = {}
+    end
+  end
+  if #dropped > 0 then
+    redis.call('HDEL', ids_key, unpack(dropped))
+  end
+end
+
 -- Trims the log exactly (XADD's "MAXLEN ~" would not say which ids it removed) and records the newest id
 -- removed as the stream's max-deleted-entry-id.
 local function trim(key, max_len, max_age_ms, now)
@@ -270,6 +297,7 @@ local function trim(key, max_len, max_age_ms, now)
   end
   if gone then
     local m, s = parse_id(gone)
+    forget_ids(key, gone)
     -- MINID removes every entry below it: everything up to and including `gone`.
     redis.call('XTRIM', key, 'MINID', string.format('%.0f-%.0f', m, s + 1))
     mark_gone(key, gone)
@@ -288,9 +316,11 @@ end
 -- Nodes add, after the idempotency key: their max_len, max_age_ms, idem_ttl_ms and max_event_len; the
 -- topic's newest id they have seen (if Redis is behind it, writes were lost: the clock is raised above it
 -- and the loss recorded); an id the clock must pass without a loss being recorded (the old shared clock);
--- '1' to be answered { id, '1' if a loss was found else '' }; and the data limit. A node also
--- passes P:{T}:idem:K as a second key when it sends an idempotency key, so a Cluster moving the topic
--- holds the call until both keys are on one node.
+-- '1' to be answered { id, '1' if a loss was found else '' }; the data limit; and, for a Mercure update
+-- (event herald.mercure, no idempotency key), its id: a repeat of the id answers the first event id and
+-- stores nothing, and P:{T}:ids maps it to the event id while the stream holds it. A node also passes
+-- P:{T}:idem:K (or, with a Mercure id, P:{T}:ids) as a second key, so a Cluster moving the topic holds
+-- the call until both keys are on one node.
 -- A Mercure update is stored with this event name: its data's first line holds its own fields (id,
 -- topics, private, type, retry), at most MERCURE_FIELDS_MAX bytes beyond the data limit (src/event.rs).
 local MERCURE_EVENT = 'herald.mercure'
@@ -334,21 +364,33 @@ local function publish(keys, args)
   -- call must then have changed nothing (the node retries it).
   local idem = args[3] or ''
   local idem_key = key .. ':idem:' .. idem
-  -- A second key may only be this topic's key for this call's idempotency key (a Cluster routes by it).
-  if keys[2] ~= nil and (idem == '' or keys[2] ~= idem_key) then
-    error('herald: the second key must be ' .. idem_key .. ' (the idempotency key of this topic), got ' .. keys[2])
+  -- ARGV 12: a Mercure update's id (its idempotency, and what a resume looks up), instead of a key.
+  local mid = args[12] or ''
+  local ids_key = key .. ':ids'
+  if mid ~= '' and (event ~= MERCURE_EVENT or idem ~= '') then
+    error('herald: a Mercure update id (ARGV 12) goes with the event herald.mercure and no idempotency key')
   end
-  if idem ~= '' and (#idem > 128 or not string.match(idem, '^[!-~]+$')) then
-    error('herald: the idempotency key must be 1 to 128 visible ASCII characters (a UUID is a good choice)')
-  end
-  if idem ~= '' then
-    local seen = redis.call('GET', idem_key)
-    if seen then
-      if answer_lost then
-        return { seen, '' }
-      end
-      return seen
+  for _, given in ipairs({ idem, mid }) do
+    if given ~= '' and (#given > 128 or not string.match(given, '^[!-~]+$')) then
+      error('herald: the idempotency key must be 1 to 128 visible ASCII characters (a UUID is a good choice)')
     end
+  end
+  -- A second key may only be this topic's key for this call's id (a Cluster routes by it).
+  local second = (mid ~= '' and ids_key) or (idem ~= '' and idem_key) or nil
+  if keys[2] ~= nil and keys[2] ~= second then
+    error('herald: the second key must be ' .. (second or 'absent') .. ' (the idempotency key of this topic), got ' .. keys[2])
+  end
+  local seen = nil
+  if idem ~= '' then
+    seen = redis.call('GET', idem_key)
+  elseif mid ~= '' then
+    seen = redis.call('HGET', ids_key, mid)
+  end
+  if seen then
+    if answer_lost then
+      return { seen, '' }
+    end
+    return seen
   end
   local now = now_ms()
   local floor, minimum = floor_arg(args[8], 'the floor (ARGV 8)', now), floor_arg(args[9], 'the minimum (ARGV 9)', now)
@@ -374,8 +416,10 @@ local function publish(keys, args)
   local id
   if event == '' then
     id = redis.call('XADD', key, at, 'd', data)
-  else
+  elseif mid == '' then
     id = redis.call('XADD', key, at, 'd', data, 'e', event)
+  else
+    id = redis.call('XADD', key, at, 'd', data, 'e', event, 'i', mid)
   end
   if lost then
     mark_gone(key, floor)
@@ -383,11 +427,16 @@ local function publish(keys, args)
   trim(key, max_len, max_age_ms, now)
   if idem ~= '' then
     redis.call('SET', idem_key, id, 'PX', idem_ttl_ms)
+  elseif mid ~= '' then
+    redis.call('HSET', ids_key, mid, id)
   end
   if max_age_ms > 0 then
     -- A topic nobody publishes to any more leaves no keys behind: by then all its events have expired.
     -- (herald_history still announces the gap to a reader resuming from before that.)
     redis.call('PEXPIRE', key, max_age_ms + 60000)
+    if mid ~= '' then
+      redis.call('PEXPIRE', ids_key, max_age_ms + 60000)
+    end
   end
   announce(key, encode(id, event, data))
   if answer_lost then

@@ -308,13 +308,9 @@ impl Auth {
         match access {
             Access::Read => self.authorize_read(token, topics),
             Access::Write => {
-                let Some(grant) = self.publisher(token, "publishing")? else {
-                    return Ok(None);
-                };
-                for topic in topics {
-                    self.check_write(&grant, topic)?;
-                }
-                Ok(Some(grant))
+                let grant = self.publisher(token, "publishing")?;
+                self.check_publish(grant.as_ref(), topics)?;
+                Ok(grant)
             }
             Access::Status => {
                 let grant = self.publisher(token, "the node's status")?;
@@ -339,8 +335,16 @@ impl Auth {
         }
     }
 
-    fn check_write(&self, grant: &Grant, topic: &TopicName) -> Result<(), AuthError> {
-        allowed_by(&grant.publish, topic, "publishing")
+    /// The write rule for a publisher already verified (`Access::Write` without topics, say, before a
+    /// body that names them is read): every topic allowed by its token, or none needed.
+    pub fn check_publish(&self, grant: Option<&Grant>, topics: &[TopicName]) -> Result<(), AuthError> {
+        match grant {
+            Some(grant) => topics
+                .iter()
+                .try_for_each(|topic| allowed_by(&grant.publish, topic, "publishing")),
+            None if self.anonymous_publish => Ok(()),
+            None => Err(AuthError::Missing("publishing")),
+        }
     }
 
     /// Reading `topics`: private ones need a token listing them; a token, when sent, must be valid.

@@ -33,7 +33,8 @@ pub struct UpdateFields {
     pub retry: Option<u64>,
 }
 
-/// The idempotency key a Mercure update of id `id` is stored under (and found by, on a resume): the id
+/// The key a Mercure update of id `id` is stored under (its idempotency, and what a resume finds it by:
+/// on Redis a field of the topic's id hash): the id
 /// itself when it is one (visible ASCII, no `%`), else percent-encoded, so every id has one key (the
 /// Mercure route refuses ids whose key would be longer than a key may be: 128).
 pub fn mercure_key(id: &str) -> String {

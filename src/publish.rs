@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::auth::Access;
+use crate::auth::{Access, Grant};
 use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
 use crate::engine::{EngineError, Publish};
 use crate::error::ApiError;
@@ -25,20 +25,34 @@ pub(crate) fn admit<'a>(
     head: &RequestHead<'_>,
     topic: &'a TopicName,
 ) -> Result<Permit<'a>, ApiError> {
-    admit_all(node, head, std::slice::from_ref(topic))
+    admit_publisher(node, head)?.for_topics(std::slice::from_ref(topic))
 }
 
-/// [`admit`] for an update of several topics (Mercure's): the token must allow every one.
-pub(crate) fn admit_all<'a>(
+/// A publisher past its rate and its token's check, whose topics come with the body (Mercure's form).
+pub(crate) struct Publisher<'a> {
     node: &'a Node,
-    head: &RequestHead<'_>,
-    topics: &'a [TopicName],
-) -> Result<Permit<'a>, ApiError> {
+    grant: Option<Grant>,
+}
+
+/// The client's publish rate, then its token (verified once, whether or not it may publish anything
+/// yet): what can be refused before a body is read.
+pub(crate) fn admit_publisher<'a>(node: &'a Node, head: &RequestHead<'_>) -> Result<Publisher<'a>, ApiError> {
     node.per_ip
         .publish(node.client_ip(head))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    node.authorize(head, Access::Write, topics)?;
-    Ok(Permit { node, topics })
+    let grant = node.authorize(head, Access::Write, &[])?;
+    Ok(Publisher { node, grant })
+}
+
+impl<'a> Publisher<'a> {
+    /// The access rule for writing every one of `topics`.
+    pub(crate) fn for_topics(self, topics: &'a [TopicName]) -> Result<Permit<'a>, ApiError> {
+        self.node.auth.check_publish(self.grant.as_ref(), topics)?;
+        Ok(Permit {
+            node: self.node,
+            topics,
+        })
+    }
 }
 
 impl Permit<'_> {
@@ -64,8 +78,8 @@ impl Permit<'_> {
         Ok(id)
     }
 
-    /// Stores a Mercure update once per topic (the canonical one first), each copy under the update's
-    /// id as its idempotency key: a repeat of the id is stored once, and a resume finds where it sits.
+    /// Stores a Mercure update once per topic (the canonical one first), each copy keyed by the update's
+    /// id (`event::mercure_key`): a repeat of the id is stored once, and a resume finds where it sits.
     /// Answers once every copy is stored; if one fails, the copies before it stay (each is a whole,
     /// valid event) and the error says the update may be partly stored.
     pub(crate) async fn publish_update(self, fields: &UpdateFields, data: &str) -> Result<(), ApiError> {

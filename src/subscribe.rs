@@ -151,7 +151,7 @@ fn name_selected_topics(
 }
 
 /// Where each of `topics` resumes after the Mercure update `id`: right after its copy in the topics it
-/// was published to (found through its idempotency key, which lives as long as the history); in the
+/// was published to (found by `Engine::find` while the history holds it); in the
 /// others, from the millisecond it was stored in (each topic has its own clock, so an event of another
 /// topic in that same millisecond may come twice, never be skipped). An id Herald made itself
 /// (`<ms>-<seq>`) counts as that position. An id found nowhere replays everything retained, with the gap

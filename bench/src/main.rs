@@ -40,7 +40,10 @@ struct Args {
     /// publish (publish round trip and CPU per publish, 1 and 4 in flight), spread (publishes/s and CPU
     /// per publish over 96 topics, 16 in flight: one Redis against herald-redis-cluster), heads (3,000
     /// connections that send 30 KB of a request head and wait: CPU and RSS while they wait), keys (what
-    /// the memory engine holds for idempotency keys and topics, against what it reports).
+    /// the memory engine holds for idempotency keys and topics, against what it reports), publish-load
+    /// (16 connections, 1,000 topics, no subscribers, with Redis's own time per FCALL), mercure (Herald
+    /// only: fan-out and publish load through /.well-known/mercure next to the native API, and 10,000
+    /// URI-template subscribers, of one template and of 10,000).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Publishes kept in flight by the fan-out and growth scenarios (the "a few"). Herald writes

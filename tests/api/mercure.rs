@@ -743,3 +743,69 @@ async fn a_pattern_does_not_open_private_topics() {
     replayed.sort();
     assert_eq!(replayed, ["pp-1", "pp-2"]);
 }
+
+/// On Redis a Mercure update's id lives in its topic's id hash for as long as the stream holds the
+/// update: trimming drops both, so ids cannot pile up past the history, and a resume from a trimmed id
+/// gets what is retained after the gap notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_ids_are_trimmed_with_the_history_they_point_into() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let app = spawn_app_with(move |s| {
+        s.redis.url = url;
+        s.redis.startup_wait_secs = Duration::from_secs(5);
+        s.history.max_len = 5;
+    })
+    .await;
+    for n in 0..130 {
+        publish_ok(&app, None, &format!("topic=trim&data=d{n}&id=t-{n}")).await;
+    }
+    let len: usize = redis
+        .cli(&["XLEN", "herald:{trim}"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let ids: usize = redis
+        .cli(&["HLEN", "herald:{trim}:ids"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(ids, len, "the id hash holds what the stream holds");
+    assert!(len < 110, "trimmed to max_len plus its slack: {len}");
+    assert_eq!(redis.cli(&["HEXISTS", "herald:{trim}:ids", "t-0"]).unwrap(), "0");
+    assert_eq!(
+        redis.cli(&["HEXISTS", "herald:{trim}:ids", "t-129"]).unwrap(),
+        "1"
+    );
+    assert_eq!(
+        redis.cli(&["TYPE", "herald:{trim}:idem:t-0"]).unwrap().trim(),
+        "none"
+    );
+    // From a retained id: exactly what followed; from a trimmed one: the gap, then what is retained.
+    let mut exact = app
+        .subscribe_at(&format!("{}&lastEventID=t-127", hub_path(&["trim"])), None)
+        .await;
+    assert_eq!(
+        got(&mut exact)
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>(),
+        ["t-128", "t-129"]
+    );
+    let response = app
+        .client
+        .get(app.url(&format!("{}&lastEventID=t-0", hub_path(&["trim"]))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["last-event-id"], "earliest");
+    use eventsource_stream::Eventsource;
+    let mut gapped = Subscriber::from_events(Box::pin(response.bytes_stream().eventsource()));
+    assert_eq!(gapped.next().await.event, "herald.gap");
+    let rest = got(&mut gapped).await;
+    assert_eq!(rest.len(), len);
+    assert_eq!(rest.last().map(|(id, _)| id.as_str()), Some("t-129"));
+}

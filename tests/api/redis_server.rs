@@ -407,10 +407,45 @@ impl SentinelSetup {
 /// the README asks) so the other shards keep answering while one shard has no primary.
 pub struct ClusterSetup {
     pub nodes: Vec<RedisServer>,
+    /// Dropped after the nodes: the next Cluster starts once these six processes are gone.
+    _slot: ClusterSlot,
+}
+
+/// One Cluster at a time: six Redis processes of one test beside six of another on two cores made a
+/// timing assertion of the failover test (events of healthy shards within a second) fail now and
+/// then, through no fault of the code under test.
+struct ClusterSlot;
+
+static CLUSTER_BUSY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static CLUSTER_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl ClusterSlot {
+    fn take() -> Self {
+        let mut busy = CLUSTER_BUSY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *busy {
+            busy = CLUSTER_FREED
+                .wait(busy)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *busy = true;
+        ClusterSlot
+    }
+}
+
+impl Drop for ClusterSlot {
+    fn drop(&mut self) {
+        *CLUSTER_BUSY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+        CLUSTER_FREED.notify_one();
+    }
 }
 
 impl ClusterSetup {
     pub fn start() -> Self {
+        let slot = ClusterSlot::take();
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
                 RedisServer::start_args(&[
@@ -442,7 +477,7 @@ impl ClusterSetup {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let setup = ClusterSetup { nodes };
+        let setup = ClusterSetup { nodes, _slot: slot };
         setup.wait_healthy(None);
         setup
     }

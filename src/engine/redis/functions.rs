@@ -1,6 +1,5 @@
 //! The functions library (`migrations/herald.lua`) and the Rust wrappers of its functions.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use redis::aio::ConnectionLike;
@@ -8,7 +7,7 @@ use redis::RedisError;
 
 use super::keys::Keys;
 use crate::config::Settings;
-use crate::domain::{EventId, EventName, TopicName, MERCURE_EVENT};
+use crate::domain::{EventId, TopicName};
 use crate::engine::{HistoryPage, PageBound};
 use crate::event::Stored;
 
@@ -55,22 +54,6 @@ impl FunctionSettings {
             library: FUNCTIONS.replacen(SETTINGS_LINE, &line, 1).into(),
             args,
         }
-    }
-
-    /// The settings arguments of a publish of `event`: a Mercure update's idempotency key is its id,
-    /// which a resume looks up, so it is kept as long as the history it points into (plus the minute
-    /// the topic key outlives it), or the idempotency window if that is longer.
-    pub(super) fn args_for(&self, event: Option<&EventName>) -> Cow<'_, [String]> {
-        if event.is_none_or(|e| e.as_str() != MERCURE_EVENT) {
-            return Cow::Borrowed(&self.args[..]);
-        }
-        let age: u64 = self.args[1].parse().unwrap_or(0);
-        let window: u64 = self.args[2].parse().unwrap_or(0);
-        let mut args = self.args.to_vec();
-        if age > 0 {
-            args[2] = window.max(age.saturating_add(60_000)).to_string();
-        }
-        Cow::Owned(args)
     }
 
     pub(super) fn max_age_ms(&self) -> &str {

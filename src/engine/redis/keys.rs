@@ -99,6 +99,11 @@ impl Keys {
         format!("{}:{{{}}}:idem:{key}", self.prefix, escape(topic.as_str()))
     }
 
+    /// `P:{T}:ids`: the topic's Mercure update ids → event ids, for the updates its stream holds.
+    pub(super) fn update_ids(&self, topic: &TopicName) -> String {
+        format!("{}:{{{}}}:ids", self.prefix, escape(topic.as_str()))
+    }
+
     /// `P:layout`: the key layout the Redis holds (`migrate::LAYOUT`), recorded once it is upgraded.
     pub(super) fn layout(&self) -> String {
         format!("{}:layout", self.prefix)

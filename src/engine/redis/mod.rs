@@ -42,7 +42,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use super::{Cause, Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
-use crate::domain::{EventId, IdempotencyKey, TopicName};
+use crate::domain::{EventId, IdempotencyKey, TopicName, MERCURE_EVENT};
 use crate::telemetry::Metrics;
 use connection::{IoThread, Lane, Shared};
 pub use error::RedisStartError;
@@ -269,22 +269,34 @@ impl Engine for RedisEngine {
             self.shared.refuse_if_silent()?;
             let mut cmd = redis::cmd("FCALL");
             cmd.arg("herald_publish");
-            match m.idempotency_key {
+            // A Mercure update's key is its id: kept in the topic's id hash (`P:{T}:ids`) while the
+            // stream holds the update, rather than as an idempotency key that outlives it.
+            let mercure = m.event.is_some_and(|e| e.as_str() == MERCURE_EVENT);
+            let (idem, update_id) = match (m.idempotency_key, mercure) {
+                (Some(key), true) => (None, Some(key.as_str())),
+                (key, _) => (key.map(IdempotencyKey::as_str), None),
+            };
+            match (idem, update_id) {
                 // Declared, so a Cluster moving the topic holds the call until both keys are on one node.
-                Some(key) => cmd
+                (Some(key), _) => cmd
                     .arg(2)
                     .arg(self.keys.topic(m.topic))
-                    .arg(self.keys.idempotency(m.topic, key.as_str())),
-                None => cmd.arg(1).arg(self.keys.topic(m.topic)),
+                    .arg(self.keys.idempotency(m.topic, key)),
+                (None, Some(_)) => cmd
+                    .arg(2)
+                    .arg(self.keys.topic(m.topic))
+                    .arg(self.keys.update_ids(m.topic)),
+                (None, None) => cmd.arg(1).arg(self.keys.topic(m.topic)),
             };
             cmd.arg(m.data)
                 .arg(m.event.map_or("", |e| e.as_str()))
-                .arg(m.idempotency_key.map_or("", |k| k.as_str()))
-                .arg(&*self.function_settings.args_for(m.event))
+                .arg(idem.unwrap_or(""))
+                .arg(&self.function_settings.args[..])
                 .arg(self.shared.seen.floor_arg(m.topic))
                 .arg(self.legacy_clock.as_str())
                 .arg("1")
-                .arg(&self.function_settings.max_data_bytes);
+                .arg(&self.function_settings.max_data_bytes)
+                .arg(update_id.unwrap_or(""));
             let deadline = Instant::now() + self.command_timeout;
             let settings = &self.function_settings;
             let (id, lost): (String, String) = match (self.min_replicas, self.sharded) {
@@ -402,11 +414,17 @@ impl Engine for RedisEngine {
     ) -> BoxFuture<'a, Result<Option<EventId>, EngineError>> {
         async move {
             self.shared.refuse_if_silent()?;
-            // A Mercure update's idempotency key is its id, kept as long as the history (`publish`).
-            let name = self.keys.idempotency(topic, key.as_str());
+            // The topic's id hash holds the updates its stream holds (`publish`).
+            let name = self.keys.update_ids(topic);
             let found: Option<String> = self
                 .shared
-                .run(|mut conn| async move { redis::cmd("GET").arg(name).query_async(&mut conn).await })
+                .run(|mut conn| async move {
+                    redis::cmd("HGET")
+                        .arg(name)
+                        .arg(key.as_str())
+                        .query_async(&mut conn)
+                        .await
+                })
                 .await?;
             Ok(found.and_then(|id| id.parse().ok()))
         }

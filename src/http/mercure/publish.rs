@@ -4,7 +4,6 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::auth::Access;
 use crate::domain::{EventName, TopicName};
 use crate::error::ApiError;
 use crate::event::{mercure_key, UpdateFields};
@@ -49,13 +48,13 @@ pub async fn publish(
     }
     let pairs = query_pairs(req.query_string())?;
     let request = head(&req, &pairs);
-    // A missing or bad token is refused before the body is read (the topics, and so the full rule,
-    // come with it).
-    node.authorize(&request, Access::Write, &[])?;
+    // The rate and a missing or bad token are refused before the body is read; the topics, and so the
+    // rest of the rule, come with it.
+    let publisher = publish::admit_publisher(&node, &request)?;
     let body = read_body(&req, body, limits.max_body_bytes).await?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::NotUtf8 { at: e.valid_up_to() })?;
     let form = read_form(&node, text)?;
-    let permit = publish::admit_all(&node, &request, &form.topics)?;
+    let permit = publisher.for_topics(&form.topics)?;
     let id = form
         .id
         .unwrap_or_else(|| format!("urn:uuid:{}", uuid::Uuid::new_v4()));
