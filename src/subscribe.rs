@@ -35,6 +35,39 @@ pub(crate) enum Resume {
     Update { id: String, found: Arc<AtomicBool> },
 }
 
+/// Where a stream resuming from a Mercure update's id started, for the response's `Last-Event-ID` and
+/// `Mercure-Last-Event-ID` headers, once `open` has looked for it.
+pub(crate) struct StartsAt {
+    id: String,
+    found: Arc<AtomicBool>,
+}
+
+impl StartsAt {
+    /// The id asked for (in visible ASCII, as a header needs: `event::mercure_key`) when it was found
+    /// and everything after it is replayed (a pattern's topics too), else `earliest`: the spec's sign
+    /// that events may be missing.
+    pub(crate) fn header_value(&self) -> String {
+        if self.found.load(Ordering::Relaxed) {
+            mercure_key(&self.id)
+        } else {
+            "earliest".to_string()
+        }
+    }
+}
+
+impl StreamRequest {
+    /// Where it will say it started, when it resumes from a Mercure update's id.
+    pub(crate) fn starts_at(&self) -> Option<StartsAt> {
+        match &self.last_event_id {
+            Some(Resume::Update { id, found }) => Some(StartsAt {
+                id: id.clone(),
+                found: Arc::clone(found),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// What a stream asks for, as a protocol's parser (`http::subscribe` for the native API) read it from
 /// the request: the topics, where to resume, and how the stream is shaped.
 pub(crate) struct StreamRequest {

@@ -3,8 +3,8 @@
 //! then:
 //! - answers a malformed, oversized or slow head itself, with problem+json (actix would answer a bare
 //!   400/408/431; what a complete head says is `framing`'s);
-//! - hands a stream request of a lean route (`GET /events`, see `lean::ROUTES`) to the lean path
-//!   (`lean`), which holds no read or write buffer per stream;
+//! - hands a stream request of a lean route (`GET /events`, `GET /.well-known/mercure`, see
+//!   `lean::ROUTES`) to the lean path (`lean`), which holds no read or write buffer per stream;
 //! - hands every other connection to actix-web, the bytes already read first ([`Prefixed`]), and a
 //!   connection on which a refused stream request is followed by another request.
 

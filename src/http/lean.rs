@@ -40,11 +40,18 @@ pub(super) struct LeanRoute {
 }
 
 /// Every route the lean path serves; a GET of any other path goes to actix-web.
-pub(super) static ROUTES: &[LeanRoute] = &[LeanRoute {
-    path: "/events",
-    parse: super::subscribe::stream_request,
-    headers: STREAM_HEADERS,
-}];
+pub(super) static ROUTES: &[LeanRoute] = &[
+    LeanRoute {
+        path: "/events",
+        parse: super::subscribe::stream_request,
+        headers: STREAM_HEADERS,
+    },
+    LeanRoute {
+        path: super::mercure::HUB_PATH,
+        parse: super::mercure::subscribe::stream_request,
+        headers: STREAM_HEADERS,
+    },
+];
 
 /// What the stream logic reads of a head, copied out of the head buffer (which is then freed).
 pub(super) struct OwnedHead {
@@ -150,6 +157,7 @@ pub(super) async fn lean_stream(
         .origin
         .clone()
         .filter(|o| cors::allowed(&node.settings, o.as_bytes()));
+    let mut starts_at = None;
     let opened = match query_pairs(&owned.query) {
         Ok(query) => {
             let head = RequestHead {
@@ -164,7 +172,10 @@ pub(super) async fn lean_stream(
                 forwarded_for: owned.forwarded_for.as_deref(),
             };
             match (owned.route.parse)(node, &head) {
-                Ok(request) => Box::pin(open(node, &head, request, Open::Stream)).await,
+                Ok(request) => {
+                    starts_at = request.starts_at();
+                    Box::pin(open(node, &head, request, Open::Stream)).await
+                }
                 Err(e) => Err(e),
             }
         }
@@ -196,6 +207,14 @@ pub(super) async fn lean_stream(
         "HTTP/1.1 200 OK\r\nconnection: close\r\n"
     });
     response.push_str(owned.route.headers);
+    if let Some(start) = starts_at {
+        let value = start.header_value();
+        for name in ["last-event-id: ", "mercure-last-event-id: "] {
+            response.push_str(name);
+            response.push_str(&value);
+            response.push_str("\r\n");
+        }
+    }
     if let Some(origin) = &allowed_origin {
         for (name, value) in cors::headers_for(&node.settings, origin) {
             response.push_str(name);

@@ -37,7 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/topics/{topic}", "POST").route(web::post().to(publish::publish)))
             .service(get("/topics/{topic}/history", history::history))
             .service(
-                resource(mercure::publish::HUB_PATH, "GET, HEAD, POST")
+                resource(mercure::HUB_PATH, "GET, HEAD, POST")
                     .route(web::get().to(mercure::subscribe::subscribe))
                     .route(web::head().to(mercure::subscribe::subscribe))
                     .route(web::post().to(mercure::publish::publish)),

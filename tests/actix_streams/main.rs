@@ -16,6 +16,8 @@ mod redis_server;
 mod concurrency;
 #[path = "../api/limits.rs"]
 mod limits;
+#[path = "../api/mercure.rs"]
+mod mercure;
 #[path = "../api/publish_subscribe.rs"]
 mod publish_subscribe;
 #[path = "../api/replay.rs"]

@@ -4,7 +4,11 @@
 //! round.
 
 pub(super) mod publish;
-pub(super) mod subscribe;
+pub(crate) mod subscribe;
+
+/// Where the hub answers, and the namespace of its own topics (subscription events): no publisher may
+/// write there.
+pub(crate) const HUB_PATH: &str = "/.well-known/mercure";
 
 use crate::node::Node;
 
@@ -12,10 +16,6 @@ use crate::node::Node;
 /// `Link: <hub>; rel="mercure"`, the hub being `mercure.public_url` or this origin's hub path.
 pub(crate) fn discovery_link(node: &Node) -> (&'static str, String) {
     let url = &node.settings.mercure.public_url;
-    let hub = if url.is_empty() {
-        publish::HUB_PATH
-    } else {
-        url.as_str()
-    };
+    let hub = if url.is_empty() { HUB_PATH } else { url.as_str() };
     ("Link", format!("<{hub}>; rel=\"mercure\""))
 }

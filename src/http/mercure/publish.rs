@@ -12,8 +12,7 @@ use crate::http::request::{head, percent_decode, query_pairs};
 use crate::node::Node;
 use crate::publish;
 
-/// The hub's own topics (subscription events) live under this path: no publisher may write there.
-pub(crate) const HUB_PATH: &str = "/.well-known/mercure";
+use super::HUB_PATH;
 
 /// What the form of a publish holds, checked.
 struct Form {

@@ -3,7 +3,7 @@
 //! (also spelled `match_urlpattern=`), each repeatable; the resume point as the `Last-Event-ID` header or, in that order, the
 //! `lastEventID`, `Last-Event-ID` and `last_event_id` query parameters (every spelling clients use).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use actix_web::http::{Method, Version};
@@ -26,23 +26,18 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
         Open::Stream
     };
     let head = head(&req, &pairs);
-    let (request, resumed_from) = stream_request(&node, &head)?;
+    let request = stream_request(&node, &head)?;
+    let starts_at = request.starts_at();
     let Some(connection) = open(&node, &head, request, asked).await? else {
         return Ok(stream_head(&mut HttpResponse::Ok()).finish());
     };
     let mut builder = HttpResponse::Ok();
     stream_head(&mut builder);
-    if let Some((id, found)) = resumed_from {
-        // Where the stream starts: the id asked for when it was found and everything after it is
-        // replayed (a pattern's topics too: `subscribe::open` says), else `earliest` (the spec's sign that events may be missing). 0.x names it
-        // Last-Event-ID, 1.0 Mercure-Last-Event-ID.
-        let start = if found.load(Ordering::Relaxed) {
-            id
-        } else {
-            "earliest".to_string()
-        };
-        builder.insert_header(("Last-Event-ID", start.clone()));
-        builder.insert_header(("Mercure-Last-Event-ID", start));
+    if let Some(start) = starts_at {
+        // 0.x names it Last-Event-ID, 1.0 Mercure-Last-Event-ID (the lean path writes the same).
+        let value = start.header_value();
+        builder.insert_header(("Last-Event-ID", value.clone()));
+        builder.insert_header(("Mercure-Last-Event-ID", value));
     }
     let mut response = builder.streaming(connection.into_stream());
     if req.version() <= Version::HTTP_11 {
@@ -51,12 +46,8 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
     Ok(response)
 }
 
-/// The id a stream resumes from, and whether it was found (set when the stream opens).
-type Resumed = (String, Arc<AtomicBool>);
-
-/// The subscription's topics and resume point, and (shared with the stream's opening) whether the id
-/// resumed from was found.
-fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<(StreamRequest, Option<Resumed>), ApiError> {
+/// The subscription's selectors and resume point (for the lean path too).
+pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<StreamRequest, ApiError> {
     let limits = &node.settings.limits;
     let mut topics: Vec<TopicName> = Vec::new();
     let mut patterns: Vec<(Arc<str>, Arc<Pattern>)> = Vec::new();
@@ -125,17 +116,17 @@ fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<(StreamRequest,
             .iter()
             .find_map(|name| query_value(head.query, name)),
     };
-    let resume = raw
-        .filter(|id| !id.is_empty())
-        .map(|id| (id.to_string(), Arc::new(AtomicBool::new(false))));
-    let request = StreamRequest {
+    let last_event_id = raw.filter(|id| !id.is_empty()).map(|id| Resume::Update {
+        id: id.to_string(),
+        found: Arc::new(AtomicBool::new(false)),
+    });
+    Ok(StreamRequest {
         topics,
         patterns,
-        last_event_id: resume.clone().map(|(id, found)| Resume::Update { id, found }),
+        last_event_id,
         poll: false,
         shape: Shape::Mercure,
-    };
-    Ok((request, resume))
+    })
 }
 
 /// A pattern's text: as long as a topic may be, and without control characters.
