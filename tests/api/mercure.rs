@@ -440,7 +440,13 @@ async fn pattern_selectors_select_topics_once_each_on_one_node_and_across_redis_
     let memory = spawn_app().await;
     for (name, publisher, subscriber) in [("redis", &a, &b), ("memory", &memory, &memory)] {
         let template = "https://example.com/books/{id}";
-        let url_pattern = format!("{HUB}?matchURLPattern={}", pct("https://example.com/books/:id"));
+        // Both spellings: the newest draft's (matchURLPattern) and the (match_urlpattern).
+        let spelling = if name == "redis" {
+            "matchURLPattern"
+        } else {
+            "match_urlpattern"
+        };
+        let url_pattern = format!("{HUB}?{spelling}={}", pct("https://example.com/books/:id"));
         let mut by_template = mercure_sub(subscriber, &[template]).await;
         let mut by_url = subscriber.subscribe_at(&url_pattern, None).await;
         let mut everything = mercure_sub(subscriber, &["*", BOOK]).await;
