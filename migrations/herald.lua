@@ -10,6 +10,9 @@
 --   P:{T}:idem:K  the id answered for Idempotency-Key K, for the idempotency window
 --   P:{T}:ids     hash: Mercure update id → its event id, for the updates the stream still holds (entries
 --                 trimmed from the stream are removed from it, and it expires with the stream)
+--   P:topics      sorted set, not on a Cluster: each topic (as written in names) scored by the time of its
+--                 latest publish, for the replay of streams that select topics by pattern; pruned of
+--                 topics older than max_age_ms whenever a stream is trimmed
 --   P:{T}:stored  channel: each stored event's SSE frame, published in the same call as the XADD
 --   P:{T}:live    channel for redis-cli (S)PUBLISH of live-only messages: nodes frame whatever arrives there
 --                 as data only (no id, no event type), so it can neither inject fields nor move a cursor
@@ -275,6 +278,17 @@ local function forget_ids(key, gone)
   end
 end
 
+-- Drops from P:topics the topics whose latest publish is older than the retention (their streams are
+-- gone or going), and lets it expire with them.
+local function prune_topics(prefix, now, max_age_ms)
+  if DEFAULTS.sharded or max_age_ms <= 0 then
+    return
+  end
+  local topics = prefix .. ':topics'
+  redis.call('ZREMRANGEBYSCORE', topics, '-inf', '(' .. string.format('%.0f', now - max_age_ms - 60000))
+  redis.call('PEXPIRE', topics, max_age_ms + 60000)
+end
+
 -- Trims the log exactly (XADD's "MAXLEN ~" would not say which ids it removed) and records the newest id
 -- removed as the stream's max-deleted-entry-id.
 local function trim(key, max_len, max_age_ms, now)
@@ -298,6 +312,7 @@ local function trim(key, max_len, max_age_ms, now)
   if gone then
     local m, s = parse_id(gone)
     forget_ids(key, gone)
+    prune_topics(split_key(key), now, max_age_ms)
     -- MINID removes every entry below it: everything up to and including `gone`.
     redis.call('XTRIM', key, 'MINID', string.format('%.0f-%.0f', m, s + 1))
     mark_gone(key, gone)
@@ -331,7 +346,7 @@ local PUBLISH_USAGE = 'FCALL herald_publish 1 <prefix>:{<topic>} <data> [<event>
 local function publish(keys, args)
   key_count(keys, PUBLISH_USAGE, 1, 2)
   local key = keys[1]
-  split_key(key)
+  local prefix, written = split_key(key)
   local data = args[1]
   if data == nil then
     error('herald: usage: ' .. PUBLISH_USAGE)
@@ -436,6 +451,15 @@ local function publish(keys, args)
     redis.call('PEXPIRE', key, max_age_ms + 60000)
     if mid ~= '' then
       redis.call('PEXPIRE', ids_key, max_age_ms + 60000)
+    end
+  end
+  if not DEFAULTS.sharded then
+    -- Where pattern streams find the topics to replay (a Cluster has one slot per topic and no key all
+    -- topics could share; it refuses pattern streams).
+    redis.call('ZADD', prefix .. ':topics', now, written)
+    -- Pruned with every trim, and besides on about one publish in 256 (a quiet hub trims rarely).
+    if now % 256 == 0 then
+      prune_topics(prefix, now, max_age_ms)
     end
   end
   announce(key, encode(id, event, data))

@@ -111,10 +111,10 @@ pub(crate) async fn open(
     let selects_patterns = !patterns.is_empty();
     // A resuming pattern stream names the topics its patterns select, where the engine can list them,
     // so they are replayed (and deduplicated) like named ones.
-    let replays_patterns = selects_patterns
+    let mut replays_patterns = selects_patterns
         && last_event_id.is_some()
-        && name_selected_topics(node, grant.as_ref(), &patterns, &mut topics);
-    let membership = node.hub.join(topics.clone(), patterns)?;
+        && name_selected_topics(node, grant.as_ref(), &patterns, &mut topics).await?;
+    let membership = node.hub.join(topics.clone(), patterns.clone())?;
     for topic in &topics {
         node.engine.subscribe(topic).await?;
     }
@@ -124,6 +124,13 @@ pub(crate) async fn open(
             EngineError::Failed(cause) => ApiError::BadRequest(cause.said),
             e => e.into(),
         })?;
+    }
+    if replays_patterns {
+        // A topic first published between the listing and the join is neither named nor live from its
+        // start: the replay is then not exact, and the stream says so.
+        let mut now_selected = topics.clone();
+        replays_patterns = name_selected_topics(node, grant.as_ref(), &patterns, &mut now_selected).await?
+            && now_selected.len() == topics.len();
     }
     // A resuming stream's replay stops at each topic's newest id; a multi-topic stream's composite ids
     // start from them.
@@ -157,30 +164,30 @@ pub(crate) async fn open(
 /// Adds to `topics` the topics with history that `patterns` select and the bearer of `grant` may read,
 /// up to the stream's topic limit; whether that named them all (false where the engine cannot list
 /// its topics).
-fn name_selected_topics(
+async fn name_selected_topics(
     node: &Node,
     grant: Option<&Grant>,
     patterns: &[(Arc<str>, Arc<Pattern>)],
     topics: &mut Vec<TopicName>,
-) -> bool {
+) -> Result<bool, ApiError> {
     let limit = node.settings.limits.max_topics_per_connection;
     let mut all = true;
     for (_, pattern) in patterns {
         let room = limit.saturating_sub(topics.len());
-        let Some((found, complete)) = node.engine.topics_selected(pattern, room) else {
-            return false;
+        let Some((found, complete)) = node.engine.topics_selected(pattern, room).await? else {
+            return Ok(false);
         };
         all &= complete;
         for topic in found {
             if !topics.contains(&topic) && node.auth.may_read(grant, &topic) {
                 if topics.len() == limit {
-                    return false;
+                    return Ok(false);
                 }
                 topics.push(topic);
             }
         }
     }
-    all
+    Ok(all)
 }
 
 /// Where each of `topics` resumes after the Mercure update `id`: right after its copy in the topics it

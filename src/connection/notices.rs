@@ -22,7 +22,7 @@ pub(super) fn store_lost_goodbye() -> Bytes {
 /// topics it names are replayed; what the patterns selected while it was away is not.
 pub(super) fn pattern_gap_notice() -> Bytes {
     let data = json!({
-        "detail": "events of topics selected only by a pattern (*, a URI template, a URL pattern) are not replayed; the topics this stream names are",
+        "detail": "events of some topics selected only by a pattern (*, a URI template, a URL pattern) are not replayed: more topics matched than a stream may hold, or the store keeps no list of its topics (a Cluster); the topics this stream names are",
     });
     sse::encode_event(None, Some(GAP_EVENT), &data.to_string())
 }

@@ -29,6 +29,17 @@ pub struct HistoryPage {
     pub more: bool,
 }
 
+/// Topics a pattern selects, as far as an engine lists them, and whether that is all of them.
+pub(crate) type Selected = (Vec<TopicName>, bool);
+
+/// The first `limit` of `found`, and whether that was all of them.
+pub(crate) fn at_most(found: impl Iterator<Item = TopicName>, limit: usize) -> Selected {
+    let mut taken: Vec<TopicName> = found.take(limit.saturating_add(1)).collect();
+    let all = taken.len() <= limit;
+    taken.truncate(limit);
+    (taken, all)
+}
+
 /// How much one history read may gather: at most `count` events and, past the first, at most `bytes`
 /// of event data, so no request makes a node hold more than about that.
 #[derive(Debug, Clone, Copy)]
@@ -171,11 +182,13 @@ pub trait Engine: Send + Sync + 'static {
     fn subscribe_all(&self) -> BoxFuture<'_, Result<(), EngineError>>;
 
     /// The topics with history that `pattern` selects, at most `limit`, and whether that is all of them:
-    /// a pattern stream's replay names them. `None` where the engine cannot list its topics cheaply
-    /// (Redis: its topics are keys among all others).
-    fn topics_selected(&self, _pattern: &Pattern, _limit: usize) -> Option<(Vec<TopicName>, bool)> {
-        None
-    }
+    /// a pattern stream's replay names them. `None` where the engine keeps no list of its topics (a
+    /// Cluster: no key all its topics could share).
+    fn topics_selected<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<Selected>, EngineError>>;
 
     /// Topics and bytes of history this process holds, for engines that hold it in memory.
     fn retained(&self) -> Option<(u64, u64)> {

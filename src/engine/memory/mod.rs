@@ -349,18 +349,14 @@ impl Engine for MemoryEngine {
         future::ready(Ok(())).boxed()
     }
 
-    fn topics_selected(&self, pattern: &Pattern, limit: usize) -> Option<(Vec<TopicName>, bool)> {
+    fn topics_selected<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<super::Selected>, EngineError>> {
         let state = self.lock();
-        let mut found: Vec<TopicName> = state
-            .logs
-            .keys()
-            .filter(|t| pattern.matches(t.as_str()))
-            .take(limit.saturating_add(1))
-            .cloned()
-            .collect();
-        let all = found.len() <= limit;
-        found.truncate(limit);
-        Some((found, all))
+        let found = state.logs.keys().filter(|t| pattern.matches(t.as_str())).cloned();
+        future::ready(Ok(Some(super::at_most(found, limit)))).boxed()
     }
 
     fn retained(&self) -> Option<(u64, u64)> {

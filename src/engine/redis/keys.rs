@@ -104,6 +104,11 @@ impl Keys {
         format!("{}:{{{}}}:ids", self.prefix, escape(topic.as_str()))
     }
 
+    /// `P:topics`: every topic (as written in names) by the time of its latest publish; not on a Cluster.
+    pub(super) fn catalogue(&self) -> String {
+        format!("{}:topics", self.prefix)
+    }
+
     /// `P:layout`: the key layout the Redis holds (`migrate::LAYOUT`), recorded once it is upgraded.
     pub(super) fn layout(&self) -> String {
         format!("{}:layout", self.prefix)

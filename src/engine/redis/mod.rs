@@ -43,6 +43,7 @@ use tokio::time::{sleep, timeout, Instant};
 use super::{Cause, Engine, EngineError, EngineEvents, HistoryPage, PageBound, Publish};
 use crate::config::Settings;
 use crate::domain::{EventId, IdempotencyKey, TopicName, MERCURE_EVENT};
+use crate::selector::Pattern;
 use crate::telemetry::Metrics;
 use connection::{IoThread, Lane, Shared};
 pub use error::RedisStartError;
@@ -53,6 +54,10 @@ use keys::Keys;
 use link::{Command, Link, LinkConfig};
 pub(crate) use migrate::check;
 use primary::{server_info, Conn, Primary};
+
+/// Topics a pattern stream's resume reads from `P:topics` at most (newest first); past them it is told
+/// its patterns are not all replayed.
+const CATALOGUE_READ: usize = 4096;
 
 pub struct RedisEngine {
     shared: Arc<Shared>,
@@ -68,6 +73,7 @@ pub struct RedisEngine {
     legacy_clock: String,
     /// On a Redis Cluster: publishes take the publish lane, whose client does not retry by itself.
     sharded: bool,
+    max_topic_len: usize,
     /// Stops the I/O thread (and with it the link) when the engine is dropped.
     _io: IoThread,
 }
@@ -233,6 +239,7 @@ impl RedisEngine {
             min_replicas: settings.min_replicas,
             legacy_clock: legacy_clock.map(|id| id.to_string()).unwrap_or_default(),
             sharded: !settings.cluster_nodes.is_empty(),
+            max_topic_len,
             _io: io,
         }))
     }
@@ -427,6 +434,41 @@ impl Engine for RedisEngine {
                 })
                 .await?;
             Ok(found.and_then(|id| id.parse().ok()))
+        }
+        .boxed()
+    }
+
+    fn topics_selected<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<super::Selected>, EngineError>> {
+        async move {
+            if self.sharded {
+                return Ok(None);
+            }
+            self.shared.refuse_if_silent()?;
+            // The most recently published topics first (`P:topics`, kept by the publish function), at
+            // most CATALOGUE_READ of them: a bound on what one resume reads and holds.
+            let name = self.keys.catalogue();
+            let written: Vec<String> = self
+                .shared
+                .run(|mut conn| async move {
+                    redis::cmd("ZREVRANGE")
+                        .arg(name)
+                        .arg(0)
+                        .arg(CATALOGUE_READ - 1)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            let seen_all = written.len() < CATALOGUE_READ;
+            let found = written
+                .iter()
+                .filter_map(|w| TopicName::parse(&keys::unescape(w)?, self.max_topic_len).ok())
+                .filter(|t| pattern.matches(t.as_str()));
+            let (topics, all) = super::at_most(found, limit);
+            Ok(Some((topics, all && seen_all)))
         }
         .boxed()
     }

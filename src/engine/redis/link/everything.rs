@@ -5,7 +5,7 @@
 //! `pmessage` (Redis writes both in the same publish): the pattern copy of the message just taken is
 //! dropped. Topics received through the pattern only are handed on without a cursor (no per-topic
 //! state for every topic of the Redis) and without a gap-fill: after a lost link their streams are
-//! ended, and their clients come back to the `herald.gap` notice of a pattern stream.
+//! ended, and their clients come back with `Last-Event-ID` to a replay of the topics `P:topics` lists.
 
 use tokio::sync::oneshot;
 
@@ -60,7 +60,7 @@ impl Link {
     }
 
     /// After (re)connecting: pattern streams missed what was published while the link was down, and
-    /// nothing can fill it in for topics they never named: they are ended, to come back to the notice.
+    /// no gap-fill reaches topics they never named: they are ended, to resume by replay.
     pub(super) async fn resume_everything<P: PubSub>(&mut self, pubsub: &mut P) -> Result<(), LinkError> {
         self.everything = false;
         if !self.node.has_patterns() {
