@@ -15,19 +15,39 @@ use crate::node::{Node, RequestHead};
 use crate::subscribe::{open, Open, Resume, StreamRequest};
 
 pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    serve(&req, &node, stream_request).await
+}
+
+/// A stream route on actix-web, whatever protocol's `parse` reads the request (as `lean::ROUTES` has it
+/// on the lean path).
+pub(super) async fn serve(
+    req: &HttpRequest,
+    node: &Node,
+    parse: fn(&Node, &RequestHead<'_>) -> Result<StreamRequest, ApiError>,
+) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(req.query_string())?;
     let asked = if req.method() == Method::HEAD {
         Open::Check
     } else {
         Open::Stream
     };
-    let head = head(&req, &pairs);
-    let request = stream_request(&node, &head)?;
-    let Some(connection) = open(&node, &head, request, asked).await? else {
+    let head = head(req, &pairs);
+    let request = parse(node, &head)?;
+    let starts_at = request.starts_at();
+    let Some(connection) = open(node, &head, request, asked).await? else {
         // What a GET would answer, without opening a stream (no slot, no hub membership).
         return Ok(stream_head(&mut HttpResponse::Ok()).finish());
     };
-    let mut response = stream_head(&mut HttpResponse::Ok()).streaming(connection.into_stream());
+    let mut builder = HttpResponse::Ok();
+    stream_head(&mut builder);
+    if let Some(start) = starts_at {
+        // Where a Mercure resume started: 0.x names it Last-Event-ID, 1.0 Mercure-Last-Event-ID (the
+        // lean path writes the same).
+        let value = start.header_value();
+        builder.insert_header(("Last-Event-ID", value.clone()));
+        builder.insert_header(("Mercure-Last-Event-ID", value));
+    }
+    let mut response = builder.streaming(connection.into_stream());
     if req.version() <= Version::HTTP_11 {
         // The stream runs until the connection closes, which delimits the body: no chunked encoding (HTTP/1.0
         // has none), so the bytes on the wire are the events themselves, as on the lean path
@@ -38,7 +58,7 @@ pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpRe
 }
 
 /// The headers of an SSE response.
-pub(super) fn stream_head(builder: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
+fn stream_head(builder: &mut HttpResponseBuilder) -> &mut HttpResponseBuilder {
     builder
         .content_type("text/event-stream")
         .insert_header(header::CacheControl(vec![CacheDirective::NoCache]))

@@ -6,44 +6,18 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use actix_web::http::{Method, Version};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::domain::TopicName;
 use crate::error::ApiError;
 use crate::event::Shape;
-use crate::http::request::{head, query_pairs, query_value};
-use crate::http::subscribe::stream_head;
+use crate::http::request::query_value;
 use crate::node::{Node, RequestHead};
 use crate::selector::{Pattern, Selection};
-use crate::subscribe::{open, Open, Resume, StreamRequest};
+use crate::subscribe::{Resume, StreamRequest};
 
 pub async fn subscribe(req: HttpRequest, node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
-    let pairs = query_pairs(req.query_string())?;
-    let asked = if req.method() == Method::HEAD {
-        Open::Check
-    } else {
-        Open::Stream
-    };
-    let head = head(&req, &pairs);
-    let request = stream_request(&node, &head)?;
-    let starts_at = request.starts_at();
-    let Some(connection) = open(&node, &head, request, asked).await? else {
-        return Ok(stream_head(&mut HttpResponse::Ok()).finish());
-    };
-    let mut builder = HttpResponse::Ok();
-    stream_head(&mut builder);
-    if let Some(start) = starts_at {
-        // 0.x names it Last-Event-ID, 1.0 Mercure-Last-Event-ID (the lean path writes the same).
-        let value = start.header_value();
-        builder.insert_header(("Last-Event-ID", value.clone()));
-        builder.insert_header(("Mercure-Last-Event-ID", value));
-    }
-    let mut response = builder.streaming(connection.into_stream());
-    if req.version() <= Version::HTTP_11 {
-        response.head_mut().no_chunking(true);
-    }
-    Ok(response)
+    crate::http::subscribe::serve(&req, &node, stream_request).await
 }
 
 /// The subscription's selectors and resume point (for the lean path too).
