@@ -275,9 +275,9 @@ pub async fn subscribe(sub: Subscription, tally: SharedTally, ready: Arc<AtomicU
                 }
             } else if let Some(id) = line.strip_prefix(b"id: ").or_else(|| line.strip_prefix(b"id:")) {
                 let text = std::str::from_utf8(id).unwrap_or("").to_string();
-                // Mercure streams carry the updates' own ids (UUID URNs here), which have no order:
-                // only loss and duplicates are counted for them.
-                if text.starts_with("urn:") {
+                // Mercure streams carry the updates' own ids (UUID URNs, or `b<seq>` from publishers
+                // that send one), whose order says nothing: only loss and duplicates are counted there.
+                if text.starts_with("urn:") || (text.starts_with('b') && !text.contains('.')) {
                     continue;
                 }
                 let key = id_key(&text);
@@ -363,14 +363,20 @@ pub async fn publisher(
         } else {
             String::new()
         };
-        // `mercure:<topic>` publishes through Herald's Mercure dialect: a form to /.well-known/mercure.
-        let (path, kind, data) = match path.strip_prefix("mercure:") {
-            Some(topic) => (
+        // `mercure:<topic>` publishes through Herald's Mercure dialect: a form to /.well-known/mercure
+        // (`mercure-id:<topic>`: with an id of its own as short as Herald's, `b<seq>`).
+        let (path, kind, data) = match (path.strip_prefix("mercure:"), path.strip_prefix("mercure-id:")) {
+            (Some(topic), _) => (
                 "/.well-known/mercure",
                 "application/x-www-form-urlencoded",
                 format!("topic={topic}&data={}", data.replace(' ', "+")),
             ),
-            None => (path.as_str(), "text/plain", data),
+            (_, Some(topic)) => (
+                "/.well-known/mercure",
+                "application/x-www-form-urlencoded",
+                format!("topic={topic}&data={}&id=b{seq:012}", data.replace(' ', "+")),
+            ),
+            _ => (path.as_str(), "text/plain", data),
         };
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {kind}\r\n{key}Content-Length: {}\r\n\r\n{data}",

@@ -156,8 +156,9 @@ enum Streams {
     /// Each of `per_topic` subscribers reads every topic in one stream (Herald only: composite ids).
     AllTopics,
     /// As `OneTopic`, through Herald's Mercure dialect: streams of `/.well-known/mercure?topic=<t>`,
-    /// publishes as forms to `/.well-known/mercure`.
-    Mercure,
+    /// publishes as forms to `/.well-known/mercure` (`short_ids`: each with an id of Herald's length,
+    /// instead of the 45-byte `urn:uuid:` the hub makes).
+    Mercure { short_ids: bool },
     /// Through Mercure, each subscriber selecting its topic by a URI template: all by the same one
     /// (the hub matches it once per event), or each by its own (`distinct`: one match per subscriber).
     Template { distinct: bool },
@@ -207,7 +208,7 @@ async fn fanout(
         let (path, expect) = match streams {
             Streams::OneTopic => (sys.sub_path(&names[i % topics]), messages),
             Streams::AllTopics => (format!("/events?topic={}", names.join("&topic=")), total),
-            Streams::Mercure => (
+            Streams::Mercure { .. } => (
                 format!("/.well-known/mercure?topic={}", names[i % topics]),
                 messages,
             ),
@@ -238,7 +239,8 @@ async fn fanout(
     let paths: Vec<String> = names
         .iter()
         .map(|t| match streams {
-            Streams::Mercure | Streams::Template { .. } => format!("mercure:{t}"),
+            Streams::Mercure { short_ids: true } => format!("mercure-id:{t}"),
+            Streams::Mercure { .. } | Streams::Template { .. } => format!("mercure:{t}"),
             _ => sys.pub_path(t),
         })
         .collect();
@@ -981,7 +983,14 @@ async fn run(args: Args) -> Result<()> {
                 // shared, then 10,000 distinct ones).
                 "mercure" if kind.is_herald() => {
                     let mut v = Vec::new();
-                    for (name, streams) in [("native", Streams::OneTopic), ("Mercure", Streams::Mercure)] {
+                    for (name, streams) in [
+                        ("native", Streams::OneTopic),
+                        ("Mercure", Streams::Mercure { short_ids: false }),
+                        (
+                            "Mercure, 13-byte publisher ids",
+                            Streams::Mercure { short_ids: true },
+                        ),
+                    ] {
                         let scenario = format!("mercure: fanout 1k×2k, {name}");
                         v.push(fanout(&sys, &scenario, 1, 1000, 2000, args.in_flight, None, streams).await?);
                     }
