@@ -994,6 +994,15 @@ async fn run(args: Args) -> Result<()> {
                         let scenario = format!("mercure: fanout 1k×2k, {name}");
                         v.push(fanout(&sys, &scenario, 1, 1000, 2000, args.in_flight, None, streams).await?);
                     }
+                    // At a fixed rate (one publisher, one event per ms), so that both sides batch alike.
+                    for (name, streams) in [
+                        ("native", Streams::OneTopic),
+                        ("Mercure", Streams::Mercure { short_ids: false }),
+                    ] {
+                        let scenario = format!("mercure: fanout 1k subs, 1k msg/s paced, {name}");
+                        let pace = Some(Duration::from_millis(1));
+                        v.push(fanout(&sys, &scenario, 1, 1000, 3000, 1, pace, streams).await?);
+                    }
                     v.push(publish_load(&sys, 16, 1000, 40_000, false).await?);
                     v.push(publish_load(&sys, 16, 1000, 40_000, true).await?);
                     for distinct in [false, true] {
