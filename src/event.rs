@@ -38,15 +38,13 @@ pub struct UpdateFields {
 /// itself when it is one (visible ASCII, no `%`), else percent-encoded, so every id has one key (the
 /// Mercure route refuses ids whose key would be longer than a key may be: 128).
 pub fn mercure_key(id: &str) -> String {
-    if id.bytes().all(|b| b.is_ascii_graphic() && b != b'%') {
-        return id.to_string();
-    }
-    let mut out = String::with_capacity(id.len() * 3);
+    use std::fmt::Write;
+    let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
         if b.is_ascii_graphic() && b != b'%' {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

@@ -4,7 +4,7 @@
 //! queue closes that connection (counted in `herald_closed_for_lag_total`) so the browser reconnects and
 //! replays from history, instead of the hub dropping events silently or letting memory grow.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -257,9 +257,7 @@ impl Hub {
                     push(conn);
                 }
                 if !self.patterns.is_empty() {
-                    // A connection selecting the topic by name and by pattern gets its events once.
-                    let mut served: HashSet<u64> = exact.into_iter().flatten().map(|c| c.id).collect();
-                    self.patterns.for_each_match(topic, &mut served, &mut push);
+                    self.patterns.for_each_match(topic, &mut push);
                 }
                 start = end;
             }

@@ -81,23 +81,21 @@ impl Patterns {
         }
     }
 
-    /// Calls `each` once for every pattern connection that selects `topic` and is not in `skip` (the
-    /// topic's own subscribers, already served), adding it there.
-    pub(super) fn for_each_match(
-        &self,
-        topic: &TopicName,
-        skip: &mut HashSet<u64>,
-        mut each: impl FnMut(&Arc<Conn>),
-    ) {
+    /// Calls `each` once for every pattern connection that selects `topic` and does not name it (those
+    /// the topic map served already). Only a connection in several matching groups needs remembering,
+    /// so the set is of pattern connections alone, and made only when more than one group matches.
+    pub(super) fn for_each_match(&self, topic: &TopicName, mut each: impl FnMut(&Arc<Conn>)) {
         let index = self.read();
         if index.groups.is_empty() {
             return;
         }
         let keys = self.matching(&index, topic);
+        let mut served: Option<HashSet<u64>> = (keys.len() > 1).then(HashSet::new);
         for key in keys.iter() {
             if let Some(group) = index.groups.get(key) {
                 for conn in &group.conns {
-                    if skip.insert(conn.id) {
+                    let once = served.as_mut().is_none_or(|s| s.insert(conn.id));
+                    if once && !conn.topics.contains(topic) {
                         each(conn);
                     }
                 }

@@ -451,6 +451,13 @@ async fn pattern_selectors_select_topics_once_each_on_one_node_and_across_redis_
         let mut by_url = subscriber.subscribe_at(&url_pattern, None).await;
         let mut everything = mercure_sub(subscriber, &["*", BOOK]).await;
         let mut mixed = mercure_sub(subscriber, &[BOOK, template]).await;
+        // Two patterns that both select the books: each event still once.
+        let two = format!(
+            "{}&matchURLPattern={}",
+            hub_path(&[template]),
+            pct("https://example.com/books/:id")
+        );
+        let mut two_patterns = subscriber.subscribe_at(&two, None).await;
         let mut native = subscriber
             .subscribe_query(&format!("topic={}", pct(BOOK)), None)
             .await;
@@ -484,6 +491,11 @@ async fn pattern_selectors_select_topics_once_each_on_one_node_and_across_redis_
             got(&mut mixed).await,
             want(&[0, 1]),
             "{name}: a topic and a template"
+        );
+        assert_eq!(
+            got(&mut two_patterns).await,
+            want(&[0, 1]),
+            "{name}: two patterns"
         );
         let native: Vec<String> = got(&mut native).await.into_iter().map(|(_, d)| d).collect();
         assert_eq!(native, ["d0"], "{name}: native");
