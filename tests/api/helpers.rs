@@ -32,10 +32,19 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a node on the Redis engine, against `redis`.
 pub async fn spawn_redis_node(redis: &crate::redis_server::RedisServer) -> TestApp {
+    spawn_redis_node_with(redis, |_| {}).await
+}
+
+/// Starts a node on the Redis engine, against `redis`, with the settings as changed by `change`.
+pub async fn spawn_redis_node_with(
+    redis: &crate::redis_server::RedisServer,
+    change: impl FnOnce(&mut Settings),
+) -> TestApp {
     let url = redis.url();
     spawn_app_with(move |s| {
         s.redis.url = url;
         s.redis.startup_wait_secs = Duration::from_secs(5);
+        change(s);
     })
     .await
 }

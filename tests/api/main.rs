@@ -22,6 +22,7 @@ mod isolation;
 mod limits;
 mod logs;
 mod mercure;
+mod mercure_conformance;
 mod publish_subscribe;
 mod redis_engine;
 mod redis_failover;
