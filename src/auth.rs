@@ -49,6 +49,9 @@ pub enum Access {
     /// Seeing the node's status (`/status.json`, which names topics): a publisher's token (one that may
     /// publish to some topic), unless anonymous publishing is on.
     Status,
+    /// Reading who is subscribed (the subscriptions API): a token whose subscribe selectors match every
+    /// topic given (the request's own path, as Mercure asks); never anonymous.
+    Presence,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -59,6 +62,9 @@ pub struct MercureClaim {
     /// Topic selectors the bearer may subscribe to (needed for private topics only).
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// What the hub shows of the subscriber to those who may see who is subscribed (presence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
 }
 
 /// What a token carries, in either shape: Mercure's legacy claims, or a 1.0 access token's
@@ -79,12 +85,15 @@ pub struct Grant {
     expires_at: Option<u64>,
     publish: Vec<TokenSelector>,
     subscribe: Vec<TokenSelector>,
-    /// The 1.0 token's subscribe payload (for presence, to come).
-    #[allow(dead_code)]
+    /// The token's payload (`mercure.payload`, or a 1.0 token's subscribe detail's), shown by presence.
     payload: Option<serde_json::Value>,
 }
 
 impl Grant {
+    pub fn payload(&self) -> Option<&serde_json::Value> {
+        self.payload.as_ref()
+    }
+
     /// When the token stops being valid (seconds since the epoch), if it says.
     pub fn expires_at(&self) -> Option<u64> {
         self.expires_at
@@ -285,7 +294,7 @@ impl Auth {
             (
                 legacy(claims.mercure.publish),
                 legacy(claims.mercure.subscribe),
-                None,
+                claims.mercure.payload,
             )
         };
         Ok(Grant {
@@ -322,6 +331,14 @@ impl Auth {
                     return Err(AuthError::NotPublisher);
                 }
                 Ok(grant)
+            }
+            Access::Presence => {
+                let token = token.ok_or(AuthError::Missing("seeing who is subscribed"))?;
+                let grant = self.verify(token)?;
+                topics
+                    .iter()
+                    .try_for_each(|topic| allowed_by(&grant.subscribe, topic, "subscribing"))?;
+                Ok(Some(grant))
             }
         }
     }
@@ -426,7 +443,11 @@ pub fn claims(
     audience: Option<String>,
 ) -> Claims {
     Claims {
-        mercure: MercureClaim { publish, subscribe },
+        mercure: MercureClaim {
+            publish,
+            subscribe,
+            payload: None,
+        },
         exp: Some(now_secs().saturating_add(ttl_secs)),
         aud: audience.map(Audience::One),
     }

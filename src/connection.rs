@@ -73,6 +73,8 @@ pub struct Connection {
     patterns_replayed: bool,
     /// `poll=1`: end the stream once the replay is sent (for scripts catching up, not browsers).
     poll: bool,
+    /// Its subscriptions as presence lists them (`[presence]` on): they end when the stream is dropped.
+    _presence: Option<crate::presence::Guard>,
 }
 
 enum Phase {
@@ -140,7 +142,13 @@ impl Connection {
             resumed,
             patterns_replayed: false,
             poll: false,
+            _presence: None,
         }
+    }
+
+    /// Holds the stream's presence guard for as long as it lives.
+    pub(crate) fn hold_presence(&mut self, guard: crate::presence::Guard) {
+        self._presence = Some(guard);
     }
 
     /// Its patterns' topics are all in its replay: no notice that they are not.

@@ -4,6 +4,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+/// The longest topic the hub writes itself: a subscription event's topic names a selector and a
+/// subscriber, each percent-encoded, so it may be longer than `limits.max_topic_len` allows publishers.
+pub const MAX_HUB_TOPIC_LEN: usize = 2048;
+
 /// A topic name: 1..=max bytes of UTF-8 without control characters, so IRIs such as
 /// `https://example.com/books/1` (Mercure's topics) are names too.
 ///

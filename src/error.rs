@@ -24,6 +24,9 @@ pub enum ApiError {
     /// A malformed request that names its own fix.
     #[error("{0}")]
     BadRequest(String),
+    /// Nothing at this path (an unknown subscription, or presence switched off), with what to do.
+    #[error("{0}")]
+    NotFound(String),
     #[error("could not read the request body: {0}")]
     Payload(String),
     #[error(transparent)]
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::NotUtf8 { .. } => "body-not-utf8",
             ApiError::BadJson(_) => "body-not-json",
             ApiError::BadRequest(_) => "bad-request",
+            ApiError::NotFound(_) => "not-found",
             ApiError::Payload(_) => "unreadable-body",
             ApiError::Join(JoinError::Full(_)) => "too-many-connections",
             ApiError::Join(JoinError::ShuttingDown) => "shutting-down",

@@ -25,15 +25,18 @@
 //!   passes (token, cookie origin, access rule).
 //! - `error`: `ApiError`, the errors a request can end with.
 //! - `connection`: one SSE response body — retry, replay across topics, live events, heartbeats — built
-//!   from what streams share (`Streams`), not from the HTTP state. Presence (to come) is a guard it holds.
+//!   from what streams share (`Streams`), not from the HTTP state. It holds its stream's presence guard.
+//! - `presence`: who is subscribed (`[presence]`): a guard per stream, one task per node that writes
+//!   joins and leaves to the engine's presence store, heartbeats, removes dead nodes' subscriptions and
+//!   announces each start and end as a private Mercure update.
 //! - `hub`: per-node fan-out of pre-encoded frames into bounded per-connection queues, by topic name
 //!   and by pattern (`hub::patterns`: grouped by text, matches cached per topic); implements
 //!   `EngineEvents`.
 //! - `engine`: the `Engine` trait (stores history, carries events to every node) and `EngineEvents`;
 //!   `memory`, and `redis/` split by concern (start-up, `error`, `connection`, `keys`, `functions`,
 //!   `migrate`, the pub/sub `link` (one loop) over `pubsub` / `sharded`, `primary`: one URL, Sentinel or
-//!   Cluster, and the `Conn` it opens; `replicas`, for `min_replicas`). Presence (to come) gets a seam of its own beside the
-//!   broker, with memory and Redis sides, as centrifuge keeps `presence.go` apart from its broker.
+//!   Cluster, and the `Conn` it opens; `replicas`, for `min_replicas`). `presence`: the presence seam
+//!   (`PresenceStore`), beside the broker as centrifuge keeps `presence.go`, with memory and Redis sides.
 //! - [`event`]: `Event` (an SSE frame encoded once; `id: None` for live-only; a Mercure `Update` with
 //!   its own frame) and `Stored` (in history).
 //! - `sse`: WHATWG event-stream framing.
@@ -66,6 +69,7 @@ pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod node;
+pub(crate) mod presence;
 pub mod probe;
 pub(crate) mod publish;
 pub mod selector;

@@ -49,6 +49,8 @@ pub struct Node {
     pub recent: Arc<Recent>,
     /// This node among others: the host name (a container's id under Docker) and the process id.
     pub node_id: String,
+    /// Who is subscribed (`[presence]`), when it is on.
+    pub(crate) presence: Option<Arc<crate::presence::Presence>>,
 }
 
 impl Node {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use crate::auth::{Access, Grant};
 use crate::domain::{EventId, EventName, IdempotencyKey, TopicName};
-use crate::engine::{EngineError, Publish};
+use crate::engine::Publish;
 use crate::error::ApiError;
 use crate::event::{mercure_key, UpdateFields};
 use crate::node::{Node, RequestHead};
@@ -78,10 +78,8 @@ impl Permit<'_> {
         Ok(id)
     }
 
-    /// Stores a Mercure update once per topic (the canonical one first), each copy keyed by the update's
-    /// id (`event::mercure_key`): a repeat of the id is stored once, and a resume finds where it sits.
-    /// Answers once every copy is stored; if one fails, the copies before it stay (each is a whole,
-    /// valid event) and the error says the update may be partly stored.
+    /// Stores a Mercure update once per topic, keyed by its id (`event::mercure_key`; see
+    /// `engine::store_update`); answers once every copy is stored.
     pub(crate) async fn publish_update(self, fields: &UpdateFields, data: &str) -> Result<(), ApiError> {
         let line = serde_json::to_string(fields)
             .map_err(|e| ApiError::BadRequest(format!("the update cannot be stored: {e}")))?;
@@ -95,23 +93,7 @@ impl Permit<'_> {
         let key = IdempotencyKey::parse(&mercure_key(&fields.id)).map_err(|_| {
             ApiError::BadRequest("the id is too long: at most 128 bytes once written as visible ASCII".into())
         })?;
-        let stored = format!("{line}\n{data}");
-        let name = EventName::mercure();
-        for (n, topic) in self.topics.iter().enumerate() {
-            let message = Publish {
-                topic,
-                event: Some(&name),
-                data: &stored,
-                idempotency_key: Some(&key),
-            };
-            match self.node.engine.publish(message).await {
-                Ok(_) => {}
-                Err(EngineError::Unavailable(cause)) if n > 0 => {
-                    return Err(EngineError::Unknown(cause).into());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        crate::engine::store_update(&*self.node.engine, self.topics, &line, &key, data).await?;
         self.node.metrics.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -27,6 +27,7 @@ use crate::http::publish;
 use crate::hub::Hub;
 use crate::limits::{PerIp, Slots};
 use crate::node::Node;
+use crate::presence::Presence;
 use crate::telemetry::{Metrics, Recent};
 use crate::tls::{Certificates, TlsError};
 
@@ -101,6 +102,8 @@ pub struct Shutdown {
     /// Connections open now (see `OpenConnection`).
     open: Arc<AtomicUsize>,
     grace: Duration,
+    /// Removed at once on a graceful shutdown, not left to expire.
+    presence: Option<Arc<Presence>>,
 }
 
 impl Shutdown {
@@ -121,6 +124,9 @@ impl Shutdown {
         let deadline = started + self.grace;
         while self.open.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(presence) = &self.presence {
+            presence.depart(Duration::from_secs(5)).await;
         }
         let left = self.open.load(Ordering::Acquire);
         if left > 0 {
@@ -210,6 +216,23 @@ impl Application {
         let engine_name = engine.name();
         let limits = &settings.limits;
         let auth = Arc::new(Auth::from_settings(&settings.auth)?);
+        let node_id = format!(
+            "{}/{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "herald".into()),
+            std::process::id()
+        );
+        // Presence names this run of the node: two nodes of one process (tests) or a restarted one with
+        // the same pid (a container) are never taken for each other.
+        let presence = settings.presence.enabled.then(|| {
+            let run = uuid::Uuid::new_v4().simple().to_string();
+            Presence::start(
+                Arc::clone(&engine),
+                format!("{node_id}/{}", &run[..8]),
+                &settings.presence,
+            )
+        });
         let state = web::Data::new(Node {
             streams: Streams::new(
                 Arc::clone(&engine),
@@ -237,13 +260,8 @@ impl Application {
                 Recent::start(&recent, Arc::clone(&metrics));
                 recent
             },
-            node_id: format!(
-                "{}/{}",
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_string())
-                    .unwrap_or_else(|_| "herald".into()),
-                std::process::id()
-            ),
+            node_id,
+            presence: presence.clone(),
             metrics,
         });
         let settings_grace = settings.server.shutdown_grace_secs;
@@ -383,6 +401,7 @@ impl Application {
             listener: listening,
             open,
             grace: settings_grace,
+            presence,
         };
         Ok(Application {
             port,

@@ -100,6 +100,21 @@ pub(crate) async fn open(
     } = request;
     let limits = &node.settings.limits;
     let grant = node.authorize(head, Access::Read, &topics)?;
+    // Its subscriptions as the client wrote them (before a resume names the topics patterns select).
+    let selectors: Vec<String> = match (&node.presence, poll) {
+        (Some(_), false) => topics
+            .iter()
+            .map(|t| t.as_str().to_string())
+            // A pattern's text is its kind, a space, and the selector (`template {…}`; `*` alone).
+            .chain(patterns.iter().map(|(text, _)| {
+                text.split_once(' ')
+                    .map_or(&**text, |(_, selector)| selector)
+                    .to_string()
+            }))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let payload = grant.as_ref().and_then(|g| g.payload().cloned());
     if let Open::Check = open {
         return Ok(None);
     }
@@ -157,6 +172,9 @@ pub(crate) async fn open(
     }
     if poll {
         connection.poll_only();
+    }
+    if let Some(presence) = node.presence.as_ref().filter(|_| !selectors.is_empty()) {
+        connection.hold_presence(presence.hold(selectors, payload));
     }
     Ok(Some(connection))
 }

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 bin=${1:-target/debug/herald}
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check 'schemathesis==4.32.5'
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin" --port "$port" >target/schemathesis-node.log 2>&1 &
+# Presence on, so its routes answer (off, they are 404 by design).
+HERALD__PRESENCE__ENABLED=true "$bin" --port "$port" >target/schemathesis-node.log 2>&1 &
 node=$!
 trap 'kill $node 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do "$bin" check --url "http://127.0.0.1:$port/readyz" 2>/dev/null && break; sleep 0.1; done

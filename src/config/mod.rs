@@ -2,19 +2,21 @@
 //! `HERALD__SECTION__KEY` env vars → command-line overrides; validated once at load.
 //!
 //! Each section's struct lives beside its own validation: `server` (`[server]`, `[sse]`, `[cors]`),
-//! `history` (`[history]`, `[limits]`), `redis`, `auth`, `mercure`; the loader is here, the strict-key check
+//! `history` (`[history]`, `[limits]`), `redis`, `auth`, `mercure`, `presence`; the loader is here, the strict-key check
 //! in `keys`.
 
 mod auth;
 mod history;
 mod keys;
 mod mercure;
+mod presence;
 mod redis;
 mod server;
 
 pub use auth::AuthSettings;
 pub use history::{HistorySettings, LimitsSettings};
 pub use mercure::MercureSettings;
+pub use presence::PresenceSettings;
 pub use redis::{redact_url, RedisSettings};
 pub use server::{CorsSettings, ServerSettings, SseSettings};
 
@@ -37,6 +39,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub mercure: MercureSettings,
+    pub presence: PresenceSettings,
     pub log: LogSettings,
 }
 
@@ -174,6 +177,7 @@ impl Settings {
         self.redis.validate()?;
         self.auth.validate()?;
         self.mercure.validate()?;
+        self.presence.validate()?;
         check(
             ["text", "json"].contains(&self.log.format.as_str()),
             "log.format",

@@ -6,6 +6,7 @@
 //! it), so history plus live delivery, per topic, resumes any connection without gap or duplicate.
 
 pub mod memory;
+pub mod presence;
 pub mod redis;
 
 use std::sync::Arc;
@@ -200,4 +201,36 @@ pub trait Engine: Send + Sync + 'static {
 
     /// A short name for logs: `memory` or `redis`.
     fn name(&self) -> &'static str;
+
+    /// Where this engine keeps who is subscribed (`[presence]`).
+    fn presence(&self) -> Arc<dyn presence::PresenceStore>;
+}
+
+/// Stores a Mercure update (`line`: its fields as JSON, then `data`) once per topic, the canonical one
+/// first, each copy keyed by the update's id (`key`): a repeat of the id is stored once, and a resume
+/// finds where it sits. If a copy after the first fails, the copies before it stay (each is a whole,
+/// valid event) and the error says the update may be partly stored.
+pub(crate) async fn store_update(
+    engine: &dyn Engine,
+    topics: &[TopicName],
+    line: &str,
+    key: &IdempotencyKey,
+    data: &str,
+) -> Result<(), EngineError> {
+    let stored = format!("{line}\n{data}");
+    let name = EventName::mercure();
+    for (n, topic) in topics.iter().enumerate() {
+        let message = Publish {
+            topic,
+            event: Some(&name),
+            data: &stored,
+            idempotency_key: Some(key),
+        };
+        match engine.publish(message).await {
+            Ok(_) => {}
+            Err(EngineError::Unavailable(cause)) if n > 0 => return Err(EngineError::Unknown(cause)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

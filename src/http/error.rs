@@ -18,6 +18,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Join(_)
             | ApiError::Engine(EngineError::Unavailable(_) | EngineError::NotEnoughReplicas(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -11,6 +11,7 @@ mod health;
 mod history;
 mod lean;
 mod mercure;
+mod presence;
 pub(crate) mod publish;
 pub(crate) mod request;
 mod status;
@@ -19,6 +20,8 @@ mod subscribe;
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, HttpRequest};
+
+use crate::presence::SUBSCRIPTIONS_PATH as SUBSCRIPTIONS;
 
 /// Registers every route and the middleware that applies to all of them.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -36,6 +39,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(get("/events", subscribe::subscribe))
             .service(resource("/topics/{topic}", "POST").route(web::post().to(publish::publish)))
             .service(get("/topics/{topic}/history", history::history))
+            .service(get("/topics/{topic}/presence", presence::count))
+            .service(get(SUBSCRIPTIONS, mercure::subscriptions::subscriptions))
+            .service(get(
+                &format!("{SUBSCRIPTIONS}/{{topic}}"),
+                mercure::subscriptions::subscriptions,
+            ))
+            .service(get(
+                &format!("{SUBSCRIPTIONS}/{{topic}}/{{subscriber}}"),
+                mercure::subscriptions::subscriptions,
+            ))
             .service(
                 resource(mercure::HUB_PATH, "GET, HEAD, POST")
                     .route(web::get().to(mercure::subscribe::subscribe))

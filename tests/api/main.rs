@@ -23,6 +23,7 @@ mod limits;
 mod logs;
 mod mercure;
 mod mercure_conformance;
+mod presence;
 mod publish_subscribe;
 mod redis_engine;
 mod redis_failover;

@@ -22,6 +22,7 @@ fn token(publish: &[&str], subscribe: &[&str]) -> String {
         mercure: MercureClaim {
             publish: publish.iter().map(|s| s.to_string()).collect(),
             subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            payload: None,
         },
         exp: Some(exp),
         aud: None,

@@ -33,6 +33,7 @@ async fn secured() -> TestApp {
         a.ec_public_key_file = fixture("ec_public.pem");
         a.audience = AUDIENCE.into();
         a.leeway_secs = std::time::Duration::ZERO;
+        s.presence.enabled = true;
     })
     .await
 }
@@ -542,6 +543,10 @@ async fn every_route_applies_the_one_access_rule() {
         MercureStream,
         /// `/status.json` names the busiest topics: only those the token could subscribe to.
         Status,
+        /// `/topics/{topic}/presence`: counts, under the read rule.
+        Presence,
+        /// `/.well-known/mercure/subscriptions/{topic}`: who is subscribed, for tokens allowed its path.
+        Subscriptions,
     }
     #[derive(Clone, Copy, Debug)]
     enum Token {
@@ -567,12 +572,19 @@ async fn every_route_applies_the_one_access_rule() {
             Route::Status,
             Route::MercurePublish,
             Route::MercureStream,
+            Route::Presence,
+            Route::Subscriptions,
         ];
         for route in routes {
             for token in [Token::None, Token::WrongClaim, Token::RightClaim] {
                 let bearer = match token {
                     Token::None => None,
                     Token::WrongClaim => Some(hs(&claims(&["other"], &["other"]))),
+                    // The subscriptions API's rule is Mercure's: the token must allow the request's path.
+                    Token::RightClaim if route == Route::Subscriptions => Some(hs(&claims(
+                        &[topic],
+                        &[&format!("/.well-known/mercure/subscriptions/{topic}")],
+                    ))),
                     Token::RightClaim => Some(hs(&claims(&[topic], &[topic]))),
                 };
                 let mut request = match route {
@@ -588,6 +600,10 @@ async fn every_route_applies_the_one_access_rule() {
                     Route::MercureStream => app
                         .client
                         .get(app.url(&format!("/.well-known/mercure?topic={topic}"))),
+                    Route::Presence => app.client.get(app.url(&format!("/topics/{topic}/presence"))),
+                    Route::Subscriptions => app
+                        .client
+                        .get(app.url(&format!("/.well-known/mercure/subscriptions/{topic}"))),
                 };
                 if let Some(bearer) = &bearer {
                     request = request.bearer_auth(bearer);
@@ -596,6 +612,8 @@ async fn every_route_applies_the_one_access_rule() {
                 let (status, code) = match (route, token) {
                     (Route::Status, Token::None) => (401, "token-missing"),
                     (Route::Status, _) => (200, ""),
+                    (Route::Subscriptions, Token::None) => (401, "token-missing"),
+                    (Route::Subscriptions, Token::WrongClaim) => (403, "forbidden"),
                     (_, Token::RightClaim) => (200, ""),
                     (Route::Publish | Route::MercurePublish, Token::None) => (401, "token-missing"),
                     (Route::Publish | Route::MercurePublish, Token::WrongClaim) => (403, "forbidden"),
@@ -607,7 +625,14 @@ async fn every_route_applies_the_one_access_rule() {
                 let case = format!("{route:?} {topic} with {token:?}");
                 if status == 200 {
                     assert_eq!(response.status(), 200, "{case}");
-                    if route == Route::History {
+                    if route == Route::Subscriptions || route == Route::Presence {
+                        // Both see the reader's stream of the topic, public or private.
+                        let body: serde_json::Value = response.json().await.unwrap();
+                        let n = body["subscriptions"]
+                            .as_array()
+                            .map_or(body["subscribers"].as_u64(), |l| Some(l.len() as u64));
+                        assert!(n >= Some(1), "{case}: {body}");
+                    } else if route == Route::History {
                         let body: serde_json::Value = response.json().await.unwrap();
                         assert!(!body["events"].as_array().unwrap().is_empty(), "{case}: {body}");
                     } else if route == Route::Status {

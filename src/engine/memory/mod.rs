@@ -15,6 +15,10 @@ use crate::domain::{now_ms, EventId, EventName, IdempotencyKey, TopicName};
 use crate::event::{mercure_key, Stored};
 use crate::selector::Pattern;
 
+mod presence;
+
+pub use presence::MemoryPresence;
+
 pub struct MemoryEngine {
     /// One lock over the clock, the logs and the hand-off to the hub, so the hub sees events in id order
     /// and a reader of `last_id` knows every later event is still to be dispatched.
@@ -30,6 +34,7 @@ pub struct MemoryEngine {
     /// it: readers after a dropped event get the gap notice, and a retry whose key was dropped early is
     /// stored again.
     max_total_bytes: usize,
+    presence: Arc<MemoryPresence>,
 }
 
 /// What a retained event costs beyond its frame: its `Arc<Event>`, id, topic handle and deque slot.
@@ -169,6 +174,7 @@ impl MemoryEngine {
             max_age_ms: u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX),
             idempotency_window_ms: u64::try_from(idempotency_window.as_millis()).unwrap_or(u64::MAX),
             max_total_bytes: 0,
+            presence: Arc::default(),
         }
     }
 
@@ -370,6 +376,10 @@ impl Engine for MemoryEngine {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn presence(&self) -> Arc<dyn crate::engine::presence::PresenceStore> {
+        self.presence.clone()
     }
 }
 

@@ -27,6 +27,7 @@ mod functions;
 mod keys;
 mod link;
 mod migrate;
+mod presence;
 mod primary;
 mod pubsub;
 mod replicas;
@@ -74,6 +75,7 @@ pub struct RedisEngine {
     /// On a Redis Cluster: publishes take the publish lane, whose client does not retry by itself.
     sharded: bool,
     max_topic_len: usize,
+    presence: Arc<presence::RedisPresence>,
     /// Stops the I/O thread (and with it the link) when the engine is dropped.
     _io: IoThread,
 }
@@ -88,7 +90,8 @@ impl RedisEngine {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisStartError> {
         let settings = &all.redis;
-        let max_topic_len = all.limits.max_topic_len;
+        // The hub's own topics (subscription events) may be longer than a publisher's.
+        let max_topic_len = all.limits.max_topic_len.max(crate::domain::MAX_HUB_TOPIC_LEN);
         let function_settings = FunctionSettings::new(all, !settings.cluster_nodes.is_empty());
         let command_timeout = settings.command_timeout_ms;
         let connect_timeout = settings.connect_timeout_ms;
@@ -229,9 +232,15 @@ impl RedisEngine {
                 node_events,
             ));
         }
+        let presence = Arc::new(presence::RedisPresence {
+            shared: shared.clone(),
+            prefix: keys.prefix.clone(),
+            sharded: !settings.cluster_nodes.is_empty(),
+        });
         Ok(Arc::new(RedisEngine {
             shared,
             keys,
+            presence,
             function_settings,
             ready,
             commands,
@@ -488,5 +497,9 @@ impl Engine for RedisEngine {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn presence(&self) -> Arc<dyn super::presence::PresenceStore> {
+        self.presence.clone()
     }
 }

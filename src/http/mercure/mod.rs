@@ -5,6 +5,7 @@
 
 pub(super) mod publish;
 pub(crate) mod subscribe;
+pub(super) mod subscriptions;
 
 /// Where the hub answers, and the namespace of its own topics (subscription events): no publisher may
 /// write there.

@@ -1,0 +1,86 @@
+//! Mercure's subscriptions API (`[presence]` on): `GET /.well-known/mercure/subscriptions`,
+//! `…/subscriptions/{topic}` and `…/subscriptions/{topic}/{subscriber}` (each part percent-encoded), as
+//! JSON-LD in Mercure 0.x's shape, across every node. A token whose subscribe selectors match the
+//! request's path may read it (`Access::Presence`); anonymous callers may not. Lists come in pages of
+//! `presence.page_size`, each pointing at the next (`Link: <…?cursor=…>; rel="next"` and `next`), so no
+//! request makes a node gather a large topic's list whole.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::auth::Access;
+use crate::domain::TopicName;
+use crate::error::ApiError;
+use crate::http::request::{head, percent_decode, query_pairs, query_value};
+use crate::node::Node;
+use crate::presence::{document, segment, MAX_EVENT_TOPIC_LEN, SUBSCRIPTIONS_PATH};
+
+const CONTEXT: &str = "https://mercure.rocks/";
+
+pub async fn subscriptions(req: HttpRequest, state: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let path = req.uri().path();
+    let pairs = query_pairs(req.query_string())?;
+    // The path itself is what the token must allow, as Mercure matches it (its segments encoded).
+    let name = TopicName::parse(path, MAX_EVENT_TOPIC_LEN)?;
+    state.authorize(&head(&req, &pairs), Access::Presence, std::slice::from_ref(&name))?;
+    let presence = state.presence.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "presence is off on this hub: set presence.enabled (HERALD__PRESENCE__ENABLED=true)".into(),
+        )
+    })?;
+    let rest = path.strip_prefix(SUBSCRIPTIONS_PATH).unwrap_or_default();
+    let parts = rest
+        .split('/')
+        .skip(1)
+        .map(|raw| percent_decode(raw, false).map_err(|e| ApiError::BadRequest(format!("the path: {e}"))))
+        .collect::<Result<Vec<String>, ApiError>>()?;
+    let store = &presence.store;
+    let ld = |body: Value| {
+        HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/ld+json"))
+            .body(body.to_string())
+    };
+    if let [topic, subscriber] = parts.as_slice() {
+        let entry = store.get(topic, subscriber).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("no subscription of {subscriber} to {topic} is active"))
+        })?;
+        let mut body = document(&entry, true);
+        body["@context"] = json!(CONTEXT);
+        body["lastEventID"] = json!("earliest");
+        return Ok(ld(body));
+    }
+    let topic = match parts.as_slice() {
+        [] => None,
+        [topic] if !topic.is_empty() => Some(topic.as_str()),
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "{path} names no subscriptions: use {SUBSCRIPTIONS_PATH}[/{{topic}}[/{{subscriber}}]]"
+            )))
+        }
+    };
+    let cursor = query_value(&pairs, "cursor").unwrap_or_default();
+    let (entries, next) = store
+        .list(topic, cursor, state.settings.presence.page_size)
+        .await?;
+    let list: Vec<Value> = entries.iter().map(|e| document(e, true)).collect();
+    let mut body = json!({
+        "@context": CONTEXT,
+        "id": path,
+        "type": "Subscriptions",
+        // Subscription events replayed from the start of their history bring a list up to date.
+        "lastEventID": "earliest",
+        "subscriptions": list,
+    });
+    let mut link = None;
+    if let Some(next) = next {
+        let url = format!("{path}?cursor={}", segment(&next));
+        link = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")).ok();
+        body["next"] = json!(url);
+    }
+    let mut response = ld(body);
+    if let Some(link) = link {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
+}

@@ -1,0 +1,326 @@
+//! Presence (`[presence]`): the subscriptions API, subscription events and counts, on one node and
+//! across two nodes on one real Redis, with a graceful shutdown and a SIGKILLed node.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herald::auth::{self, Claims, MercureClaim};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::{pct, spawn_app_with, spawn_redis_node_with, Subscriber, TestApp, PATIENCE};
+use crate::redis_server::RedisServer;
+
+const SECRET: &str = "presence-test-secret-presence-test-secret";
+const ROOM: &str = "https://example.com/rooms/1";
+const WATCH_ALL: &str = "/.well-known/mercure/subscriptions{/topic}{/subscriber}";
+
+fn token(subscribe: &[&str], payload: Option<Value>) -> String {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+    let claims = Claims {
+        mercure: MercureClaim {
+            publish: vec![],
+            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            payload,
+        },
+        exp: Some(exp),
+        aud: None,
+    };
+    auth::mint(SECRET, &claims).unwrap()
+}
+
+fn settings(s: &mut herald::config::Settings) {
+    s.presence.enabled = true;
+    s.auth.hs_secret = SECRET.into();
+}
+
+/// A Mercure subscriber of `selector`, with `token` in the Authorization header if given.
+async fn join(app: &TestApp, selector: &str, token: Option<&str>) -> Subscriber {
+    use eventsource_stream::Eventsource;
+    let mut request = app
+        .client
+        .get(app.url(&format!("/.well-known/mercure?topic={}", pct(selector))));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("subscribe request");
+    assert_eq!(response.status(), 200);
+    Subscriber::from_events(Box::pin(response.bytes_stream().eventsource()))
+}
+
+async fn get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("request")
+}
+
+/// The subscriptions of `topic` as `app` lists them, every page followed.
+async fn listed(app: &TestApp, topic: &str, token: &str) -> Vec<Value> {
+    let mut path = format!("/.well-known/mercure/subscriptions/{}", pct(topic));
+    let mut all = Vec::new();
+    loop {
+        let response = get(app, &path, Some(token)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/ld+json");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["type"], "Subscriptions");
+        assert_eq!(body["@context"], "https://mercure.rocks/");
+        all.extend(body["subscriptions"].as_array().unwrap().iter().cloned());
+        match body["next"].as_str() {
+            Some(next) => path = next.to_string(),
+            None => return all,
+        }
+    }
+}
+
+/// Polls until `app` lists `n` subscriptions of `topic` (writes reach the store a moment after the
+/// stream opens); fails past `within`.
+async fn wait_listed(app: &TestApp, topic: &str, token: &str, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = listed(app, topic, token).await;
+        if list.len() == n {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} subscriptions listed, not {n}: {list:?}",
+            list.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next subscription event a watcher gets (its data, parsed).
+async fn next_change(watcher: &mut Subscriber) -> Value {
+    let event = watcher.next().await;
+    serde_json::from_str(&event.data).unwrap_or_else(|e| panic!("{e}: {}", event.data))
+}
+
+#[tokio::test]
+async fn one_node_lists_its_subscriptions_announces_each_change_and_counts_them() {
+    let app = spawn_app_with(settings).await;
+    let admin = token(&[WATCH_ALL], None);
+    let mut watcher = join(&app, WATCH_ALL, Some(&admin)).await;
+    // The watcher's own subscription is announced first.
+    let own = next_change(&mut watcher).await;
+    assert_eq!(own["topic"], WATCH_ALL);
+
+    let ada = token(&[ROOM], Some(json!({ "name": "Ada" })));
+    let first = join(&app, ROOM, Some(&ada)).await;
+    let joined = next_change(&mut watcher).await;
+    assert_eq!(joined["type"], "Subscription");
+    assert_eq!(joined["topic"], ROOM);
+    assert_eq!(joined["active"], true);
+    assert_eq!(joined["payload"], json!({ "name": "Ada" }));
+    let subscriber = joined["subscriber"].as_str().unwrap().to_string();
+    assert!(subscriber.starts_with("urn:uuid:"), "{subscriber}");
+    assert_eq!(
+        joined["id"],
+        format!(
+            "/.well-known/mercure/subscriptions/{}/{}",
+            pct(ROOM),
+            pct(&subscriber)
+        )
+    );
+    let _second = join(&app, ROOM, None).await;
+    assert_eq!(next_change(&mut watcher).await["active"], true);
+
+    let list = wait_listed(&app, ROOM, &admin, 2, PATIENCE).await;
+    assert!(list.iter().any(|s| s["subscriber"] == subscriber.as_str()));
+    let one = get(
+        &app,
+        &format!(
+            "/.well-known/mercure/subscriptions/{}/{}",
+            pct(ROOM),
+            pct(&subscriber)
+        ),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(one.status(), 200);
+    let one: Value = one.json().await.unwrap();
+    assert_eq!(one["subscriber"], subscriber.as_str());
+    assert_eq!(one["active"], true);
+    let count: Value = get(&app, &format!("/topics/{}/presence", pct(ROOM)), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count, json!({ "topic": ROOM, "subscribers": 2, "nodes": 1 }));
+
+    // Leaving is announced within 2 s, and the list shrinks.
+    let started = Instant::now();
+    drop(first);
+    let left = next_change(&mut watcher).await;
+    assert_eq!(left["active"], false);
+    assert_eq!(left["subscriber"], subscriber.as_str());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_listed(&app, ROOM, &admin, 1, PATIENCE).await;
+    let gone = get(
+        &app,
+        &format!(
+            "/.well-known/mercure/subscriptions/{}/{}",
+            pct(ROOM),
+            pct(&subscriber)
+        ),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(gone.status(), 404);
+    assert_eq!(gone.headers()["content-type"], "application/problem+json");
+
+    // Anonymous callers, and tokens that do not match the path, may not see who is subscribed.
+    let anonymous = get(&app, "/.well-known/mercure/subscriptions", None).await;
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["content-type"], "application/problem+json");
+    let other = get(&app, "/.well-known/mercure/subscriptions", Some(&ada)).await;
+    assert_eq!(other.status(), 403);
+    // An anonymous subscriber of the events sees none of them: they are private.
+    let mut anonymous_watcher = join(&app, WATCH_ALL, None).await;
+    let _third = join(&app, ROOM, None).await;
+    assert_eq!(next_change(&mut watcher).await["active"], true);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), anonymous_watcher.next_or_end())
+            .await
+            .is_err(),
+        "an anonymous subscriber received a subscription event"
+    );
+}
+
+#[tokio::test]
+async fn presence_is_off_by_default_and_says_how_to_turn_it_on() {
+    let app = spawn_app_with(|s| s.auth.hs_secret = SECRET.into()).await;
+    let admin = token(&[WATCH_ALL], None);
+    let response = get(&app, "/.well-known/mercure/subscriptions", Some(&admin)).await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("presence.enabled"),
+        "{body}"
+    );
+}
+
+/// Two nodes on one Redis: 3 + 2 subscribers listed as 5 from either node, a leave announced within
+/// 2 s, a graceful shutdown's subscriptions gone at once, a SIGKILLed node's gone within its ttl and
+/// announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_redis_list_everyone_and_clean_up_after_a_node_that_stops_or_dies() {
+    let redis = RedisServer::start();
+    let quick = |s: &mut herald::config::Settings| {
+        settings(s);
+        s.presence.heartbeat_secs = Duration::from_secs(1);
+        s.presence.ttl_secs = Duration::from_secs(3);
+    };
+    let a = spawn_redis_node_with(&redis, quick).await;
+    let b = spawn_redis_node_with(&redis, quick).await;
+    let admin = token(&[WATCH_ALL], None);
+    let mut watcher = join(
+        &b,
+        &format!("/.well-known/mercure/subscriptions/{}{{/subscriber}}", pct(ROOM)),
+        Some(&admin),
+    )
+    .await;
+    let mut on_a = Vec::new();
+    for _ in 0..3 {
+        on_a.push(join(&a, ROOM, None).await);
+    }
+    let mut on_b = Vec::new();
+    for _ in 0..2 {
+        on_b.push(join(&b, ROOM, None).await);
+    }
+    for _ in 0..5 {
+        assert_eq!(next_change(&mut watcher).await["active"], true);
+    }
+    for node in [&a, &b] {
+        wait_listed(node, ROOM, &admin, 5, PATIENCE).await;
+    }
+    let count: Value = get(&a, &format!("/topics/{}/presence", pct(ROOM)), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count, json!({ "topic": ROOM, "subscribers": 5, "nodes": 2 }));
+
+    let started = Instant::now();
+    drop(on_a.pop());
+    assert_eq!(next_change(&mut watcher).await["active"], false);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_listed(&b, ROOM, &admin, 4, PATIENCE).await;
+
+    // A graceful shutdown removes the node's subscriptions before it ends.
+    a.shutdown.run().await;
+    drop(on_a);
+    assert_eq!(listed(&b, ROOM, &admin).await.len(), 2);
+    for _ in 0..2 {
+        assert_eq!(next_change(&mut watcher).await["active"], false);
+    }
+
+    // A node that dies silently: its subscriptions go within its ttl, each announced once.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--port", "0"])
+        .env("HERALD__REDIS__URL", redis.url())
+        .env("HERALD__PRESENCE__ENABLED", "true")
+        .env("HERALD__PRESENCE__HEARTBEAT_SECS", "1")
+        .env("HERALD__PRESENCE__TTL_SECS", "3")
+        .env("HERALD__AUTH__HS_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the herald binary starts");
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                return rest.split_whitespace().next().map(String::from);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the binary logs its address")
+    .expect("the binary says where it listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let doomed = TestApp {
+        port: 0,
+        address: address.clone(),
+        client: reqwest::Client::new(),
+        shutdown: b.shutdown.clone(),
+    };
+    let _held = [join(&doomed, ROOM, None).await, join(&doomed, ROOM, None).await];
+    for _ in 0..2 {
+        assert_eq!(next_change(&mut watcher).await["active"], true);
+    }
+    wait_listed(&b, ROOM, &admin, 4, PATIENCE).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let killed = Instant::now();
+    // b's reaper claims the dead node once its 3 s ttl has passed (b looks every second).
+    let left = [next_change(&mut watcher).await, next_change(&mut watcher).await];
+    assert!(left.iter().all(|c| c["active"] == false), "{left:?}");
+    eprintln!(
+        "a SIGKILLed node's subscriptions were announced gone {:?} after",
+        killed.elapsed()
+    );
+    assert_eq!(listed(&b, ROOM, &admin).await.len(), 2);
+    // Announced once: nothing more comes.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), watcher.next_or_end())
+            .await
+            .is_err(),
+        "a subscription's end was announced twice"
+    );
+}
