@@ -654,3 +654,77 @@ async fn a_page_subscribes_through_mercure_with_templates_url_patterns_and_the_c
     assert_eq!(users.as_array().map(Vec::len), Some(1), "{users}");
     browser.close().await;
 }
+
+/// `examples/who-is-online.html` in Chromium: the page lists a room's subscribers from the subscriptions
+/// API, then keeps the list live with the subscription events (native `EventSource`): it shows a join
+/// and a leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_who_is_online_example_shows_a_join_and_a_leave() {
+    const SECRET: &str = "browser-presence-secret-browser-presence-secret";
+    const ROOM: &str = "https://example.com/rooms/1";
+    let browser = Browser::start().await;
+    let hub = spawn_app_with(|s| {
+        s.presence.enabled = true;
+        s.auth.hs_secret = SECRET.into();
+    })
+    .await;
+    let claims = herald::auth::claims(
+        vec![],
+        vec!["/.well-known/mercure/subscriptions{/topic}{/subscriber}".into()],
+        600,
+        None,
+    );
+    let watcher = herald::auth::mint(SECRET, &claims).unwrap();
+    let named = |name: &str| {
+        let mut claims = herald::auth::claims(vec![], vec![ROOM.into()], 600, None);
+        claims.mercure.payload = Some(json!({ "name": name }));
+        herald::auth::mint(SECRET, &claims).unwrap()
+    };
+    let join = |token: String| {
+        hub.client
+            .get(hub.url(&format!(
+                "/.well-known/mercure?topic={}",
+                crate::helpers::pct(ROOM)
+            )))
+            .bearer_auth(token)
+            .send()
+    };
+    let ada = join(named("Ada")).await.unwrap();
+    assert_eq!(ada.status(), 200);
+    // The example page itself, written into a page of the hub's origin (its fetch and stream are
+    // same-origin there), with the room and token in the query as the page reads them.
+    let page = include_str!("../../examples/who-is-online.html");
+    browser
+        .client
+        .goto(&hub.url(&format!(
+            "/healthz?room={}&token={watcher}",
+            crate::helpers::pct(ROOM)
+        )))
+        .await
+        .unwrap();
+    browser
+        .client
+        .execute(
+            "document.open(); document.write(arguments[0]); document.close();",
+            vec![json!(page)],
+        )
+        .await
+        .expect("the page is written");
+    let names = "return Array.from(document.querySelectorAll('#people li')).map((li) => li.textContent).sort().join(',')";
+    browser
+        .wait_for("Ada, already there", &format!("{names} === 'Ada'"))
+        .await;
+    let grace = join(named("Grace")).await.unwrap();
+    browser
+        .wait_for("Grace's join", &format!("{names} === 'Ada,Grace'"))
+        .await;
+    drop(ada);
+    browser
+        .wait_for("Ada's leave", &format!("{names} === 'Grace'"))
+        .await;
+    drop(grace);
+    browser
+        .wait_for("an empty room", &format!("{names} === ''"))
+        .await;
+    browser.close().await;
+}

@@ -645,3 +645,96 @@ async fn a_cluster_serves_mercure_and_resumes_from_a_publishers_id_on_every_shar
         "{problem}"
     );
 }
+
+/// Presence on a Cluster: each topic's subscriptions live on its own shard and the list of all on one;
+/// two nodes list 3 + 2 subscribers of a topic as 5 from either, count them on 2 nodes, and drop one
+/// that leaves and a gracefully stopped node's at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_lists_who_is_subscribed_on_every_shard_from_either_node() {
+    const SECRET: &str = "cluster-presence-secret-cluster-presence-secret";
+    let setup = ClusterSetup::start();
+    let node = || {
+        let urls = setup.urls();
+        spawn_app_with(move |s| {
+            s.redis.cluster_nodes = urls;
+            s.redis.startup_wait_secs = Duration::from_secs(20);
+            s.presence.enabled = true;
+            s.auth.hs_secret = SECRET.into();
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    let claims = herald::auth::claims(
+        vec![],
+        vec!["/.well-known/mercure/subscriptions{/topic}{/subscriber}".into()],
+        600,
+        None,
+    );
+    let admin = herald::auth::mint(SECRET, &claims).unwrap();
+    let topics = spread_topics(&setup, 1);
+    let of = |topic: &str| format!("/.well-known/mercure/subscriptions/{}", pct(topic));
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for topic in &topics[..3] {
+        for _ in 0..3 {
+            on_a.push(
+                a.subscribe_at(&format!("/.well-known/mercure?topic={}", pct(topic)), None)
+                    .await,
+            );
+        }
+        for _ in 0..2 {
+            on_b.push(
+                b.subscribe_at(&format!("/.well-known/mercure?topic={}", pct(topic)), None)
+                    .await,
+            );
+        }
+    }
+    for topic in &topics[..3] {
+        wait_listed(&a, &admin, &of(topic), 5).await;
+        wait_listed(&b, &admin, &of(topic), 5).await;
+    }
+    wait_listed(&a, &admin, "/.well-known/mercure/subscriptions", 15).await;
+    let count: serde_json::Value = a
+        .client
+        .get(a.url(&format!("/topics/{}/presence", pct(&topics[0]))))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["subscribers"], 5, "{count}");
+    assert_eq!(count["nodes"], 2, "{count}");
+    drop(on_a.remove(0));
+    wait_listed(&b, &admin, &of(&topics[0]), 4).await;
+    a.shutdown.run().await;
+    drop(on_a);
+    for topic in &topics[..3] {
+        assert_eq!(listed(&b, &admin, &of(topic)).await, 2, "{topic}");
+    }
+}
+
+async fn listed(app: &TestApp, token: &str, path: &str) -> usize {
+    let response = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["subscriptions"].as_array().unwrap().len()
+}
+
+/// Polls until `path` lists `n` subscriptions (the writes follow a stream's start by a moment).
+async fn wait_listed(app: &TestApp, token: &str, path: &str, n: usize) {
+    let deadline = Instant::now() + crate::helpers::PATIENCE;
+    loop {
+        let got = listed(app, token, path).await;
+        if got == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: {got} listed, not {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
