@@ -77,13 +77,18 @@ impl Presence {
     }
 
     /// Records one subscription per selector for a new stream, with a subscriber id of its own.
-    pub(crate) fn hold(&self, selectors: impl IntoIterator<Item = String>, payload: Option<Value>) -> Guard {
+    pub(crate) fn hold(
+        &self,
+        selectors: impl IntoIterator<Item = (String, Option<&'static str>)>,
+        payload: Option<Value>,
+    ) -> Guard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let subscriber = urn();
         let entries = selectors
             .into_iter()
-            .map(|topic| Entry {
+            .map(|(topic, match_type)| Entry {
                 topic,
+                match_type: match_type.map(String::from),
                 subscriber: subscriber.clone(),
                 payload: payload.clone(),
                 joined: urn(),
@@ -123,25 +128,37 @@ pub(crate) fn segment(s: &str) -> String {
     out
 }
 
-/// The IRI of a subscription: its event topic and its `id`.
+/// The IRI of a subscription: its event topic and its `id`. 0.x: `…/subscriptions/{topic}/{subscriber}`;
+/// 1.0: `…/subscriptions/{matchType}/{match}/{subscriber}`.
 pub(crate) fn subscription_iri(entry: &Entry) -> String {
+    let kind = entry
+        .match_type
+        .as_deref()
+        .map_or(String::new(), |t| format!("/{t}"));
     format!(
-        "{SUBSCRIPTIONS_PATH}/{}/{}",
+        "{SUBSCRIPTIONS_PATH}{kind}/{}/{}",
         segment(&entry.topic),
         segment(&entry.subscriber)
     )
 }
 
-/// A subscription as Mercure's subscriptions API and events show it.
+/// A subscription as Mercure's subscriptions API and events show it, in its dialect's shape.
 pub(crate) fn document(entry: &Entry, active: bool) -> Value {
-    json!({
+    let mut doc = json!({
         "id": subscription_iri(entry),
         "type": "Subscription",
         "subscriber": entry.subscriber,
-        "topic": entry.topic,
         "active": active,
         "payload": entry.payload,
-    })
+    });
+    match &entry.match_type {
+        Some(kind) => {
+            doc["matchType"] = json!(kind);
+            doc["match"] = json!(entry.topic);
+        }
+        None => doc["topic"] = json!(entry.topic),
+    }
+    doc
 }
 
 struct Task {

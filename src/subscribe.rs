@@ -81,6 +81,9 @@ pub(crate) struct StreamRequest {
     pub poll: bool,
     /// What the stream sends of each event (native, maybe enveloped, or Mercure's frames).
     pub shape: Shape,
+    /// Its selectors as written, each with its Mercure 1.0 matcher type (`Exact`, `URLPattern`; none
+    /// for 0.x's `topic=`), when presence is on; empty: its topics, as the native API names them.
+    pub presence: Vec<(String, Option<&'static str>)>,
 }
 
 /// The stream's body, or `None` when only a check was asked for; an error says why it was refused.
@@ -97,21 +100,14 @@ pub(crate) async fn open(
         last_event_id,
         poll,
         shape,
+        presence: written,
     } = request;
     let limits = &node.settings.limits;
     let grant = node.authorize(head, Access::Read, &topics)?;
     // Its subscriptions as the client wrote them (before a resume names the topics patterns select).
-    let selectors: Vec<String> = match (&node.presence, poll) {
-        (Some(_), false) => topics
-            .iter()
-            .map(|t| t.as_str().to_string())
-            // A pattern's text is its kind, a space, and the selector (`template {…}`; `*` alone).
-            .chain(patterns.iter().map(|(text, _)| {
-                text.split_once(' ')
-                    .map_or(&**text, |(_, selector)| selector)
-                    .to_string()
-            }))
-            .collect(),
+    let selectors: Vec<(String, Option<&'static str>)> = match (&node.presence, poll) {
+        (Some(_), false) if !written.is_empty() => written,
+        (Some(_), false) => topics.iter().map(|t| (t.as_str().to_string(), None)).collect(),
         _ => Vec::new(),
     };
     let payload = grant.as_ref().and_then(|g| g.payload().cloned());

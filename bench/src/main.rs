@@ -643,6 +643,148 @@ async fn idle_fresh(
     row
 }
 
+/// A connect storm of `conns` subscribers (one topic) on a fresh node, presence on or off: connects/s,
+/// server CPU per connect (until presence has recorded them all), the time until the presence count
+/// shows them all, Redis bytes per subscription (`used_memory`), then the heartbeat's cost over 10 s
+/// at `conns` held (Redis `EVAL` µs per node and second, node CPU), and how long the leaves take.
+async fn presence_storm(
+    kind: Kind,
+    herald: &std::path::Path,
+    repo: &std::path::Path,
+    conns: usize,
+    on: bool,
+) -> Result<Row> {
+    let env = [
+        ("HERALD__PRESENCE__ENABLED", on.to_string()),
+        ("HERALD__PRESENCE__HEARTBEAT_SECS", "1".to_string()),
+        ("HERALD__PRESENCE__TTL_SECS", "30".to_string()),
+    ];
+    let sys = System::start_with(kind, herald, repo, &env).await?;
+    let scenario = format!(
+        "presence {}: storm of {conns} subscribers",
+        if on { "on" } else { "off" }
+    );
+    let topic = fresh_topic("w");
+    let memory = |port| -> Result<u64> {
+        let info = redis_cli(port, &["INFO", "memory"])?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+            .unwrap_or(0))
+    };
+    let count = |body: &[u8]| -> Option<usize> {
+        let text = String::from_utf8_lossy(body);
+        let json = text.split("\r\n\r\n").nth(1)?;
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        v["subscribers"].as_u64().map(|n| n as usize)
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let used0 = sys.redis_port.map(memory).transpose()?.unwrap_or(0);
+    let (servers, all) = (sys.server_pids(), sys.pids());
+    let (cpu0, all0) = (procfs::total_cpu(&servers), procfs::total_cpu(&all));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let port = sys.sub_ports[i % sys.sub_ports.len()];
+        tasks.push(tokio::task::spawn_local(client::hold(
+            port,
+            sys.sub_path(&topic),
+            Arc::clone(&ready),
+            stop_rx.clone(),
+        )));
+        if i % 200 == 199 {
+            tokio::task::yield_now().await;
+        }
+    }
+    wait_ready(&ready, conns, &scenario, &mut tasks).await?;
+    let connected = t0.elapsed().as_secs_f64();
+    let path = format!("/topics/{topic}/presence");
+    let mut listed_after = None;
+    if on {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let (_, body) = client::one_get(sys.pub_port, &path).await?;
+            if count(&body) == Some(conns) {
+                listed_after = Some(t0.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (cpu1, all1) = (procfs::total_cpu(&servers), procfs::total_cpu(&all));
+    let used1 = sys.redis_port.map(memory).transpose()?.unwrap_or(0);
+    // The heartbeat at `conns` held: 10 s of nothing but heartbeats (and SSE keep-alives).
+    if let Some(port) = sys.redis_port {
+        redis_cli(port, &["CONFIG", "RESETSTAT"])?;
+    }
+    let idle0 = procfs::total_cpu(&servers);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_cpu = (procfs::total_cpu(&servers) - idle0) / 10.0;
+    let eval_us = match sys.redis_port {
+        Some(port) => {
+            let stats = redis_cli(port, &["INFO", "commandstats"])?;
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_eval:"))
+                .and_then(|f| {
+                    f.split(',')
+                        .find_map(|x| x.strip_prefix("usec=")?.parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+                / 10.0
+                / sys.sub_ports.len() as f64
+        }
+        None => 0.0,
+    };
+    let t1 = Instant::now();
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut left_after = None;
+    if on {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let (_, body) = client::one_get(sys.pub_port, &path).await?;
+            if count(&body) == Some(0) {
+                left_after = Some(t1.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let per = |cpu: f64| cpu * 1e6 / conns as f64;
+    let bytes = used1.saturating_sub(used0) as f64 / conns as f64;
+    let note = format!(
+        "{:.0} connects/s; server {:.1} µs/connect, server + Redis {:.1} µs/connect; listed all after {}; \
+         Redis {:.0} B/subscription; heartbeat: Redis EVAL {:.1} µs per node per s, node CPU {:.2} ms/s held; \
+         all left after {}",
+        conns as f64 / connected,
+        per(cpu1 - cpu0),
+        per(all1 - all0),
+        listed_after.map_or("-".into(), |t| format!("{t:.2} s")),
+        bytes,
+        eval_us,
+        idle_cpu * 1000.0,
+        left_after.map_or("-".into(), |t| format!("{t:.2} s")),
+    );
+    eprintln!("   {scenario} on {}: {note}", kind.name());
+    drop(sys);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Row {
+        scenario,
+        system: kind.name(),
+        subscribers: conns,
+        topics: 1,
+        secs: connected,
+        server_cpu_us: per(cpu1 - cpu0),
+        note: Some(note),
+        ..Row::default()
+    })
+}
+
 /// Reconnect with `Last-Event-ID` after `missed` messages: time until all of them arrived.
 async fn replay(sys: &System, missed: usize) -> Result<Row> {
     let topic = fresh_topic("r");
@@ -858,6 +1000,7 @@ async fn run(args: Args) -> Result<()> {
         "mercure",
         "heads",
         "keys",
+        "presence",
     ];
     let scenarios: Vec<String> = if args.smoke {
         vec!["fanout".into(), "replay".into()]
@@ -1053,6 +1196,12 @@ async fn run(args: Args) -> Result<()> {
                     v
                 }
                 "keys" => vec![],
+                // Presence on and off, each on a fresh node: a 10,000-subscriber connect storm (Herald).
+                "presence" if kind.is_herald() => vec![
+                    presence_storm(kind, &herald, &repo, 10_000, false).await?,
+                    presence_storm(kind, &herald, &repo, 10_000, true).await?,
+                ],
+                "presence" => vec![],
                 // Unfinished heads: from 16 addresses with the shipped settings, and from one address
                 // against production's per-address cap (Herald only, on a fresh node).
                 "heads" => {

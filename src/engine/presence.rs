@@ -18,6 +18,10 @@ use super::EngineError;
 pub struct Entry {
     /// The selector as the subscriber sent it (a topic, `*`, a URI template, a URL pattern).
     pub topic: String,
+    /// Its Mercure 1.0 matcher type (`Exact`, `URLPattern`) when a 1.0 parameter named it: its events
+    /// and documents then take 1.0's shape (`matchType`, `match`).
+    #[serde(default, rename = "matchType", skip_serializing_if = "Option::is_none")]
+    pub match_type: Option<String>,
     /// `urn:uuid:<v4>`, made by the hub, one per connection.
     pub subscriber: String,
     /// The token's `payload` (`mercure.payload` or the detail's), if any.

@@ -49,6 +49,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 &format!("{SUBSCRIPTIONS}/{{topic}}/{{subscriber}}"),
                 mercure::subscriptions::subscriptions,
             ))
+            .service(get(
+                &format!("{SUBSCRIPTIONS}/{{kind}}/{{topic}}/{{subscriber}}"),
+                mercure::subscriptions::subscriptions,
+            ))
             .service(
                 resource(mercure::HUB_PATH, "GET, HEAD, POST")
                     .route(web::get().to(mercure::subscribe::subscribe))

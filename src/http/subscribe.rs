@@ -127,6 +127,7 @@ pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<Stre
         last_event_id,
         poll,
         shape: Shape::Native { envelope },
+        presence: Vec::new(),
     })
 }
 

@@ -324,3 +324,84 @@ async fn two_nodes_on_redis_list_everyone_and_clean_up_after_a_node_that_stops_o
         "a subscription's end was announced twice"
     );
 }
+
+/// Subscriptions made with Mercure 1.0's parameters take 1.0's shape: their events' topics and
+/// documents name the matcher type and the matcher (`…/subscriptions/{matchType}/{match}/{subscriber}`),
+/// and the API lists them under those paths; counts take both dialects.
+#[tokio::test]
+async fn subscriptions_made_in_the_1_0_dialect_are_shown_in_its_shape() {
+    let app = spawn_app_with(settings).await;
+    let watch = "/.well-known/mercure/subscriptions{/kind}{/match}{/subscriber}";
+    let admin = token(&[watch, WATCH_ALL], None);
+    let mut watcher = join(&app, watch, Some(&admin)).await;
+    assert_eq!(next_change(&mut watcher).await["topic"], watch);
+    let pattern = "https://example.com/rooms/:id";
+    let _by_pattern = app
+        .subscribe_at(
+            &format!("/.well-known/mercure?matchURLPattern={}", pct(pattern)),
+            None,
+        )
+        .await;
+    let change = next_change(&mut watcher).await;
+    assert_eq!(change["matchType"], "URLPattern", "{change}");
+    assert_eq!(change["match"], pattern, "{change}");
+    assert!(change.get("topic").is_none(), "{change}");
+    let subscriber = change["subscriber"].as_str().unwrap();
+    assert_eq!(
+        change["id"],
+        format!(
+            "/.well-known/mercure/subscriptions/URLPattern/{}/{}",
+            pct(pattern),
+            pct(subscriber)
+        )
+    );
+    let _exact = app
+        .subscribe_at(&format!("/.well-known/mercure?match={}", pct(ROOM)), None)
+        .await;
+    assert_eq!(next_change(&mut watcher).await["matchType"], "Exact");
+    let _legacy = join(&app, ROOM, None).await;
+    assert!(next_change(&mut watcher).await.get("matchType").is_none());
+
+    let list = |path: String| {
+        let admin = admin.clone();
+        let app = &app;
+        async move {
+            let body: Value = get(app, &path, Some(&admin)).await.json().await.unwrap();
+            body["subscriptions"].as_array().unwrap().clone()
+        }
+    };
+    let by_pattern = list(format!(
+        "/.well-known/mercure/subscriptions/URLPattern/{}",
+        pct(pattern)
+    ))
+    .await;
+    assert_eq!(by_pattern.len(), 1);
+    assert_eq!(by_pattern[0]["match"], pattern);
+    assert_eq!(
+        list(format!("/.well-known/mercure/subscriptions/Exact/{}", pct(ROOM)))
+            .await
+            .len(),
+        1
+    );
+    // 0.x's path for the same topic lists its own subscription only.
+    let legacy = list(format!("/.well-known/mercure/subscriptions/{}", pct(ROOM))).await;
+    assert_eq!(legacy.len(), 1);
+    assert_eq!(legacy[0]["topic"], ROOM);
+    let one = get(
+        &app,
+        &format!(
+            "/.well-known/mercure/subscriptions/URLPattern/{}/{}",
+            pct(pattern),
+            pct(subscriber)
+        ),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(one.status(), 200);
+    let count: Value = get(&app, &format!("/topics/{}/presence", pct(ROOM)), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["subscribers"], 2, "{count}");
+}

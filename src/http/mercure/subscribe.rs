@@ -26,6 +26,8 @@ pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<Stre
     let mut topics: Vec<TopicName> = Vec::new();
     let mut patterns: Vec<(Arc<str>, Arc<Pattern>)> = Vec::new();
     let mut count = 0usize;
+    // The selectors as written, with their 1.0 matcher type (none for 0.x's `topic=`), for presence.
+    let mut presence: Vec<(String, Option<&'static str>)> = Vec::new();
     for (key, value) in head.query {
         let selection = match key.as_str() {
             // 0.x: a topic, `*` or a URI template.
@@ -49,6 +51,16 @@ pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<Stre
         };
         if let Selection::Pattern(Pattern::Template(_)) = &selection {
             check_pattern(key, value, limits.max_topic_len)?;
+        }
+        if node.presence.is_some() {
+            let kind = match key.as_str() {
+                "topic" => None,
+                "match" | "matchExact" => Some("Exact"),
+                _ => Some("URLPattern"),
+            };
+            if !presence.iter().any(|(v, k)| v == value && *k == kind) {
+                presence.push((value.clone(), kind));
+            }
         }
         count += 1;
         if count > limits.max_topics_per_connection {
@@ -100,6 +112,7 @@ pub(crate) fn stream_request(node: &Node, head: &RequestHead<'_>) -> Result<Stre
         last_event_id,
         poll: false,
         shape: Shape::Mercure,
+        presence,
     })
 }
 

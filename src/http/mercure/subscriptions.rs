@@ -1,6 +1,7 @@
 //! Mercure's subscriptions API (`[presence]` on): `GET /.well-known/mercure/subscriptions`,
-//! `…/subscriptions/{topic}` and `…/subscriptions/{topic}/{subscriber}` (each part percent-encoded), as
-//! JSON-LD in Mercure 0.x's shape, across every node. A token whose subscribe selectors match the
+//! `…/subscriptions/{topic}` and `…/subscriptions/{topic}/{subscriber}` (0.x), and
+//! `…/subscriptions/{matchType}/{match}[/{subscriber}]` (1.0), each part percent-encoded, as JSON-LD in
+//! each subscription's own dialect, across every node. A token whose subscribe selectors match the
 //! request's path may read it (`Access::Presence`); anonymous callers may not. Lists come in pages of
 //! `presence.page_size`, each pointing at the next (`Link: <…?cursor=…>; rel="next"` and `next`), so no
 //! request makes a node gather a large topic's list whole.
@@ -17,6 +18,8 @@ use crate::node::Node;
 use crate::presence::{document, segment, MAX_EVENT_TOPIC_LEN, SUBSCRIPTIONS_PATH};
 
 const CONTEXT: &str = "https://mercure.rocks/";
+/// Mercure 1.0's matcher types, as its subscription paths name them.
+const MATCH_TYPES: [&str; 2] = ["Exact", "URLPattern"];
 
 pub async fn subscriptions(req: HttpRequest, state: web::Data<Node>) -> Result<HttpResponse, ApiError> {
     let path = req.uri().path();
@@ -41,21 +44,33 @@ pub async fn subscriptions(req: HttpRequest, state: web::Data<Node>) -> Result<H
             .insert_header((header::CONTENT_TYPE, "application/ld+json"))
             .body(body.to_string())
     };
-    if let [topic, subscriber] = parts.as_slice() {
-        let entry = store.get(topic, subscriber).await?.ok_or_else(|| {
-            ApiError::NotFound(format!("no subscription of {subscriber} to {topic} is active"))
-        })?;
+    // 1.0 paths name the matcher type first (`Exact`, `URLPattern`); 0.x paths do not.
+    let (kind, rest): (Option<&str>, &[String]) = match parts.as_slice() {
+        [kind, rest @ ..] if !rest.is_empty() && MATCH_TYPES.contains(&kind.as_str()) => {
+            (Some(kind.as_str()), rest)
+        }
+        all => (None, all),
+    };
+    if let [topic, subscriber] = rest {
+        let entry = store
+            .get(topic, subscriber)
+            .await?
+            .filter(|e| e.match_type.as_deref() == kind)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("no subscription of {subscriber} to {topic} is active"))
+            })?;
         let mut body = document(&entry, true);
         body["@context"] = json!(CONTEXT);
         body["lastEventID"] = json!("earliest");
         return Ok(ld(body));
     }
-    let topic = match parts.as_slice() {
+    let topic = match rest {
         [] => None,
         [topic] if !topic.is_empty() => Some(topic.as_str()),
         _ => {
             return Err(ApiError::NotFound(format!(
-                "{path} names no subscriptions: use {SUBSCRIPTIONS_PATH}[/{{topic}}[/{{subscriber}}]]"
+                "{path} names no subscriptions: use {SUBSCRIPTIONS_PATH}[/{{topic}}[/{{subscriber}}]] or \
+                 {SUBSCRIPTIONS_PATH}/{{matchType}}/{{match}}[/{{subscriber}}]"
             )))
         }
     };
@@ -63,7 +78,12 @@ pub async fn subscriptions(req: HttpRequest, state: web::Data<Node>) -> Result<H
     let (entries, next) = store
         .list(topic, cursor, state.settings.presence.page_size)
         .await?;
-    let list: Vec<Value> = entries.iter().map(|e| document(e, true)).collect();
+    // A selector's list holds its dialect's subscriptions only (the list of all holds both).
+    let list: Vec<Value> = entries
+        .iter()
+        .filter(|e| topic.is_none() || e.match_type.as_deref() == kind)
+        .map(|e| document(e, true))
+        .collect();
     let mut body = json!({
         "@context": CONTEXT,
         "id": path,
