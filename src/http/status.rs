@@ -1,6 +1,6 @@
 //! `GET /status`: a live page of this node's state, fed by `GET /status.json` (node, version, engine and
 //! link, connections, the busiest topics, rates over the last minute, recent reconnects, gaps and lag
-//! closes). The page holds no data; the JSON is shown to publishers only when auth is on
+//! closes; with presence, each busiest topic's subscribers over every node). The page holds no data; the JSON is shown to publishers only when auth is on
 //! (`Access::Status`), and names only topics its caller could subscribe to (`Auth::may_read`, the read
 //! rule), saying how many it left out.
 
@@ -35,10 +35,19 @@ pub async fn json(req: HttpRequest, state: web::Data<Node>) -> Result<HttpRespon
     let (busiest, hidden) = state
         .hub
         .busiest(BUSIEST, |t| state.auth.may_read(grant.as_ref(), t));
-    let busiest: Vec<_> = busiest
-        .into_iter()
-        .map(|(topic, subscribers)| json!({ "topic": topic.as_str(), "subscribers": subscribers }))
-        .collect();
+    let mut listed = Vec::with_capacity(busiest.len());
+    for (topic, subscribers) in busiest {
+        let mut row = json!({ "topic": topic.as_str(), "subscribers": subscribers });
+        // With presence, the same topic over every node too (at most BUSIEST reads of the store).
+        if let Some(presence) = &state.presence {
+            if let Ok((all, nodes)) = presence.store.count(topic.as_str()).await {
+                row["subscribers_all_nodes"] = json!(all);
+                row["nodes"] = json!(nodes);
+            }
+        }
+        listed.push(row);
+    }
+    let busiest = listed;
     Ok(HttpResponse::Ok().json(json!({
         "node": state.node_id,
         "version": env!("CARGO_PKG_VERSION"),

@@ -248,6 +248,18 @@ async fn two_nodes_on_redis_list_everyone_and_clean_up_after_a_node_that_stops_o
         .await
         .unwrap();
     assert_eq!(count, json!({ "topic": ROOM, "subscribers": 5, "nodes": 2 }));
+    // The status page names the topic with this node's 2 and every node's 5.
+    let status: Value = get(&b, "/status.json", None).await.json().await.unwrap();
+    let room = status["busiest_topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == ROOM)
+        .cloned()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(room["subscribers"], 2, "{room}");
+    assert_eq!(room["subscribers_all_nodes"], 5, "{room}");
+    assert_eq!(room["nodes"], 2, "{room}");
 
     let started = Instant::now();
     drop(on_a.pop());
