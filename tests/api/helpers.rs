@@ -499,3 +499,46 @@ pub async fn read_until(socket: &mut tokio::net::TcpStream, into: &mut Vec<u8>, 
         into.extend_from_slice(&buf[..n]);
     }
 }
+
+/// Starts the herald binary on a free port with `env` (its streams on the path this test binary
+/// tests); answers it, the address it listens on, and its later log lines (read on, so the node never
+/// blocks on a full pipe).
+pub async fn start_binary(
+    env: &[(&str, String)],
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--port", "0"])
+        .env("HERALD__SERVER__LEAN_STREAMS", crate::LEAN_STREAMS.to_string())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the herald binary starts");
+    let mut log = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let address = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                return rest.split_whitespace().next().map(String::from);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the binary logs its address")
+    .expect("the binary says where it listens");
+    let lines = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Ok(Some(line)) = log.next_line().await {
+            lines.push(line);
+        }
+        lines
+    });
+    (child, address, lines)
+}

@@ -1,15 +1,14 @@
 //! Presence (`[presence]`): the subscriptions API, subscription events and counts, on one node and
 //! across two nodes on one real Redis, with a graceful shutdown and a SIGKILLed node.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald::auth::{self, Claims, MercureClaim};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
-use crate::helpers::{pct, spawn_app_with, spawn_redis_node_with, Subscriber, TestApp, PATIENCE};
+use crate::helpers::{
+    pct, spawn_app_with, spawn_redis_node_with, start_binary, Subscriber, TestApp, PATIENCE,
+};
 use crate::redis_server::RedisServer;
 
 const SECRET: &str = "presence-test-secret-presence-test-secret";
@@ -280,32 +279,14 @@ async fn two_nodes_on_redis_list_everyone_and_clean_up_after_a_node_that_stops_o
     }
 
     // A node that dies silently: its subscriptions go within its ttl, each announced once.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["--port", "0"])
-        .env("HERALD__REDIS__URL", redis.url())
-        .env("HERALD__PRESENCE__ENABLED", "true")
-        .env("HERALD__PRESENCE__HEARTBEAT_SECS", "1")
-        .env("HERALD__PRESENCE__TTL_SECS", "3")
-        .env("HERALD__AUTH__HS_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the herald binary starts");
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = tokio::time::timeout(PATIENCE, async {
-        while let Ok(Some(line)) = log.next_line().await {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                return rest.split_whitespace().next().map(String::from);
-            }
-        }
-        None
-    })
-    .await
-    .expect("the binary logs its address")
-    .expect("the binary says where it listens");
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let (mut child, address, _log) = start_binary(&[
+        ("HERALD__REDIS__URL", redis.url()),
+        ("HERALD__PRESENCE__ENABLED", "true".into()),
+        ("HERALD__PRESENCE__HEARTBEAT_SECS", "1".into()),
+        ("HERALD__PRESENCE__TTL_SECS", "3".into()),
+        ("HERALD__AUTH__HS_SECRET", SECRET.into()),
+    ])
+    .await;
     let doomed = TestApp {
         port: 0,
         address: address.clone(),

@@ -1,11 +1,8 @@
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::helpers::PATIENCE;
 
@@ -83,43 +80,13 @@ async fn shutdown_ends_every_stream_and_refuses_new_subscribers() {
     );
 }
 
-/// Starts the binary on a free port; answers it, the address it listens on, and its later log lines.
+/// Starts the binary on a free port with the shutdown grace of these tests.
 async fn start_binary() -> (
     tokio::process::Child,
     String,
     tokio::task::JoinHandle<Vec<String>>,
 ) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["--port", "0"])
-        .env("HERALD__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
-        .env("HERALD__SERVER__LEAN_STREAMS", crate::LEAN_STREAMS.to_string())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the herald binary starts");
-    let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let address = tokio::time::timeout(PATIENCE, async {
-        while let Ok(Some(line)) = log.next_line().await {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                return rest.split_whitespace().next().map(String::from);
-            }
-        }
-        None
-    })
-    .await
-    .expect("the binary logs its address")
-    .expect("the binary says where it listens");
-    // Keep reading, so the node never blocks on a full pipe.
-    let lines = tokio::spawn(async move {
-        let mut lines = Vec::new();
-        while let Ok(Some(line)) = log.next_line().await {
-            lines.push(line);
-        }
-        lines
-    });
-    (child, address, lines)
+    crate::helpers::start_binary(&[("HERALD__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())]).await
 }
 
 /// Publishers in a tight loop over keep-alive connections while the node gets SIGTERM: every publish
