@@ -27,6 +27,9 @@ pub(crate) const SUBSCRIPTIONS_PATH: &str = "/.well-known/mercure/subscriptions"
 pub(crate) use crate::domain::MAX_HUB_TOPIC_LEN as MAX_EVENT_TOPIC_LEN;
 /// Changes written per batch, and entries of a dead node removed per round.
 const BATCH: usize = 256;
+/// Leaves kept for a store that refused them; past this many (a long outage with churn) the node
+/// instead rebuilds its entries once the store answers, so what it keeps stays bounded.
+const MAX_UNWRITTEN: usize = 10_000;
 
 enum Change {
     Join(u64, Vec<Entry>),
@@ -67,6 +70,7 @@ impl Presence {
             held: HashMap::new(),
             unwritten_leaves: Vec::new(),
             resync: false,
+            rebuild: false,
         };
         tokio::spawn(task.run(rx, settings.heartbeat_secs));
         Arc::new(Presence {
@@ -172,6 +176,9 @@ struct Task {
     unwritten_leaves: Vec<Entry>,
     /// A write failed: record every held entry again on the next heartbeat.
     resync: bool,
+    /// Leaves were dropped (past `MAX_UNWRITTEN`): remove everything the store holds for this node, then
+    /// record what it holds now.
+    rebuild: bool,
 }
 
 impl Task {
@@ -229,9 +236,8 @@ impl Task {
         for chunk in entries.chunks(BATCH) {
             match self.store.join(&self.node, chunk).await {
                 Ok(new) => {
-                    for (entry, _) in chunk.iter().zip(new).filter(|(_, new)| *new) {
-                        self.announce(entry, true).await;
-                    }
+                    let new = chunk.iter().zip(new).filter(|(_, new)| *new).map(|(e, _)| e);
+                    self.announce_all(new, true).await;
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -248,16 +254,20 @@ impl Task {
         for chunk in entries.chunks(BATCH) {
             match self.store.leave(&self.node, chunk).await {
                 Ok(removed) => {
-                    for (entry, _) in chunk.iter().zip(removed).filter(|(_, r)| *r) {
-                        self.announce(entry, false).await;
-                    }
+                    let removed = chunk.iter().zip(removed).filter(|(_, r)| *r).map(|(e, _)| e);
+                    self.announce_all(removed, false).await;
                 }
                 Err(e) => {
                     tracing::warn!(
                         "presence: cannot remove {} subscriptions ({e}); retrying",
                         chunk.len()
                     );
-                    self.unwritten_leaves.extend_from_slice(chunk);
+                    if self.unwritten_leaves.len() + chunk.len() > MAX_UNWRITTEN {
+                        self.unwritten_leaves.clear();
+                        self.rebuild = true;
+                    } else {
+                        self.unwritten_leaves.extend_from_slice(chunk);
+                    }
                 }
             }
         }
@@ -272,6 +282,9 @@ impl Task {
                 return;
             }
         };
+        if std::mem::take(&mut self.rebuild) && !self.rebuild_all().await {
+            return;
+        }
         if !known || std::mem::take(&mut self.resync) {
             // Not known: the store lost its data, or took this node for dead and announced its
             // subscriptions' end. Record them again, as new subscriptions (new announcements' ids).
@@ -286,6 +299,32 @@ impl Task {
         let leaves = std::mem::take(&mut self.unwritten_leaves);
         self.leave(leaves).await;
         self.reap().await;
+    }
+
+    /// Removes every entry the store holds for this node, each end announced, then has what it holds now
+    /// recorded anew (and announced) on this heartbeat; false (and tried again later) if the store fails.
+    /// Live subscriptions are seen to leave and join again: the price of a bounded memory.
+    async fn rebuild_all(&mut self) -> bool {
+        loop {
+            let entries = match self.store.held(&self.node, BATCH).await {
+                Ok(entries) if entries.is_empty() => break,
+                Ok(entries) => entries,
+                Err(_) => {
+                    self.rebuild = true;
+                    return false;
+                }
+            };
+            self.announce_all(entries.iter(), false).await;
+            if self.store.leave(&self.node, &entries).await.is_err() {
+                self.rebuild = true;
+                return false;
+            }
+        }
+        for entry in self.held.values_mut().flatten() {
+            entry.joined = urn();
+        }
+        self.resync = true;
+        true
     }
 
     /// Removes the subscriptions of nodes whose heartbeat ran out, each announced by the node that claims
@@ -312,14 +351,19 @@ impl Task {
                     }
                     break;
                 }
-                for entry in &entries {
-                    self.announce(entry, false).await;
-                }
+                self.announce_all(entries.iter(), false).await;
                 if let Err(e) = self.store.leave(&dead, &entries).await {
                     return tracing::warn!("presence: cannot remove a dead node's subscriptions ({e})");
                 }
             }
         }
+    }
+
+    /// Announces a batch together: each on its own topic, so their order does not matter, and the
+    /// engine's one connection pipelines them (one at a time, a storm's events trail its writes by
+    /// seconds).
+    async fn announce_all<'e>(&self, entries: impl Iterator<Item = &'e Entry>, active: bool) {
+        futures_util::future::join_all(entries.map(|e| self.announce(e, active))).await;
     }
 
     /// Publishes a subscription's start or end as a private update on its own topic.

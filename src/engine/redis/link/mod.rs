@@ -28,6 +28,7 @@ use crate::telemetry::{LogEvery, Metrics};
 mod backoff;
 mod everything;
 mod fill;
+mod fills;
 mod inflight;
 mod receive;
 mod silence;
@@ -261,6 +262,7 @@ impl Link {
         self.ready.send_replace(true);
         tracing::info!("{what} pub/sub link to {} is up", self.url);
         let mut flight = InFlight::default();
+        let mut filling = fills::Filling::default();
         let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -279,7 +281,7 @@ impl Link {
                     let mut batch = Vec::new();
                     let mut next = Some(push);
                     while let Some(push) = next.take() {
-                        if let Err(e) = self.on_push(&mut pubsub, &mut batch, push).await {
+                        if let Err(e) = self.on_push(&mut pubsub, &mut filling, &mut batch, push).await {
                             self.node.dispatch_all(&batch);
                             return e;
                         }
@@ -308,6 +310,11 @@ impl Link {
                     }
                 }
                 landed = flight.next() => self.landed(&mut pubsub, &mut flight, landed).await,
+                raised = filling.next() => {
+                    if let Err(e) = self.finish_fill(&mut pubsub, &mut filling, raised).await {
+                        return e;
+                    }
+                }
                 () = moved => return LinkError::Failover,
                 _ = ping.tick() => {
                     let answered = match timeout(self.link_timeout, pubsub.ping()).await {
@@ -330,17 +337,30 @@ impl Link {
     async fn on_push<P: PubSub>(
         &mut self,
         pubsub: &mut P,
+        filling: &mut fills::Filling,
         batch: &mut Vec<Arc<Event>>,
         push: Push<P::Message>,
     ) -> Result<(), LinkError> {
         match push {
-            Push::Message(m) => self.take(batch, m.channel(), m.payload(), m.by_pattern()).await,
+            Push::Message(m) => {
+                // A topic whose fill is out keeps its messages back until the fill has gone out.
+                let held = !filling.is_empty()
+                    && self
+                        .keys
+                        .topic_of_channel(m.channel(), self.max_topic_len)
+                        .is_some_and(|(topic, _)| {
+                            filling.hold(&topic, m.channel(), m.payload(), m.by_pattern())
+                        });
+                if held {
+                    return Ok(());
+                }
+                self.take(batch, m.channel(), m.payload(), m.by_pattern()).await
+            }
             Push::Subscribed(topic) if self.subscribed.contains(&topic) => {
-                // What came before must reach the hub before what the fill hands over.
-                self.node.dispatch_all(batch);
-                batch.clear();
-                let mut commands = pubsub.commands(&self.shared).await?;
-                self.fill(&mut commands, std::slice::from_ref(&topic)).await
+                // The fill goes out once its floor is read (beside the loop, `fills`), after this run.
+                let commands = pubsub.commands(&self.shared).await?;
+                self.start_fill(filling, commands, topic);
+                Ok(())
             }
             Push::Dropped(topic) if self.subscribed.contains(&topic) => {
                 tracing::info!(%topic, "the topic's slot moved to another shard; subscribing there");
