@@ -85,13 +85,19 @@ pub struct Grant {
     expires_at: Option<u64>,
     publish: Vec<TokenSelector>,
     subscribe: Vec<TokenSelector>,
-    /// The token's payload (`mercure.payload`, or a 1.0 token's subscribe detail's), shown by presence.
-    payload: Option<serde_json::Value>,
+    /// The token's payloads, shown by presence: a 1.0 token's subscribe details' (each with its
+    /// detail's topics), or the legacy `mercure.payload` (for every subscription).
+    payloads: details::Payloads,
 }
 
 impl Grant {
-    pub fn payload(&self) -> Option<&serde_json::Value> {
-        self.payload.as_ref()
+    /// The payload of a subscription whose own matcher is `selector`: the first detail whose topics
+    /// match it, read as a topic (Mercure's rule; a detail listing `*` serves as a default).
+    pub fn payload_for(&self, selector: &str) -> Option<&serde_json::Value> {
+        self.payloads
+            .iter()
+            .find(|(topics, _)| topics.iter().any(|t| t.matches(selector)))
+            .map(|(_, payload)| payload)
     }
 
     /// When the token stops being valid (seconds since the epoch), if it says.
@@ -288,20 +294,24 @@ impl Auth {
             .map_err(|e| refusal(&e))?
             .claims;
         let legacy = |list: Vec<String>| list.into_iter().map(TokenSelector::Legacy).collect();
-        let (publish, subscribe, payload) = if access_token {
+        let (publish, subscribe, payloads) = if access_token {
             details::read(claims.authorization_details.as_ref())?
         } else {
             (
                 legacy(claims.mercure.publish),
                 legacy(claims.mercure.subscribe),
-                claims.mercure.payload,
+                claims
+                    .mercure
+                    .payload
+                    .map(|p| vec![(vec![TokenSelector::Legacy("*".into())], p)])
+                    .unwrap_or_default(),
             )
         };
         Ok(Grant {
             expires_at: claims.exp,
             publish,
             subscribe,
-            payload,
+            payloads,
         })
     }
 

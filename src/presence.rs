@@ -81,20 +81,21 @@ impl Presence {
     }
 
     /// Records one subscription per selector for a new stream, with a subscriber id of its own.
+    /// `selectors`: each as written, with its 1.0 matcher type (if a 1.0 parameter named it) and the
+    /// token's payload for it.
     pub(crate) fn hold(
         &self,
-        selectors: impl IntoIterator<Item = (String, Option<&'static str>)>,
-        payload: Option<Value>,
+        selectors: impl IntoIterator<Item = (String, Option<&'static str>, Option<Value>)>,
     ) -> Guard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let subscriber = urn();
         let entries = selectors
             .into_iter()
-            .map(|(topic, match_type)| Entry {
+            .map(|(topic, match_type, payload)| Entry {
                 topic,
                 match_type: match_type.map(String::from),
                 subscriber: subscriber.clone(),
-                payload: payload.clone(),
+                payload,
                 joined: urn(),
             })
             .collect();

@@ -110,7 +110,14 @@ pub(crate) async fn open(
         (Some(_), false) => topics.iter().map(|t| (t.as_str().to_string(), None)).collect(),
         _ => Vec::new(),
     };
-    let payload = grant.as_ref().and_then(|g| g.payload().cloned());
+    // Each with the token's payload for it.
+    let selectors: Vec<_> = selectors
+        .into_iter()
+        .map(|(text, kind)| {
+            let payload = grant.as_ref().and_then(|g| g.payload_for(&text)).cloned();
+            (text, kind, payload)
+        })
+        .collect();
     if let Open::Check = open {
         return Ok(None);
     }
@@ -170,7 +177,7 @@ pub(crate) async fn open(
         connection.poll_only();
     }
     if let Some(presence) = node.presence.as_ref().filter(|_| !selectors.is_empty()) {
-        connection.hold_presence(presence.hold(selectors, payload));
+        connection.hold_presence(presence.hold(selectors));
     }
     Ok(Some(connection))
 }

@@ -47,20 +47,23 @@ impl TokenSelector {
     }
 }
 
-/// What an access token's details allow: (publish selectors, subscribe selectors, the first subscribe
-/// detail's payload).
-pub(crate) type Allowed = (Vec<TokenSelector>, Vec<TokenSelector>, Option<Value>);
+/// Subscribe details' payloads in the token's order, each with the topics of its detail.
+pub(crate) type Payloads = Vec<(Vec<TokenSelector>, Value)>;
+
+/// What an access token's details allow: (publish selectors, subscribe selectors, the subscribe details'
+/// payloads).
+pub(crate) type Allowed = (Vec<TokenSelector>, Vec<TokenSelector>, Payloads);
 
 pub(crate) fn read(details: Option<&Value>) -> Result<Allowed, AuthError> {
     let bad = |why: &str| AuthError::Invalid(format!("its authorization_details {why}"));
     let Some(details) = details else {
-        return Ok((Vec::new(), Vec::new(), None));
+        return Ok((Vec::new(), Vec::new(), Vec::new()));
     };
     let list = details.as_array().ok_or_else(|| bad("are not an array"))?;
     if list.len() > MAX_DETAILS {
         return Err(bad(&format!("list more than {MAX_DETAILS} entries")));
     }
-    let (mut publish, mut subscribe, mut payload) = (Vec::new(), Vec::new(), None);
+    let (mut publish, mut subscribe, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
     for detail in list {
         let object = detail
             .as_object()
@@ -93,7 +96,7 @@ pub(crate) fn read(details: Option<&Value>) -> Result<Allowed, AuthError> {
         let selectors = topics.iter().map(topic_selector).collect::<Result<Vec<_>, _>>()?;
         match object.get("payload") {
             None => {}
-            Some(p @ Value::Object(_)) if may_subscribe && payload.is_none() => payload = Some(p.clone()),
+            Some(p @ Value::Object(_)) if may_subscribe => payloads.push((selectors.clone(), p.clone())),
             Some(Value::Object(_)) => {}
             Some(_) => return Err(bad("hold a payload that is not an object")),
         }
@@ -104,7 +107,7 @@ pub(crate) fn read(details: Option<&Value>) -> Result<Allowed, AuthError> {
             subscribe.extend(selectors);
         }
     }
-    Ok((publish, subscribe, payload))
+    Ok((publish, subscribe, payloads))
 }
 
 /// One entry of a detail's `topics`: `{"match": …}` with an optional `matchType` (`Exact`, the default,

@@ -398,3 +398,67 @@ async fn subscriptions_made_in_the_1_0_dialect_are_shown_in_its_shape() {
         .unwrap();
     assert_eq!(count["subscribers"], 2, "{count}");
 }
+
+/// A 1.0 token's payload for a subscription is that of its first subscribe detail whose topics match
+/// the subscription's own matcher (read as a topic); a detail listing `*` serves as the default.
+#[tokio::test]
+async fn each_subscription_shows_the_payload_of_the_first_detail_that_matches_it() {
+    let app = spawn_app_with(settings).await;
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = Some("at+jwt".into());
+    let detail = |topics: Value, payload: Value| json!({ "type": "mercure", "actions": ["subscribe"], "topics": topics, "payload": payload });
+    let claims = json!({ "exp": exp, "authorization_details": [
+        detail(json!([{ "match": ROOM }]), json!({ "for": "the room" })),
+        detail(json!([{ "match": "https://example.com/rooms/:id", "matchType": "URLPattern" }]), json!({ "for": "rooms" })),
+        detail(json!([{ "match": "*" }]), json!({ "for": "the rest" })),
+    ]});
+    let subscriber = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let admin = token(
+        &[
+            WATCH_ALL,
+            "/.well-known/mercure/subscriptions{/kind}{/match}{/subscriber}",
+        ],
+        None,
+    );
+    let query = format!(
+        "/.well-known/mercure?match={}&matchURLPattern={}&match={}",
+        pct(ROOM),
+        pct("https://example.com/rooms/:id"),
+        pct("https://example.com/lobby")
+    );
+    let response = app
+        .client
+        .get(app.url(&query))
+        .bearer_auth(&subscriber)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut payloads = std::collections::HashMap::new();
+    let deadline = Instant::now() + PATIENCE;
+    while payloads.len() < 3 {
+        assert!(Instant::now() < deadline, "{payloads:?}");
+        let body: Value = get(&app, "/.well-known/mercure/subscriptions", Some(&admin))
+            .await
+            .json()
+            .await
+            .unwrap();
+        for s in body["subscriptions"].as_array().unwrap() {
+            payloads.insert(
+                s["match"].as_str().unwrap().to_string(),
+                s["payload"]["for"].clone(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(payloads[ROOM], "the room");
+    assert_eq!(payloads["https://example.com/rooms/:id"], "rooms");
+    assert_eq!(payloads["https://example.com/lobby"], "the rest");
+    drop(response);
+}

@@ -27,11 +27,7 @@ pub async fn subscriptions(req: HttpRequest, state: web::Data<Node>) -> Result<H
     // The path itself is what the token must allow, as Mercure matches it (its segments encoded).
     let name = TopicName::parse(path, MAX_EVENT_TOPIC_LEN)?;
     state.authorize(&head(&req, &pairs), Access::Presence, std::slice::from_ref(&name))?;
-    let presence = state.presence.as_ref().ok_or_else(|| {
-        ApiError::NotFound(
-            "presence is off on this hub: set presence.enabled (HERALD__PRESENCE__ENABLED=true)".into(),
-        )
-    })?;
+    let presence = state.presence.as_ref().ok_or_else(crate::http::presence::off)?;
     let rest = path.strip_prefix(SUBSCRIPTIONS_PATH).unwrap_or_default();
     let parts = rest
         .split('/')
