@@ -71,6 +71,7 @@ impl Presence {
             unwritten_leaves: Vec::new(),
             resync: false,
             rebuild: false,
+            unannounced: Vec::new(),
         };
         tokio::spawn(task.run(rx, settings.heartbeat_secs));
         Arc::new(Presence {
@@ -180,6 +181,8 @@ struct Task {
     /// Leaves were dropped (past `MAX_UNWRITTEN`): remove everything the store holds for this node, then
     /// record what it holds now.
     rebuild: bool,
+    /// Announcements the store refused (at most `MAX_UNWRITTEN`), with whether each is a start.
+    unannounced: Vec<(Entry, bool)>,
 }
 
 impl Task {
@@ -254,9 +257,11 @@ impl Task {
     async fn leave(&mut self, entries: Vec<Entry>) {
         for chunk in entries.chunks(BATCH) {
             match self.store.leave(&self.node, chunk).await {
-                Ok(removed) => {
-                    let removed = chunk.iter().zip(removed).filter(|(_, r)| *r).map(|(e, _)| e);
-                    self.announce_all(removed, false).await;
+                Ok(_) => {
+                    // Each end is announced even if this call found the entry gone: a write that timed
+                    // out may have been run after all, or a reaper took this node for dead. The id is
+                    // the start's `/left`, so a repeat is stored once.
+                    self.announce_all(chunk.iter(), false).await;
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -299,6 +304,7 @@ impl Task {
         }
         let leaves = std::mem::take(&mut self.unwritten_leaves);
         self.leave(leaves).await;
+        self.announce_again().await;
         self.reap().await;
     }
 
@@ -363,23 +369,56 @@ impl Task {
     /// Announces a batch together: each on its own topic, so their order does not matter, and the
     /// engine's one connection pipelines them (one at a time, a storm's events trail its writes by
     /// seconds).
-    async fn announce_all<'e>(&self, entries: impl Iterator<Item = &'e Entry>, active: bool) {
-        futures_util::future::join_all(entries.map(|e| self.announce(e, active))).await;
+    async fn announce_all<'e>(&mut self, entries: impl Iterator<Item = &'e Entry>, active: bool) {
+        let this = &*self;
+        let failed: Vec<(Entry, bool)> = futures_util::future::join_all(
+            entries.map(|e| async move { (!this.announce(e, active).await).then(|| (e.clone(), active)) }),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        // Sent again on the next heartbeat, with the same ids (so one that was stored after all is
+        // stored once); past the bound they are only logged.
+        let room = MAX_UNWRITTEN.saturating_sub(self.unannounced.len());
+        if failed.len() > room {
+            tracing::warn!(
+                "presence: {} subscription events dropped (the store is down)",
+                failed.len() - room
+            );
+        }
+        self.unannounced.extend(failed.into_iter().take(room));
     }
 
-    /// Publishes a subscription's start or end as a private update on its own topic.
-    async fn announce(&self, entry: &Entry, active: bool) {
+    /// Announcements the store refused, tried again (on each heartbeat).
+    async fn announce_again(&mut self) {
+        let again = std::mem::take(&mut self.unannounced);
+        for active in [true, false] {
+            let entries: Vec<Entry> = again
+                .iter()
+                .filter(|(_, a)| *a == active)
+                .map(|(e, _)| e.clone())
+                .collect();
+            self.announce_all(entries.iter(), active).await;
+        }
+    }
+
+    /// Publishes a subscription's start or end as a private update on its own topic; false if the store
+    /// refused it (to be tried again).
+    async fn announce(&self, entry: &Entry, active: bool) -> bool {
         let iri = subscription_iri(entry);
         let Ok(topic) = TopicName::parse(&iri, MAX_EVENT_TOPIC_LEN) else {
-            return tracing::warn!("presence: a subscription's IRI is no topic; not announced");
+            tracing::warn!("presence: a subscription's IRI is no topic; not announced");
+            return true;
         };
         let id = if active {
             entry.joined.clone()
         } else {
             format!("{}/left", entry.joined)
         };
+        // Neither fails for the ids and documents this module makes; a retry could not mend them.
         let Ok(key) = IdempotencyKey::parse(&mercure_key(&id)) else {
-            return;
+            return true;
         };
         let fields = UpdateFields {
             id,
@@ -396,10 +435,14 @@ impl Task {
                 doc
             }),
         ) else {
-            return;
+            return true;
         };
-        if let Err(e) = store_update(&*self.engine, std::slice::from_ref(&topic), &line, &key, &data).await {
-            tracing::warn!("presence: a subscription event was not stored ({e})");
+        match store_update(&*self.engine, std::slice::from_ref(&topic), &line, &key, &data).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("presence: a subscription event was not stored ({e}); trying again");
+                false
+            }
         }
     }
 }

@@ -462,3 +462,59 @@ async fn each_subscription_shows_the_payload_of_the_first_detail_that_matches_it
     assert_eq!(payloads["https://example.com/lobby"], "the rest");
     drop(response);
 }
+
+/// Redis stops answering (SIGSTOP) while a subscriber leaves: the leave, refused, is written and
+/// announced once Redis answers again, and the events replay from `earliest`: the join, then the leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_during_a_redis_outage_is_written_and_announced_once_redis_is_back() {
+    let redis = RedisServer::start();
+    let node = spawn_redis_node_with(&redis, |s| {
+        settings(s);
+        s.presence.heartbeat_secs = Duration::from_secs(1);
+        s.presence.ttl_secs = Duration::from_secs(30);
+        s.redis.command_timeout_ms = Duration::from_millis(300);
+    })
+    .await;
+    let admin = token(&[WATCH_ALL], None);
+    let leaving = join(&node, ROOM, None).await;
+    wait_listed(&node, ROOM, &admin, 1, PATIENCE).await;
+    redis.signal("STOP");
+    drop(leaving);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.signal("CONT");
+    wait_listed(&node, ROOM, &admin, 0, PATIENCE).await;
+    let path = format!(
+        "/.well-known/mercure?topic={}&lastEventID=earliest",
+        pct(&format!(
+            "/.well-known/mercure/subscriptions/{}{{/subscriber}}",
+            pct(ROOM)
+        ))
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut watcher = {
+            use eventsource_stream::Eventsource;
+            let response = node
+                .client
+                .get(node.url(&path))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            Subscriber::from_events(Box::pin(response.bytes_stream().eventsource()))
+        };
+        let first = next_change(&mut watcher).await;
+        assert_eq!(first["active"], true, "{first}");
+        // The leave may still be on its way (the heartbeat writes it): look again until it is stored.
+        match tokio::time::timeout(Duration::from_millis(500), watcher.next_or_end()).await {
+            Ok(Some(event)) => {
+                let left: Value = serde_json::from_str(&event.data).unwrap();
+                assert_eq!(left["active"], false, "{left}");
+                assert_eq!(left["subscriber"], first["subscriber"]);
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "the leave was never announced"),
+        }
+    }
+}
