@@ -117,29 +117,21 @@ async fn one_node_lists_its_subscriptions_announces_each_change_and_counts_them(
     assert_eq!(joined["payload"], json!({ "name": "Ada" }));
     let subscriber = joined["subscriber"].as_str().unwrap().to_string();
     assert!(subscriber.starts_with("urn:uuid:"), "{subscriber}");
-    assert_eq!(
-        joined["id"],
+    // A room subscription's IRI: its event topic, its id and its path in the API.
+    let one_path = |subscriber: &str| {
         format!(
             "/.well-known/mercure/subscriptions/{}/{}",
             pct(ROOM),
-            pct(&subscriber)
+            pct(subscriber)
         )
-    );
+    };
+    assert_eq!(joined["id"], one_path(&subscriber));
     let _second = join(&app, ROOM, None).await;
     assert_eq!(next_change(&mut watcher).await["active"], true);
 
     let list = wait_listed(&app, ROOM, &admin, 2, PATIENCE).await;
     assert!(list.iter().any(|s| s["subscriber"] == subscriber.as_str()));
-    let one = get(
-        &app,
-        &format!(
-            "/.well-known/mercure/subscriptions/{}/{}",
-            pct(ROOM),
-            pct(&subscriber)
-        ),
-        Some(&admin),
-    )
-    .await;
+    let one = get(&app, &one_path(&subscriber), Some(&admin)).await;
     assert_eq!(one.status(), 200);
     let one: Value = one.json().await.unwrap();
     assert_eq!(one["subscriber"], subscriber.as_str());
@@ -163,16 +155,7 @@ async fn one_node_lists_its_subscriptions_announces_each_change_and_counts_them(
         started.elapsed()
     );
     wait_listed(&app, ROOM, &admin, 1, PATIENCE).await;
-    let gone = get(
-        &app,
-        &format!(
-            "/.well-known/mercure/subscriptions/{}/{}",
-            pct(ROOM),
-            pct(&subscriber)
-        ),
-        Some(&admin),
-    )
-    .await;
+    let gone = get(&app, &one_path(&subscriber), Some(&admin)).await;
     assert_eq!(gone.status(), 404);
     assert_eq!(gone.headers()["content-type"], "application/problem+json");
 
