@@ -46,6 +46,15 @@ impl RedisPresence {
         format!("{}:{{{}}}:nodes", self.prefix, escape(topic))
     }
 
+    /// Moves `node`'s count of `entry`'s topic by `by` (`P:{S}:nodes`).
+    fn count_by(&self, entry: &Entry, node: &str, by: i64) -> Cmd {
+        redis::cmd("HINCRBY")
+            .arg(self.nodes_of(&entry.topic))
+            .arg(node)
+            .arg(by)
+            .clone()
+    }
+
     fn all(&self) -> String {
         format!("{}:presence:all", self.prefix)
     }
@@ -118,13 +127,7 @@ impl PresenceStore for RedisPresence {
                         .arg(&doc)
                         .clone(),
                 );
-                cmds.push(
-                    redis::cmd("HINCRBY")
-                        .arg(self.nodes_of(&e.topic))
-                        .arg(node)
-                        .arg(1)
-                        .clone(),
-                );
+                cmds.push(self.count_by(e, node, 1));
                 cmds.push(
                     redis::cmd("HSET")
                         .arg(self.all())
@@ -141,13 +144,7 @@ impl PresenceStore for RedisPresence {
                 .iter()
                 .zip(&new)
                 .filter(|(_, new)| !**new)
-                .map(|(e, _)| {
-                    redis::cmd("HINCRBY")
-                        .arg(self.nodes_of(&e.topic))
-                        .arg(node)
-                        .arg(-1)
-                        .clone()
-                })
+                .map(|(e, _)| self.count_by(e, node, -1))
                 .collect();
             self.each(undo).await?;
             Ok(new)
@@ -178,13 +175,7 @@ impl PresenceStore for RedisPresence {
                 .iter()
                 .zip(&removed)
                 .filter(|(_, removed)| **removed)
-                .map(|(e, _)| {
-                    redis::cmd("HINCRBY")
-                        .arg(self.nodes_of(&e.topic))
-                        .arg(node)
-                        .arg(-1)
-                        .clone()
-                })
+                .map(|(e, _)| self.count_by(e, node, -1))
                 .collect();
             // Counts that reach 0 are dropped, so `nodes` counts holders only.
             let after = self.each(counts).await?;
